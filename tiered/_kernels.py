@@ -1,0 +1,843 @@
+"""Numba kernels over segment tables and span lists.
+
+Nothing here validates or allocates policy: the callers in ``segments.py`` and
+``codec.py`` check arguments, size the arrays and grow them when a kernel
+reports that it ran out of room.  Every kernel that may run out of room is
+idempotent from the item it stopped at, so the caller grows and resumes.
+
+A *segment table* is two arrays:
+
+``index`` (int32)
+    ``index[:HEADER]`` holds counters; then one *top* entry per page of the
+    volume; then the pages in use, ``PAGE_SEGMENTS`` entries each.  An entry
+    is ``ABSENT`` (-1, all zero), a row number ``>= 0`` in ``pool``, or
+    ``<= -2``: the whole page or segment holds the value ``-entry - 2``
+    (for bitmaps the only such value is 1, "full").
+``pool`` (uint64 words for bitmaps, uint8/16/32 generations)
+    One row per materialised segment.
+
+A *span list* describes a set of segments in ascending order: ``first`` and
+``count`` (a count above one only for uniform whole pages) and ``ref``, a row
+number into a separate ``rows`` array or a uniform entry as above.  Tables
+export span lists, stored pages decode to span lists, and all merging kernels
+consume them, so one code path serves RAM tables and sealed pages alike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .config import PAGE_SEGMENTS, PAGE_SHIFT, SEG_CHUNKS, SEG_SHIFT, SEG_WORDS
+
+HEADER = 8
+PAGES_USED = 0
+PAGES_CAP = 1
+SLOTS_USED = 2
+SLOTS_CAP = 3
+ABSENT = -1
+FULL_ENTRY = -3  # uniform value 1: the entry of a full bitmap segment or page
+
+ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+_jit = dict(cache=True, nogil=True, boundscheck=False)
+
+
+@njit(inline="always", **_jit)
+def uniform_entry(value):
+    return -value - 2
+
+
+@njit(inline="always", **_jit)
+def uniform_value(entry):
+    return -entry - 2
+
+
+# --------------------------------------------------------------------------
+# directory
+# --------------------------------------------------------------------------
+
+
+@njit(**_jit)
+def _entry_pos(index, n_top, seg):
+    """Position in ``index`` of the entry of ``seg``, materialising its page.
+
+    Returns -1 when a page is needed and none is free.
+    """
+    t = seg >> PAGE_SHIFT
+    e = index[HEADER + t]
+    if e < 0:
+        p = index[PAGES_USED]
+        if p == index[PAGES_CAP]:
+            return -1
+        index[PAGES_USED] = p + 1
+        base = HEADER + n_top + p * PAGE_SEGMENTS
+        # A uniform page becomes a page of uniform segments.
+        for j in range(PAGE_SEGMENTS):
+            index[base + j] = e
+        index[HEADER + t] = p
+        e = p
+    return HEADER + n_top + e * PAGE_SEGMENTS + (seg & (PAGE_SEGMENTS - 1))
+
+
+@njit(**_jit)
+def _materialise(index, pool, pos, is_bits):
+    """Give the absent or uniform entry at ``pos`` a row; -1 if none is free."""
+    s = index[SLOTS_USED]
+    if s == index[SLOTS_CAP]:
+        return -1
+    index[SLOTS_USED] = s + 1
+    e = index[pos]
+    if e == ABSENT:
+        pool[s, :] = 0
+    elif is_bits:
+        pool[s, :] = ALL_ONES
+    else:
+        pool[s, :] = uniform_value(e)
+    index[pos] = s
+    return s
+
+
+@njit(**_jit)
+def _fill_row(pool, slot, value, is_bits):
+    if is_bits:
+        pool[slot, :] = ALL_ONES if value else np.uint64(0)
+    else:
+        pool[slot, :] = value
+
+
+@njit(**_jit)
+def _set_bits(row, a, b):
+    """Set bits a..b (inclusive) of one bitmap row."""
+    w0 = a >> 6
+    w1 = b >> 6
+    lo = ALL_ONES << np.uint64(a & 63)
+    hi = ALL_ONES >> np.uint64(63 - (b & 63))
+    if w0 == w1:
+        row[w0] |= lo & hi
+        return
+    row[w0] |= lo
+    for w in range(w0 + 1, w1):
+        row[w] = ALL_ONES
+    row[w1] |= hi
+
+
+@njit(**_jit)
+def set_range(index, pool, n_top, c0, c1, value, is_bits):
+    """Give chunks c0..c1 (inclusive) the value (1 for bitmaps).
+
+    Whole pages and segments become uniform entries without rows.  Returns
+    False when it ran out of room; calling again after growing is safe.
+    """
+    want = uniform_entry(value)
+    c = c0
+    while c <= c1:
+        seg = c >> SEG_SHIFT
+        page_chunks = PAGE_SEGMENTS * SEG_CHUNKS
+        if (c & (page_chunks - 1)) == 0 and c + page_chunks - 1 <= c1:
+            t = seg >> PAGE_SHIFT
+            if index[HEADER + t] < 0:
+                index[HEADER + t] = want
+                c += page_chunks
+                continue
+        seg_lo = seg << SEG_SHIFT
+        seg_hi = seg_lo + SEG_CHUNKS - 1
+        hi = min(c1, seg_hi)
+        pos = _entry_pos(index, n_top, seg)
+        if pos < 0:
+            return False
+        e = index[pos]
+        if c == seg_lo and hi == seg_hi:
+            if e >= 0:
+                _fill_row(pool, e, value, is_bits)
+            else:
+                index[pos] = want
+        elif e != want:
+            slot = e
+            if e < 0:
+                slot = _materialise(index, pool, pos, is_bits)
+                if slot < 0:
+                    return False
+            if is_bits:
+                _set_bits(pool[slot], c - seg_lo, hi - seg_lo)
+            else:
+                pool[slot, c - seg_lo : hi - seg_lo + 1] = value
+        c = hi + 1
+    return True
+
+
+@njit(**_jit)
+def mark_writes(index, pool, n_top, offsets, lengths, start, shift, value, is_bits):
+    """Mark every chunk touched by each write [offset, offset + length).
+
+    Returns how many writes are done; fewer than ``len(offsets)`` means the
+    table needs to grow before resuming from there.
+    """
+    n = offsets.shape[0]
+    for i in range(start, n):
+        length = lengths[i]
+        if length == 0:
+            continue
+        off = offsets[i]
+        c0 = np.int64(off >> shift)
+        c1 = np.int64((off + length - 1) >> shift)
+        if not set_range(index, pool, n_top, c0, c1, value, is_bits):
+            return i
+    return n
+
+
+@njit(**_jit)
+def mark_one(index, pool, n_top, offset, length, shift, value, is_bits):
+    """The single-write path: avoids building two arrays for one write."""
+    if length == 0:
+        return True
+    c0 = np.int64(offset >> shift)
+    c1 = np.int64((offset + length - 1) >> shift)
+    return set_range(index, pool, n_top, c0, c1, value, is_bits)
+
+
+# --------------------------------------------------------------------------
+# span lists
+# --------------------------------------------------------------------------
+
+
+@njit(**_jit)
+def table_spans(index, n_top, seg_lo, seg_hi):
+    """Span list of the non-empty segments of a table in [seg_lo, seg_hi)."""
+    n = 0
+    first = np.empty(0, np.int64)
+    count = np.empty(0, np.int64)
+    ref = np.empty(0, np.int64)
+    for phase in range(2):
+        if phase == 1:
+            first = np.empty(n, np.int64)
+            count = np.empty(n, np.int64)
+            ref = np.empty(n, np.int64)
+            n = 0
+        t_lo = seg_lo >> PAGE_SHIFT
+        t_hi = min(n_top, (seg_hi + PAGE_SEGMENTS - 1) >> PAGE_SHIFT)
+        for t in range(t_lo, t_hi):
+            e = index[HEADER + t]
+            if e == ABSENT:
+                continue
+            p_lo = t << PAGE_SHIFT
+            if e < 0:
+                a = max(p_lo, seg_lo)
+                b = min(p_lo + PAGE_SEGMENTS, seg_hi)
+                if phase == 1:
+                    first[n] = a
+                    count[n] = b - a
+                    ref[n] = e
+                n += 1
+                continue
+            base = HEADER + n_top + e * PAGE_SEGMENTS
+            for j in range(max(0, seg_lo - p_lo), min(PAGE_SEGMENTS, seg_hi - p_lo)):
+                s = index[base + j]
+                if s == ABSENT:
+                    continue
+                if phase == 1:
+                    first[n] = p_lo + j
+                    count[n] = 1
+                    ref[n] = s
+                n += 1
+    return first, count, ref
+
+
+@njit(**_jit)
+def or_spans(index, pool, n_top, first, count, ref, rows, start):
+    """OR a bitmap span list into a bitmap table.  Returns spans done."""
+    for i in range(start, first.shape[0]):
+        r = ref[i]
+        if r < 0:
+            c0 = first[i] << SEG_SHIFT
+            c1 = ((first[i] + count[i]) << SEG_SHIFT) - 1
+            if not set_range(index, pool, n_top, c0, c1, 1, True):
+                return i
+            continue
+        pos = _entry_pos(index, n_top, first[i])
+        if pos < 0:
+            return i
+        e = index[pos]
+        if e == FULL_ENTRY:
+            continue
+        if e < 0:
+            e = _materialise(index, pool, pos, True)
+            if e < 0:
+                return i
+        for w in range(SEG_WORDS):
+            pool[e, w] |= rows[r, w]
+    return first.shape[0]
+
+
+@njit(**_jit)
+def threshold_spans(index, pool, n_top, first, count, ref, rows, gen, start):
+    """OR into a bitmap table the chunks of a generation span list >= gen."""
+    for i in range(start, first.shape[0]):
+        r = ref[i]
+        if r < 0:
+            if uniform_value(r) >= gen:
+                c0 = first[i] << SEG_SHIFT
+                c1 = ((first[i] + count[i]) << SEG_SHIFT) - 1
+                if not set_range(index, pool, n_top, c0, c1, 1, True):
+                    return i
+            continue
+        row = rows[r]
+        hit = False
+        for k in range(SEG_CHUNKS):
+            if row[k] >= gen:
+                hit = True
+                break
+        if not hit:
+            continue
+        pos = _entry_pos(index, n_top, first[i])
+        if pos < 0:
+            return i
+        e = index[pos]
+        if e == FULL_ENTRY:
+            continue
+        if e < 0:
+            e = _materialise(index, pool, pos, True)
+            if e < 0:
+                return i
+        for w in range(SEG_WORDS):
+            word = np.uint64(0)
+            for b in range(64):
+                if row[w * 64 + b] >= gen:
+                    word |= np.uint64(1) << np.uint64(b)
+            pool[e, w] |= word
+    return first.shape[0]
+
+
+@njit(**_jit)
+def assign_spans(index, pool, n_top, first, count, ref, rows, gen, start):
+    """Set to ``gen`` every chunk of a bitmap span list in a generation table."""
+    for i in range(start, first.shape[0]):
+        r = ref[i]
+        if r < 0:
+            c0 = first[i] << SEG_SHIFT
+            c1 = ((first[i] + count[i]) << SEG_SHIFT) - 1
+            if not set_range(index, pool, n_top, c0, c1, gen, False):
+                return i
+            continue
+        pos = _entry_pos(index, n_top, first[i])
+        if pos < 0:
+            return i
+        e = index[pos]
+        if e == uniform_entry(gen):
+            continue
+        if e < 0:
+            e = _materialise(index, pool, pos, False)
+            if e < 0:
+                return i
+        for w in range(SEG_WORDS):
+            word = rows[r, w]
+            if word == 0:
+                continue
+            for b in range(64):
+                if (word >> np.uint64(b)) & np.uint64(1):
+                    pool[e, w * 64 + b] = gen
+    return first.shape[0]
+
+
+@njit(**_jit)
+def load_spans(index, pool, n_top, first, count, ref, rows, start, is_bits):
+    """Copy a span list into an empty region of a table (same kind)."""
+    for i in range(start, first.shape[0]):
+        r = ref[i]
+        if r < 0:
+            c0 = first[i] << SEG_SHIFT
+            c1 = ((first[i] + count[i]) << SEG_SHIFT) - 1
+            if not set_range(index, pool, n_top, c0, c1, uniform_value(r), is_bits):
+                return i
+            continue
+        pos = _entry_pos(index, n_top, first[i])
+        if pos < 0:
+            return i
+        e = index[pos]
+        if e < 0:
+            e = _materialise(index, pool, pos, is_bits)
+            if e < 0:
+                return i
+        pool[e, :] = rows[r, :]
+    return first.shape[0]
+
+
+@njit(**_jit)
+def span_runs(first, count, ref, rows, c_lo, c_hi):
+    """Runs of set chunks of a bitmap span list, clipped to [c_lo, c_hi).
+
+    Returns (starts, lengths) in chunks, coalesced across segments.
+    """
+    n = 0
+    starts = np.empty(0, np.int64)
+    lengths = np.empty(0, np.int64)
+    for phase in range(2):
+        if phase == 1:
+            starts = np.empty(n, np.int64)
+            lengths = np.empty(n, np.int64)
+        n = 0
+        run_start = -1
+        run_end = -1  # exclusive
+        for i in range(first.shape[0]):
+            base = first[i] << SEG_SHIFT
+            r = ref[i]
+            if r < 0:
+                a = max(base, c_lo)
+                b = min((first[i] + count[i]) << SEG_SHIFT, c_hi)
+                if a < b:
+                    if a == run_end:
+                        run_end = b
+                    else:
+                        if run_start >= 0:
+                            if phase == 1:
+                                starts[n] = run_start
+                                lengths[n] = run_end - run_start
+                            n += 1
+                        run_start = a
+                        run_end = b
+                continue
+            for w in range(SEG_WORDS):
+                word = rows[r, w]
+                if word == 0:
+                    continue
+                wbase = base + w * 64
+                if wbase + 64 <= c_lo or wbase >= c_hi:
+                    continue
+                b = 0
+                while b < 64:
+                    if (word >> np.uint64(b)) & np.uint64(1):
+                        e = b
+                        while e < 64 and (word >> np.uint64(e)) & np.uint64(1):
+                            e += 1
+                        a = max(wbase + b, c_lo)
+                        z = min(wbase + e, c_hi)
+                        if a < z:
+                            if a == run_end:
+                                run_end = z
+                            else:
+                                if run_start >= 0:
+                                    if phase == 1:
+                                        starts[n] = run_start
+                                        lengths[n] = run_end - run_start
+                                    n += 1
+                                run_start = a
+                                run_end = z
+                        b = e
+                    else:
+                        # skip the zero bits below the next set bit at once
+                        rest = word >> np.uint64(b)
+                        if rest == 0:
+                            break
+                        while not (rest & np.uint64(1)):
+                            rest >>= np.uint64(1)
+                            b += 1
+        if run_start >= 0:
+            if phase == 1:
+                starts[n] = run_start
+                lengths[n] = run_end - run_start
+            n += 1
+    return starts, lengths
+
+
+@njit(**_jit)
+def count_span_bits(first, count, ref, rows):
+    """Number of set chunks in a bitmap span list."""
+    total = 0
+    for i in range(first.shape[0]):
+        r = ref[i]
+        if r < 0:
+            total += count[i] * SEG_CHUNKS
+            continue
+        for w in range(SEG_WORDS):
+            x = rows[r, w]
+            # popcount by the SWAR method: numba has no portable intrinsic
+            x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+            x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+            x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+            total += np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+    return total
+
+
+@njit(**_jit)
+def remap_generations(index, pool, n_top, live):
+    """Renumber every generation v to the number of live generations <= v.
+
+    ``live`` is sorted ascending.  Used when a multi-bit counter would
+    overflow: the order of generations, and so every answer, is preserved.
+    """
+    for t in range(n_top):
+        e = index[HEADER + t]
+        if e <= -2:
+            index[HEADER + t] = uniform_entry(np.searchsorted(live, uniform_value(e), side="right"))
+    pages = index[PAGES_USED]
+    base = HEADER + n_top
+    for k in range(pages * PAGE_SEGMENTS):
+        e = index[base + k]
+        if e <= -2:
+            index[base + k] = uniform_entry(np.searchsorted(live, uniform_value(e), side="right"))
+    for s in range(index[SLOTS_USED]):
+        row = pool[s]
+        for k in range(SEG_CHUNKS):
+            row[k] = np.searchsorted(live, row[k], side="right")
+
+
+# --------------------------------------------------------------------------
+# page codec: span lists <-> bytes
+# --------------------------------------------------------------------------
+
+KIND_FULL = 1
+KIND_POS = 2
+KIND_RUNS = 3
+KIND_RAW = 4
+KIND_UNIFORM = 5
+KIND_SPARSE = 6
+KIND_GRAW = 7
+
+
+@njit(inline="always", **_jit)
+def _varint_size(v):
+    n = 1
+    while v >= 128:
+        v >>= 7
+        n += 1
+    return n
+
+
+@njit(inline="always", **_jit)
+def _put_varint(buf, p, v):
+    while v >= 128:
+        buf[p] = (v & 127) | 128
+        v >>= 7
+        p += 1
+    buf[p] = v
+    return p + 1
+
+
+@njit(inline="always", **_jit)
+def _get_varint(buf, p, end):
+    """Returns (value, new position); position -1 on truncated input."""
+    v = np.int64(0)
+    shift = 0
+    while p < end and shift < 63:
+        b = np.int64(buf[p])
+        p += 1
+        v |= (b & 127) << shift
+        if b < 128:
+            return v, p
+        shift += 7
+    return v, -1
+
+
+@njit(**_jit)
+def _bit_sizes(row):
+    """Body sizes of a bitmap row as positions and as runs."""
+    npos = 0
+    pos_size = 0
+    nruns = 0
+    runs_size = 0
+    prev = -1
+    run_end = 0
+    in_run = False
+    run_start = 0
+    for k in range(SEG_CHUNKS):
+        bit = (row[k >> 6] >> np.uint64(k & 63)) & np.uint64(1)
+        if bit:
+            pos_size += _varint_size(k - prev - 1)
+            prev = k
+            npos += 1
+            if not in_run:
+                in_run = True
+                run_start = k
+        elif in_run:
+            in_run = False
+            runs_size += _varint_size(run_start - run_end) + _varint_size(k - run_start - 1)
+            run_end = k
+            nruns += 1
+    if in_run:
+        runs_size += _varint_size(run_start - run_end) + _varint_size(SEG_CHUNKS - run_start - 1)
+        nruns += 1
+    return npos, pos_size + _varint_size(npos), nruns, runs_size + _varint_size(nruns)
+
+
+@njit(**_jit)
+def encode_bit_spans(first, count, ref, rows, page, out):
+    """Encode the spans of one page into ``out``; returns bytes written.
+
+    ``out`` must hold ``16 + len(first) * (24 + 8 * SEG_WORDS)`` bytes.
+    """
+    p = _put_varint(out, 0, first.shape[0])
+    prev_end = page << PAGE_SHIFT
+    for i in range(first.shape[0]):
+        p = _put_varint(out, p, first[i] - prev_end)
+        p = _put_varint(out, p, count[i])
+        prev_end = first[i] + count[i]
+        r = ref[i]
+        if r < 0:
+            out[p] = KIND_FULL
+            p += 1
+            continue
+        row = rows[r]
+        npos, pos_size, nruns, runs_size = _bit_sizes(row)
+        raw_size = 8 * SEG_WORDS
+        if npos == SEG_CHUNKS:
+            out[p] = KIND_FULL
+            p += 1
+        elif pos_size <= runs_size and pos_size < raw_size:
+            out[p] = KIND_POS
+            p = _put_varint(out, p + 1, npos)
+            prev = -1
+            for k in range(SEG_CHUNKS):
+                if (row[k >> 6] >> np.uint64(k & 63)) & np.uint64(1):
+                    p = _put_varint(out, p, k - prev - 1)
+                    prev = k
+        elif runs_size < raw_size:
+            out[p] = KIND_RUNS
+            p = _put_varint(out, p + 1, nruns)
+            run_end = 0
+            k = 0
+            while k < SEG_CHUNKS:
+                if (row[k >> 6] >> np.uint64(k & 63)) & np.uint64(1):
+                    s = k
+                    while k < SEG_CHUNKS and (row[k >> 6] >> np.uint64(k & 63)) & np.uint64(1):
+                        k += 1
+                    p = _put_varint(out, p, s - run_end)
+                    p = _put_varint(out, p, k - s - 1)
+                    run_end = k
+                else:
+                    k += 1
+        else:
+            out[p] = KIND_RAW
+            p += 1
+            for w in range(SEG_WORDS):
+                x = row[w]
+                for b in range(8):
+                    out[p] = (x >> np.uint64(8 * b)) & np.uint64(255)
+                    p += 1
+    return p
+
+
+@njit(**_jit)
+def decode_bit_spans(buf, page):
+    """Inverse of encode_bit_spans.  Returns (ok, first, count, ref, rows)."""
+    end = buf.shape[0]
+    n, p = _get_varint(buf, 0, end)
+    if p < 0 or n > PAGE_SEGMENTS:
+        n = 0
+        p = -1
+    first = np.empty(n, np.int64)
+    count = np.empty(n, np.int64)
+    ref = np.empty(n, np.int64)
+    rows = np.zeros((n, SEG_WORDS), np.uint64)
+    if p < 0:
+        return False, first, count, ref, rows
+    nrows = 0
+    prev_end = page << PAGE_SHIFT
+    page_end = prev_end + PAGE_SEGMENTS
+    for i in range(n):
+        gap, p = _get_varint(buf, p, end)
+        if p < 0:
+            return False, first, count, ref, rows
+        c, p = _get_varint(buf, p, end)
+        if p < 0 or p >= end or c < 1 or prev_end + gap + c > page_end:
+            return False, first, count, ref, rows
+        first[i] = prev_end + gap
+        count[i] = c
+        prev_end = first[i] + c
+        kind = buf[p]
+        p += 1
+        if kind == KIND_FULL:
+            ref[i] = FULL_ENTRY
+            continue
+        if c != 1:
+            return False, first, count, ref, rows
+        row = rows[nrows]
+        ref[i] = nrows
+        nrows += 1
+        if kind == KIND_POS:
+            k, p = _get_varint(buf, p, end)
+            prev = -1
+            for _ in range(k):
+                if p < 0:
+                    break
+                g, p = _get_varint(buf, p, end)
+                prev = prev + g + 1
+                if prev >= SEG_CHUNKS:
+                    p = -1
+                    break
+                row[prev >> 6] |= np.uint64(1) << np.uint64(prev & 63)
+        elif kind == KIND_RUNS:
+            k, p = _get_varint(buf, p, end)
+            run_end = 0
+            for _ in range(k):
+                if p < 0:
+                    break
+                g, p = _get_varint(buf, p, end)
+                if p < 0:
+                    break
+                ln, p = _get_varint(buf, p, end)
+                s = run_end + g
+                run_end = s + ln + 1
+                if run_end > SEG_CHUNKS:
+                    p = -1
+                    break
+                _set_bits(row, s, run_end - 1)
+        elif kind == KIND_RAW:
+            if p + 8 * SEG_WORDS > end:
+                return False, first, count, ref, rows
+            for w in range(SEG_WORDS):
+                x = np.uint64(0)
+                for b in range(8):
+                    x |= np.uint64(buf[p + b]) << np.uint64(8 * b)
+                row[w] = x
+                p += 8
+        else:
+            return False, first, count, ref, rows
+        if p < 0:
+            return False, first, count, ref, rows
+    if p != end:
+        return False, first, count, ref, rows
+    if nrows < n:
+        return True, first, count, ref, rows[:nrows].copy()
+    return True, first, count, ref, rows
+
+
+@njit(**_jit)
+def encode_gen_spans(first, count, ref, rows, page, out):
+    """Encode one page of generation spans; ``out`` as for bitmaps but with
+    ``4 * SEG_CHUNKS`` bytes of room per row."""
+    width = rows.itemsize
+    p = _put_varint(out, 0, first.shape[0])
+    prev_end = page << PAGE_SHIFT
+    for i in range(first.shape[0]):
+        p = _put_varint(out, p, first[i] - prev_end)
+        p = _put_varint(out, p, count[i])
+        prev_end = first[i] + count[i]
+        r = ref[i]
+        if r < 0:
+            out[p] = KIND_UNIFORM
+            p = _put_varint(out, p + 1, uniform_value(r))
+            continue
+        row = rows[r]
+        nz = 0
+        sparse = 0
+        prev = -1
+        uniform = True
+        for k in range(SEG_CHUNKS):
+            v = np.int64(row[k])
+            if v != row[0]:
+                uniform = False
+            if v != 0:
+                sparse += _varint_size(k - prev - 1) + _varint_size(v)
+                prev = k
+                nz += 1
+        sparse += _varint_size(nz)
+        if uniform:
+            out[p] = KIND_UNIFORM
+            p = _put_varint(out, p + 1, np.int64(row[0]))
+        elif sparse < width * SEG_CHUNKS:
+            out[p] = KIND_SPARSE
+            p = _put_varint(out, p + 1, nz)
+            prev = -1
+            for k in range(SEG_CHUNKS):
+                v = np.int64(row[k])
+                if v != 0:
+                    p = _put_varint(out, p, k - prev - 1)
+                    p = _put_varint(out, p, v)
+                    prev = k
+        else:
+            out[p] = KIND_GRAW
+            p += 1
+            for k in range(SEG_CHUNKS):
+                v = np.int64(row[k])
+                for b in range(width):
+                    out[p] = (v >> (8 * b)) & 255
+                    p += 1
+    return p
+
+
+@njit(**_jit)
+def decode_gen_spans(buf, page, rows_like):
+    """Inverse of encode_gen_spans; rows get the dtype of ``rows_like``."""
+    end = buf.shape[0]
+    width = rows_like.itemsize
+    maxval = (np.int64(1) << (8 * width)) - 1
+    n, p = _get_varint(buf, 0, end)
+    if p < 0 or n > PAGE_SEGMENTS:
+        n = 0
+        p = -1
+    first = np.empty(n, np.int64)
+    count = np.empty(n, np.int64)
+    ref = np.empty(n, np.int64)
+    rows = np.zeros((n, SEG_CHUNKS), rows_like.dtype)
+    if p < 0:
+        return False, first, count, ref, rows
+    nrows = 0
+    prev_end = page << PAGE_SHIFT
+    page_end = prev_end + PAGE_SEGMENTS
+    for i in range(n):
+        gap, p = _get_varint(buf, p, end)
+        if p < 0:
+            return False, first, count, ref, rows
+        c, p = _get_varint(buf, p, end)
+        if p < 0 or p >= end or c < 1 or prev_end + gap + c > page_end:
+            return False, first, count, ref, rows
+        first[i] = prev_end + gap
+        count[i] = c
+        prev_end = first[i] + c
+        kind = buf[p]
+        p += 1
+        if kind == KIND_UNIFORM:
+            v, p = _get_varint(buf, p, end)
+            if p < 0 or v > maxval:
+                return False, first, count, ref, rows
+            ref[i] = uniform_entry(v)
+            continue
+        if c != 1:
+            return False, first, count, ref, rows
+        row = rows[nrows]
+        ref[i] = nrows
+        nrows += 1
+        if kind == KIND_SPARSE:
+            k, p = _get_varint(buf, p, end)
+            prev = -1
+            for _ in range(k):
+                if p < 0:
+                    break
+                g, p = _get_varint(buf, p, end)
+                if p < 0:
+                    break
+                v, p = _get_varint(buf, p, end)
+                prev = prev + g + 1
+                if prev >= SEG_CHUNKS or v > maxval:
+                    p = -1
+                    break
+                row[prev] = v
+        elif kind == KIND_GRAW:
+            if p + width * SEG_CHUNKS > end:
+                return False, first, count, ref, rows
+            for k in range(SEG_CHUNKS):
+                v = np.int64(0)
+                for b in range(width):
+                    v |= np.int64(buf[p + b]) << (8 * b)
+                row[k] = v
+                p += width
+        else:
+            return False, first, count, ref, rows
+        if p < 0:
+            return False, first, count, ref, rows
+    if p != end:
+        return False, first, count, ref, rows
+    if nrows < n:
+        return True, first, count, ref, rows[:nrows].copy()
+    return True, first, count, ref, rows
+
+
+@njit(**_jit)
+def first_bad_write(offsets, lengths, size):
+    """Index of the first write outside [0, size), or -1 if all are inside."""
+    for i in range(offsets.shape[0]):
+        off = offsets[i]
+        length = lengths[i]
+        if off < 0 or length < 0 or off > size or length > size - off:
+            return i
+    return -1

@@ -1,0 +1,129 @@
+"""Stored values: a checksummed, versioned envelope around every payload.
+
+Layout of every value in LMDB::
+
+    magic  b"TD"   2 bytes
+    format version 1 byte   (FORMAT_VERSION)
+    kind           1 byte   (what the payload is)
+    flags          1 byte   (bit 0: payload is zlib-compressed)
+    reserved       1 byte   (zero)
+    crc32          4 bytes  little-endian, of the payload as stored
+    payload
+
+Pages of a bitmap or generation table are encoded by the kernels (per
+segment: absent, full/uniform, positions, runs, sparse or raw, whichever is
+smallest), then compressed with zlib when that saves space.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from typing import Any
+
+import numpy as np
+
+from . import _kernels as K
+from .config import SEG_CHUNKS, SEG_WORDS
+from .errors import CorruptionError
+from .segments import Spans
+
+MAGIC = b"TD"
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<2sBBBBI")
+
+KIND_JSON = 1
+KIND_BITS_PAGE = 2
+KIND_GENS_PAGE = 3
+
+FLAG_ZLIB = 1
+# zlib level 1 keeps sealing fast; higher levels gain little on these streams.
+ZLIB_LEVEL = 1
+# Below this size compression cannot pay for its header.
+MIN_COMPRESS = 64
+
+
+def wrap(kind: int, payload: bytes, compress: bool = False) -> bytes:
+    flags = 0
+    if compress and len(payload) >= MIN_COMPRESS:
+        packed = zlib.compress(payload, ZLIB_LEVEL)
+        if len(packed) < len(payload):
+            payload, flags = packed, FLAG_ZLIB
+    return HEADER.pack(MAGIC, FORMAT_VERSION, kind, flags, 0, zlib.crc32(payload)) + payload
+
+
+def unwrap(value: bytes, kind: int, what: str) -> bytes:
+    """Check and strip the envelope; ``what`` names the value in errors."""
+    if len(value) < HEADER.size:
+        raise CorruptionError(f"{what}: stored value is truncated ({len(value)} bytes)")
+    magic, version, got_kind, flags, _, crc = HEADER.unpack_from(value)
+    if magic != MAGIC:
+        raise CorruptionError(f"{what}: not a tiered value (bad magic {magic!r})")
+    if version != FORMAT_VERSION:
+        raise CorruptionError(
+            f"{what}: stored format version {version}, this tiered reads version {FORMAT_VERSION}"
+        )
+    if got_kind != kind:
+        raise CorruptionError(f"{what}: stored kind {got_kind}, expected {kind}")
+    payload = bytes(value[HEADER.size :])
+    if zlib.crc32(payload) != crc:
+        raise CorruptionError(f"{what}: checksum mismatch")
+    if flags & FLAG_ZLIB:
+        try:
+            payload = zlib.decompress(payload)
+        except zlib.error as exc:
+            raise CorruptionError(f"{what}: cannot decompress: {exc}") from None
+    return payload
+
+
+def pack_json(record: dict[str, Any]) -> bytes:
+    return wrap(KIND_JSON, json.dumps(record, sort_keys=True, separators=(",", ":")).encode())
+
+
+def unpack_json(value: bytes, what: str) -> dict[str, Any]:
+    try:
+        record = json.loads(unwrap(value, KIND_JSON, what))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptionError(f"{what}: bad record: {exc}") from None
+    if not isinstance(record, dict):
+        raise CorruptionError(f"{what}: bad record type {type(record).__name__}")
+    return record
+
+
+def encode_bits_page(spans: Spans, page: int) -> bytes:
+    """Encode the spans of one page of a bitmap."""
+    out = np.empty(16 + len(spans) * (24 + 8 * SEG_WORDS), np.uint8)
+    n = K.encode_bit_spans(spans.first, spans.count, spans.ref, spans.rows, page, out)
+    return wrap(KIND_BITS_PAGE, out[:n].tobytes(), compress=True)
+
+
+def decode_bits_page(value: bytes, page: int, what: str) -> Spans:
+    buf = np.frombuffer(unwrap(value, KIND_BITS_PAGE, what), np.uint8)
+    ok, first, count, ref, rows = K.decode_bit_spans(buf, page)
+    if not ok:
+        raise CorruptionError(f"{what}: malformed bitmap page")
+    return Spans(first, count, ref, rows)
+
+
+def encode_gens_page(spans: Spans, page: int) -> bytes:
+    """Encode the spans of one page of a generation table.
+
+    The first payload byte is the width in bytes, so a page read back with
+    another width is caught instead of misread.
+    """
+    width = spans.rows.itemsize
+    out = np.empty(17 + len(spans) * (24 + width * SEG_CHUNKS), np.uint8)
+    out[0] = width
+    n = K.encode_gen_spans(spans.first, spans.count, spans.ref, spans.rows, page, out[1:])
+    return wrap(KIND_GENS_PAGE, out[: n + 1].tobytes())
+
+
+def decode_gens_page(value: bytes, page: int, dtype: np.dtype, what: str) -> Spans:
+    buf = np.frombuffer(unwrap(value, KIND_GENS_PAGE, what), np.uint8)
+    if len(buf) < 1 or buf[0] != np.dtype(dtype).itemsize:
+        raise CorruptionError(f"{what}: generation width does not match the volume")
+    ok, first, count, ref, rows = K.decode_gen_spans(buf[1:], page, np.empty((0, 0), dtype))
+    if not ok:
+        raise CorruptionError(f"{what}: malformed generation page")
+    return Spans(first, count, ref, rows)

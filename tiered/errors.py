@@ -1,0 +1,64 @@
+"""One exception tree for everything tiered raises.
+
+Each class is also the builtin a caller would naturally catch (``ValueError``
+for bad arguments, ``KeyError`` for unknown names), so code that does not know
+about tiered still handles our errors sensibly.
+"""
+
+from __future__ import annotations
+
+
+class TieredError(Exception):
+    """Base class of every error raised by tiered."""
+
+    def __str__(self) -> str:
+        # KeyError quotes its argument; our messages are sentences, not keys.
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class InvalidArgumentError(TieredError, ValueError):
+    """An argument has the wrong type, dtype or value."""
+
+
+class OutOfRangeError(InvalidArgumentError):
+    """An offset, length or region lies outside the volume."""
+
+
+class NotFoundError(TieredError, KeyError):
+    """A volume or checkpoint name that does not exist."""
+
+
+class VolumeNotFoundError(NotFoundError):
+    """No volume of that name in the store."""
+
+
+class CheckpointNotFoundError(NotFoundError):
+    """No live checkpoint of that name in the volume."""
+
+
+class AlreadyExistsError(TieredError, ValueError):
+    """A volume or checkpoint name that is already taken."""
+
+
+class StrategyMismatchError(InvalidArgumentError):
+    """Reopening a volume with fixed settings different from the stored ones."""
+
+
+class CheckpointLimitError(TieredError):
+    """The strategy cannot hold one more live checkpoint."""
+
+
+class ReadOnlyError(TieredError):
+    """A write was attempted on a store opened read-only."""
+
+
+class ClosedError(TieredError):
+    """The store or volume was used after close()."""
+
+
+class CorruptionError(TieredError):
+    """A stored value failed its checksum, format or version check."""
+
+
+class StoreBusyError(TieredError):
+    """The store is already open in this process."""

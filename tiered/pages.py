@@ -1,0 +1,171 @@
+"""Sealed pages of one volume: catalog, lazy loading, byte-bounded cache.
+
+The catalog (which pages each sealed table has) lives in RAM so a query
+knows what to read without scanning LMDB; the pages themselves are decoded
+only when a query or a merge needs them, through an LRU cache bounded in
+bytes.  Writes go through a :class:`Batch` bound to one LMDB transaction;
+the catalog and cache follow only once that transaction has committed.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import cachetools
+import lmdb
+import numpy as np
+
+from . import codec
+from .segments import SegmentTable, Spans
+from .storage import TAG_GENS, Storage, page_key, parse_page_key
+
+Key = tuple[bytes, int]  # (tag, generation)
+
+
+class PageCache:
+    """cachetools' LRU cache bounded in decoded bytes, with hit counters."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._lru: cachetools.LRUCache = cachetools.LRUCache(
+            maxsize=max(max_bytes, 1), getsizeof=lambda spans: spans.nbytes
+        )
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple) -> Spans | None:
+        spans = self._lru.get(key)
+        if spans is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return spans
+
+    def put(self, key: tuple, spans: Spans) -> None:
+        if spans.nbytes > self.max_bytes:
+            return  # larger than the whole budget: use once, keep nothing
+        self._lru[key] = spans
+
+    def drop(self, key: tuple) -> None:
+        self._lru.pop(key, None)
+
+    def clear(self) -> None:
+        self._lru.clear()
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._lru.currsize)
+
+
+class Batch:
+    """Page writes and deletes staged in one write transaction."""
+
+    def __init__(self, io: "PageIO", txn: lmdb.Transaction) -> None:
+        self.io = io
+        self.txn = txn
+        self.written: dict[Key, set[int]] = {}
+        self.deleted: set[Key] = set()
+
+    def put_table(self, tag: bytes, gen: int, table: SegmentTable) -> None:
+        """Write every page of ``table`` under (tag, gen); other pages stay."""
+        spans = table.spans()
+        pages = self.written.setdefault((tag, gen), set())
+        for page in spans.pages().tolist():
+            part = spans.page_slice(page)
+            if table.is_bits:
+                value = codec.encode_bits_page(part, page)
+            else:
+                value = codec.encode_gens_page(part, page)
+            self.txn.put(page_key(self.io.vol_id, tag, gen, page), value, db=self.io.storage.pages)
+            pages.add(page)
+
+    def delete(self, tag: bytes, gen: int) -> None:
+        """Delete every stored page of (tag, gen), committed or staged."""
+        for page in self.io.catalog.get((tag, gen), ()):
+            self.txn.delete(page_key(self.io.vol_id, tag, gen, page), db=self.io.storage.pages)
+        for page in self.written.pop((tag, gen), ()):
+            self.txn.delete(page_key(self.io.vol_id, tag, gen, page), db=self.io.storage.pages)
+        self.deleted.add((tag, gen))
+
+
+class PageIO:
+    """Reads, writes and caches the stored pages of one volume."""
+
+    def __init__(self, storage: Storage, vol_id: int, cache_bytes: int, gens_dtype: np.dtype) -> None:
+        self.storage = storage
+        self.vol_id = vol_id
+        self.gens_dtype = np.dtype(gens_dtype)
+        self.cache = PageCache(cache_bytes)
+        self.catalog: dict[Key, np.ndarray] = {}
+
+    def load_catalog(self, txn: lmdb.Transaction) -> None:
+        found: dict[Key, list[int]] = {}
+        prefix = page_key(self.vol_id, b"\0", 0, 0)[:8]
+        for key, _ in self.storage.scan_prefix(txn, self.storage.pages, prefix):
+            tag, gen, page = parse_page_key(key)
+            found.setdefault((tag, gen), []).append(page)
+        self.catalog = {k: np.array(v, np.int64) for k, v in found.items()}
+
+    def gens(self, tag: bytes) -> list[int]:
+        """Generations that have stored pages under ``tag``, ascending."""
+        return sorted(g for t, g in self.catalog if t == tag)
+
+    def pages(self, tag: bytes, gen: int, page_range: range | None = None) -> list[int]:
+        pages = self.catalog.get((tag, gen))
+        if pages is None:
+            return []
+        if page_range is not None:
+            pages = pages[(pages >= page_range.start) & (pages < page_range.stop)]
+        return pages.tolist()
+
+    def read(self, tag: bytes, gen: int, page: int, txn: lmdb.Transaction | None = None) -> Spans:
+        key = (tag, gen, page)
+        spans = self.cache.get(key)
+        if spans is not None:
+            return spans
+        if txn is None:
+            with self.storage.reading() as own:
+                value = own.get(page_key(self.vol_id, tag, gen, page), db=self.storage.pages)
+        else:
+            value = txn.get(page_key(self.vol_id, tag, gen, page), db=self.storage.pages)
+        what = f"volume {self.vol_id} page {tag.decode()}/{gen}/{page}"
+        if value is None:
+            from .errors import CorruptionError
+
+            raise CorruptionError(f"{what}: listed in the catalog but missing from the store")
+        if tag == TAG_GENS:
+            spans = codec.decode_gens_page(value, page, self.gens_dtype, what)
+        else:
+            spans = codec.decode_bits_page(value, page, what)
+        self.cache.put(key, spans)
+        return spans
+
+    def read_table(
+        self, tag: bytes, gen: int, page_range: range | None = None, txn: lmdb.Transaction | None = None
+    ) -> Iterable[Spans]:
+        for page in self.pages(tag, gen, page_range):
+            yield self.read(tag, gen, page, txn)
+
+    def batch(self, txn: lmdb.Transaction) -> Batch:
+        return Batch(self, txn)
+
+    def apply(self, batch: Batch) -> None:
+        """Bring catalog and cache in line with a committed batch."""
+        for key in batch.deleted:
+            for page in self.catalog.pop(key, ()):
+                self.cache.drop((*key, int(page)))
+        for key, pages in batch.written.items():
+            old = self.catalog.get(key, np.empty(0, np.int64))
+            self.catalog[key] = np.union1d(old, np.fromiter(pages, np.int64, len(pages)))
+            for page in pages:
+                self.cache.drop((*key, page))
+
+    def forget(self, batch: Batch) -> None:
+        """After a failed transaction: drop anything the batch may have cached."""
+        for key in list(batch.written) + list(batch.deleted):
+            for page in self.catalog.get(key, ()):
+                self.cache.drop((*key, int(page)))
+
+    def disk_bytes(self, txn: lmdb.Transaction) -> int:
+        prefix = page_key(self.vol_id, b"\0", 0, 0)[:8]
+        return sum(len(k) + len(v) for k, v in self.storage.scan_prefix(txn, self.storage.pages, prefix))

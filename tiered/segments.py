@@ -1,0 +1,192 @@
+"""Sparse segmented tables in RAM: the growth policy around the kernels.
+
+A :class:`SegmentTable` covers ``n_chunks`` chunks with either one bit per
+chunk (a bitmap) or one generation number per chunk.  Memory grows with the
+segments that hold something, not with the volume: a 1 PiB volume at 4 KiB
+granularity costs 256 KiB of directory until it is written to.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from . import _kernels as K
+from .config import PAGE_CHUNKS, PAGE_SEGMENTS, PAGE_SHIFT, SEG_CHUNKS, SEG_SHIFT, SEG_WORDS
+
+
+class Spans(NamedTuple):
+    """A set of segments in ascending order (see ``_kernels``)."""
+
+    first: np.ndarray
+    count: np.ndarray
+    ref: np.ndarray
+    rows: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return self.first.nbytes + self.count.nbytes + self.ref.nbytes + self.rows.nbytes
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    def pages(self) -> np.ndarray:
+        """The pages this span list touches, ascending."""
+        return np.unique(self.first >> PAGE_SHIFT)
+
+    def page_slice(self, page: int) -> "Spans":
+        """The spans of one page (rows are shared, not copied)."""
+        lo, hi = np.searchsorted(self.first, [page << PAGE_SHIFT, (page + 1) << PAGE_SHIFT])
+        return Spans(self.first[lo:hi], self.count[lo:hi], self.ref[lo:hi], self.rows)
+
+    def runs(self, c_lo: int, c_hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """Runs of set chunks (bitmap spans only), clipped to [c_lo, c_hi)."""
+        return K.span_runs(self.first, self.count, self.ref, self.rows, c_lo, c_hi)
+
+    def count_bits(self) -> int:
+        return int(K.count_span_bits(self.first, self.count, self.ref, self.rows))
+
+
+def empty_spans(row_dtype: np.dtype, row_len: int) -> Spans:
+    z = np.empty(0, np.int64)
+    return Spans(z, z, z, np.empty((0, row_len), row_dtype))
+
+
+class SegmentTable:
+    """A bitmap (``dtype=None``) or generation array over ``n_chunks`` chunks."""
+
+    def __init__(self, n_chunks: int, dtype: np.dtype | type | None = None) -> None:
+        self.n_chunks = n_chunks
+        self.n_segments = -(-n_chunks // SEG_CHUNKS)
+        self.n_top = -(-self.n_segments // PAGE_SEGMENTS)
+        self.is_bits = dtype is None
+        if self.is_bits:
+            self.row_dtype = np.dtype(np.uint64)
+            self.row_len = SEG_WORDS
+        else:
+            self.row_dtype = np.dtype(dtype)
+            self.row_len = SEG_CHUNKS
+        self.clear()
+
+    # -- memory ---------------------------------------------------------
+
+    def clear(self) -> None:
+        """Forget everything and give the memory back."""
+        self.index = np.empty(K.HEADER + self.n_top, np.int32)
+        self.index[: K.HEADER] = 0
+        self.index[K.HEADER :] = K.ABSENT
+        self.pool = np.empty((0, self.row_len), self.row_dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return self.index.nbytes + self.pool.nbytes
+
+    @property
+    def rows_used(self) -> int:
+        return int(self.index[K.SLOTS_USED])
+
+    def is_empty(self) -> bool:
+        return not np.any(self.index[K.HEADER : K.HEADER + self.n_top] != K.ABSENT)
+
+    def _grow(self) -> None:
+        """Make room for at least one more page and one more row."""
+        idx = self.index
+        pages_cap = int(idx[K.PAGES_CAP])
+        if idx[K.PAGES_USED] == pages_cap:
+            new_cap = min(self.n_top, pages_cap + max(1, pages_cap // 2))
+            grown = np.empty(K.HEADER + self.n_top + new_cap * PAGE_SEGMENTS, np.int32)
+            grown[: len(idx)] = idx
+            grown[K.PAGES_CAP] = new_cap
+            self.index = idx = grown
+        slots_cap = int(idx[K.SLOTS_CAP])
+        if idx[K.SLOTS_USED] == slots_cap:
+            new_cap = slots_cap + max(16, slots_cap // 2)
+            pool = np.empty((new_cap, self.row_len), self.row_dtype)
+            pool[:slots_cap] = self.pool
+            self.pool = pool
+            idx[K.SLOTS_CAP] = new_cap
+
+    def _until_done(self, step: Callable[[int], int], total: int) -> None:
+        """Run a resumable kernel, growing whenever it stops short."""
+        done = step(0)
+        while done < total:
+            self._grow()
+            done = step(done)
+
+    # -- writes ---------------------------------------------------------
+
+    def mark_many(self, offsets: np.ndarray, lengths: np.ndarray, shift: int, value: int) -> None:
+        """Mark validated int64 byte ranges (``value`` is 1 for bitmaps)."""
+        self._until_done(
+            lambda start: K.mark_writes(
+                self.index, self.pool, self.n_top, offsets, lengths, start, shift, value, self.is_bits
+            ),
+            len(offsets),
+        )
+
+    def mark(self, offset: int, length: int, shift: int, value: int) -> None:
+        while not K.mark_one(self.index, self.pool, self.n_top, offset, length, shift, value, self.is_bits):
+            self._grow()
+
+    def set_chunks(self, c0: int, c1: int, value: int) -> None:
+        """Give chunks c0..c1 (inclusive) the value."""
+        while not K.set_range(self.index, self.pool, self.n_top, c0, c1, value, self.is_bits):
+            self._grow()
+
+    def or_spans(self, spans: Spans) -> None:
+        """OR a bitmap span list into this bitmap."""
+        self._until_done(
+            lambda start: K.or_spans(self.index, self.pool, self.n_top, *spans, start), len(spans)
+        )
+
+    def or_at_least(self, spans: Spans, gen: int) -> None:
+        """OR into this bitmap the chunks of a generation span list >= gen."""
+        self._until_done(
+            lambda start: K.threshold_spans(self.index, self.pool, self.n_top, *spans, gen, start),
+            len(spans),
+        )
+
+    def assign(self, spans: Spans, gen: int) -> None:
+        """Set to gen, in this generation table, every chunk of a bitmap span list."""
+        self._until_done(
+            lambda start: K.assign_spans(self.index, self.pool, self.n_top, *spans, gen, start),
+            len(spans),
+        )
+
+    def load(self, spans: Spans) -> None:
+        """Copy a span list of the same kind into an empty part of this table."""
+        self._until_done(
+            lambda start: K.load_spans(self.index, self.pool, self.n_top, *spans, start, self.is_bits),
+            len(spans),
+        )
+
+    def remap(self, live: np.ndarray) -> None:
+        """Renumber generations: v becomes the count of live generations <= v."""
+        K.remap_generations(self.index, self.pool, self.n_top, live.astype(np.int64))
+
+    # -- reads ----------------------------------------------------------
+
+    def spans(self, seg_lo: int = 0, seg_hi: int | None = None) -> Spans:
+        """The non-empty segments in [seg_lo, seg_hi); rows are shared."""
+        if seg_hi is None:
+            seg_hi = self.n_segments
+        first, count, ref = K.table_spans(self.index, self.n_top, seg_lo, seg_hi)
+        return Spans(first, count, ref, self.pool)
+
+    def pages(self) -> np.ndarray:
+        """Pages that hold anything, ascending."""
+        top = self.index[K.HEADER : K.HEADER + self.n_top]
+        return np.flatnonzero(top != K.ABSENT)
+
+
+def chunk_page_range(c_lo: int, c_hi: int) -> range:
+    """Pages that overlap chunks [c_lo, c_hi)."""
+    if c_hi <= c_lo:
+        return range(0)
+    return range(c_lo // PAGE_CHUNKS, (c_hi - 1) // PAGE_CHUNKS + 1)
+
+
+def chunk_seg_range(c_lo: int, c_hi: int) -> tuple[int, int]:
+    """Segments [lo, hi) that overlap chunks [c_lo, c_hi)."""
+    return c_lo >> SEG_SHIFT, (c_hi + SEG_CHUNKS - 1) >> SEG_SHIFT

@@ -1,0 +1,178 @@
+"""The LMDB layout: one environment per store, four sub-databases.
+
+``meta``
+    ``b"format"`` -> JSON ``{"format": 1}``; ``b"next_volume"`` -> JSON counter.
+``volumes``
+    volume id (8 bytes big-endian) -> JSON volume record (name, geometry,
+    strategy, generation counter, clean flag...).
+``checkpoints``
+    volume id + generation (8 + 8 bytes) -> JSON ``{"name", "created"}``.
+``pages``
+    volume id + tag + generation + page (8 + 1 + 8 + 8 bytes) -> encoded page.
+    Tags: ``W`` sealed writeset of one period, ``A`` snapshot of the active
+    writeset taken by flush, ``G`` generation array.
+
+Names live inside values, not keys, because LMDB keys stop at 511 bytes and
+names may take 1023.  Storage knows keys and bytes, never strategies.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
+
+import lmdb
+
+from .errors import ReadOnlyError, StoreBusyError, TieredError
+
+T = TypeVar("T")
+
+_U64 = struct.Struct(">Q")
+_CKPT = struct.Struct(">QQ")
+_PAGE = struct.Struct(">QcQQ")
+
+TAG_WRITESET = b"W"
+TAG_ACTIVE = b"A"
+TAG_GENS = b"G"
+
+INITIAL_MAP_SIZE = 64 << 20
+MAX_DBS = 4
+
+# One Environment per path per process: LMDB forbids opening the same
+# environment twice in one process (locks are per process).
+_open_paths: set[str] = set()
+_open_paths_lock = threading.Lock()
+
+
+def volume_key(vol_id: int) -> bytes:
+    return _U64.pack(vol_id)
+
+
+def checkpoint_key(vol_id: int, gen: int) -> bytes:
+    return _CKPT.pack(vol_id, gen)
+
+
+def checkpoint_key_gen(key: bytes) -> int:
+    return _CKPT.unpack(key)[1]
+
+
+def page_key(vol_id: int, tag: bytes, gen: int, page: int) -> bytes:
+    return _PAGE.pack(vol_id, tag, gen, page)
+
+
+def parse_page_key(key: bytes) -> tuple[bytes, int, int]:
+    _, tag, gen, page = _PAGE.unpack(key)
+    return tag, gen, page
+
+
+class Storage:
+    """An LMDB environment that grows its map by itself."""
+
+    def __init__(self, path: str, *, readonly: bool, sync: bool, map_size: int | None) -> None:
+        self.path = os.path.abspath(path)
+        self.readonly = readonly
+        with _open_paths_lock:
+            if self.path in _open_paths:
+                raise StoreBusyError(
+                    f"store {self.path!r} is already open in this process; share the open store"
+                )
+            _open_paths.add(self.path)
+        try:
+            if not readonly:
+                os.makedirs(self.path, exist_ok=True)
+            elif not os.path.isdir(self.path):
+                raise TieredError(f"no store at {self.path!r}")
+            size = max(map_size or 0, INITIAL_MAP_SIZE)
+            if readonly:
+                size = 0  # a reader uses whatever size the writer set
+            try:
+                self.env = lmdb.open(
+                    self.path,
+                    subdir=True,
+                    readonly=readonly,
+                    map_size=size or INITIAL_MAP_SIZE,
+                    max_dbs=MAX_DBS,
+                    sync=sync,
+                    metasync=sync,
+                    lock=not readonly,
+                    max_readers=126,
+                )
+            except lmdb.Error as exc:
+                raise TieredError(f"cannot open store {self.path!r}: {exc}") from None
+            create = not readonly
+            try:
+                self.meta = self.env.open_db(b"meta", create=create)
+                self.volumes = self.env.open_db(b"volumes", create=create)
+                self.checkpoints = self.env.open_db(b"checkpoints", create=create)
+                self.pages = self.env.open_db(b"pages", create=create)
+            except lmdb.Error as exc:
+                self.env.close()
+                raise TieredError(f"{self.path!r} is not a tiered store: {exc}") from None
+        except BaseException:
+            with _open_paths_lock:
+                _open_paths.discard(self.path)
+            raise
+        self._closed = False
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.env.close()
+        with _open_paths_lock:
+            _open_paths.discard(self.path)
+
+    @contextmanager
+    def reading(self) -> Iterator[lmdb.Transaction]:
+        with self.env.begin(write=False, buffers=False) as txn:
+            yield txn
+
+    def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        """Run ``fn`` in one write transaction and commit it.
+
+        ``fn`` must only write to the transaction, never change state in RAM:
+        when the map is full it is run again from scratch in a larger map.
+        """
+        if self.readonly:
+            raise ReadOnlyError(f"store {self.path!r} is open read-only")
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    return fn(txn)
+            except lmdb.MapFullError:
+                self._grow_map()
+
+    def _grow_map(self) -> None:
+        current = self.env.info()["map_size"]
+        # Doubling keeps the number of retries logarithmic in the data size.
+        self.env.set_mapsize(current * 2)
+
+    def disk_bytes(self) -> int:
+        """Bytes the environment occupies in its files (the used part of the map)."""
+        info = self.env.info()
+        stat = self.env.stat()
+        return (info["last_pgno"] + 1) * stat["psize"]
+
+    def scan_prefix(self, txn: lmdb.Transaction, db: Any, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        cursor = txn.cursor(db)
+        if not cursor.set_range(prefix):
+            return
+        for key, value in cursor:
+            if not key.startswith(prefix):
+                break
+            yield key, value
+
+    def delete_prefix(self, txn: lmdb.Transaction, db: Any, prefix: bytes) -> int:
+        cursor = txn.cursor(db)
+        removed = 0
+        if not cursor.set_range(prefix):
+            return 0
+        while cursor.key().startswith(prefix):
+            cursor.delete()
+            removed += 1
+            if not cursor.key():
+                break
+        return removed

@@ -1,0 +1,109 @@
+"""The interface every history strategy implements.
+
+Time is cut into *periods*, numbered by generations: creating a checkpoint
+starts period ``g`` and gives the checkpoint generation ``g``.  "Changed
+since X" is the union of every write made in a period ``>= gen(X)``.  A
+strategy decides how those writes are kept; the volume owns names,
+generations, validation, locking and the transaction around each call.
+
+Methods that change stored state take a :class:`~tiered.pages.Batch` (one
+LMDB write transaction), stage their writes in it and return a callback that
+updates RAM.  The volume runs the callback only after the transaction has
+committed, so a failed write leaves RAM and disk as they were.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable
+
+import numpy as np
+
+from ..pages import Batch, PageIO
+from ..segments import SegmentTable, Spans, chunk_page_range, chunk_seg_range
+
+AfterCommit = Callable[[], None]
+
+
+def nothing() -> None:
+    """An after-commit callback with nothing to do."""
+
+
+class History(ABC):
+    mode: str
+    #: Largest generation the strategy can store.
+    max_generation: int
+    #: Whether sealing a period also persists everything marked so far.
+    seal_flushes: bool = False
+
+    def __init__(self, io: PageIO, n_chunks: int) -> None:
+        self.io = io
+        self.n_chunks = n_chunks
+
+    # -- lifetime -------------------------------------------------------
+
+    @abstractmethod
+    def load(self, txn: Any, record: dict[str, Any]) -> None:
+        """Rebuild RAM state from the store at open."""
+
+    def record_fields(self) -> dict[str, Any]:
+        """Extra fields this strategy keeps in the volume record."""
+        return {}
+
+    # -- write path -----------------------------------------------------
+
+    @abstractmethod
+    def mark_many(self, offsets: np.ndarray, lengths: np.ndarray, shift: int, gen: int) -> None:
+        """Mark validated int64 byte ranges written in period ``gen``."""
+
+    @abstractmethod
+    def mark(self, offset: int, length: int, shift: int, gen: int) -> None:
+        """Mark one validated byte range written in period ``gen``."""
+
+    # -- changes of history ---------------------------------------------
+
+    @abstractmethod
+    def seal(self, batch: Batch, current: int, new: int, live: list[int]) -> AfterCommit:
+        """Close period ``current`` (``live`` is non-empty) before period ``new`` starts."""
+
+    @abstractmethod
+    def remove(self, batch: Batch, live: list[int], i: int) -> AfterCommit:
+        """Drop live checkpoint ``live[i]`` (not the only one), keeping every other answer."""
+
+    @abstractmethod
+    def reset(self, batch: Batch) -> AfterCommit:
+        """Forget all history: no live checkpoint is left to ask about."""
+
+    @abstractmethod
+    def flush(self, batch: Batch) -> AfterCommit:
+        """Persist the state held in RAM, so that reopening loses nothing."""
+
+    def renumber(self, live: np.ndarray) -> None:
+        """Map every generation v to the number of ``live`` generations <= v."""
+        raise NotImplementedError
+
+    # -- queries --------------------------------------------------------
+
+    @abstractmethod
+    def changed(self, since: int, until: int | None, c_lo: int, c_hi: int) -> tuple[Spans, bool]:
+        """Bitmap spans of chunks written in periods [since, until) inside
+        chunks [c_lo, c_hi) (``until=None``: up to now), and whether that
+        answer is exact.  It may include chunks written later, never fewer."""
+
+    # -- costs ----------------------------------------------------------
+
+    @abstractmethod
+    def ram_bytes(self) -> int:
+        """Bitmap memory held in RAM, the page cache excluded."""
+
+    # -- helpers shared by the strategies --------------------------------
+
+    def _union_writesets(self, acc: SegmentTable, gens: list[int], c_lo: int, c_hi: int, txn: Any = None) -> None:
+        pages = chunk_page_range(c_lo, c_hi)
+        for gen in gens:
+            for spans in self.io.read_table(b"W", gen, pages, txn):
+                acc.or_spans(spans)
+
+    @staticmethod
+    def _region_spans(table: SegmentTable, c_lo: int, c_hi: int) -> Spans:
+        return table.spans(*chunk_seg_range(c_lo, c_hi))

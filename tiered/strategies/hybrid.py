@@ -1,0 +1,123 @@
+"""Hybrid history: recent writesets one-bit, older ones folded into an
+on-disk generation array.
+
+RAM holds only the active writeset (one bit per touched chunk).  Sealed
+writesets stay one-bit in LMDB until more than ``2 * recent`` of them pile
+up; then the oldest are folded, in one pass, into the generation array ``G``
+(each chunk: the last folded period that wrote it), leaving ``recent``.
+Folding reads and rewrites only the pages the folded writesets touch, so it
+costs time in proportion to the dirty chunks, not to the volume.
+
+"Changed since X" is ``G >= gen(X)`` (when X is folded) plus at most
+``2 * recent`` writesets plus the active one: about the same for any X.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..config import MAX_GEN_32
+from ..pages import Batch
+from ..segments import SegmentTable, Spans, chunk_page_range
+from ..storage import TAG_GENS, TAG_WRITESET
+from .base import AfterCommit
+from .one_bit import OneBitHistory
+
+# The generation array is a single table; its pages are keyed by this gen.
+ARRAY_GEN = 0
+GENS_DTYPE = np.dtype(np.uint32)
+
+
+class HybridHistory(OneBitHistory):
+    mode = "hybrid"
+    max_generation = MAX_GEN_32
+
+    def __init__(self, io, n_chunks: int, recent: int) -> None:
+        super().__init__(io, n_chunks)
+        self.recent = recent
+        #: Highest period folded into the generation array (0: none).
+        self.folded_through = 0
+
+    def load(self, txn: Any, record: dict[str, Any]) -> None:
+        super().load(txn, record)
+        self.folded_through = int(record.get("folded_through", 0))
+
+    def record_fields(self) -> dict[str, Any]:
+        return {"folded_through": self.folded_through}
+
+    def _fold(self, batch: Batch, upto: int) -> AfterCommit:
+        """Fold every writeset of a period <= upto into the generation array."""
+        gens = self.writesets(0, upto + 1)
+        if not gens:
+            return lambda: None
+        txn = batch.txn
+        touched = sorted({p for g in gens for p in self.io.pages(TAG_WRITESET, g)})
+        work = SegmentTable(self.n_chunks, GENS_DTYPE)
+        for page in touched:
+            if page in self.io.pages(TAG_GENS, ARRAY_GEN, range(page, page + 1)):
+                work.load(self.io.read(TAG_GENS, ARRAY_GEN, page, txn))
+        for g in gens:
+            for spans in self.io.read_table(TAG_WRITESET, g, txn=txn):
+                work.assign(spans, g)
+        batch.put_table(TAG_GENS, ARRAY_GEN, work)
+        for g in gens:
+            batch.delete(TAG_WRITESET, g)
+        folded = max(self.folded_through, gens[-1])
+
+        def done() -> None:
+            self.folded_through = folded
+
+        return done
+
+    def seal(self, batch: Batch, current: int, new: int, live: list[int]) -> AfterCommit:
+        cleared = super().seal(batch, current, new, live)
+        # Count the writeset being sealed, which the catalog does not show yet.
+        pending = self.writesets(0) + [current]
+        folded = lambda: None
+        if len(pending) > 2 * self.recent:
+            keep_from = pending[-self.recent]
+            folded = self._fold(batch, keep_from - 1)
+
+        def done() -> None:
+            cleared()
+            folded()
+
+        return done
+
+    def _merge_into_predecessor(self, batch: Batch, prev: int, gens: list[int]) -> AfterCommit:
+        if prev > self.folded_through:
+            return super()._merge_into_predecessor(batch, prev, gens)
+        # The predecessor's writes are already in the generation array: fold
+        # these (and any older one-bit writeset) there too, with their own
+        # generations, which are all >= prev.
+        if not gens:
+            return lambda: None
+        return self._fold(batch, max(gens))
+
+    def reset(self, batch: Batch) -> AfterCommit:
+        cleared = super().reset(batch)
+
+        def done() -> None:
+            cleared()
+            self.folded_through = 0
+
+        return done
+
+    def changed(self, since: int, until: int | None, c_lo: int, c_hi: int) -> tuple[Spans, bool]:
+        if since > self.folded_through:
+            return super().changed(since, until, c_lo, c_hi)
+        acc = SegmentTable(self.n_chunks)
+        pages = chunk_page_range(c_lo, c_hi)
+        exact = True
+        for spans in self.io.read_table(TAG_GENS, ARRAY_GEN, pages):
+            acc.or_at_least(spans, since)
+            if until is not None and until <= self.folded_through and exact:
+                probe = SegmentTable(self.n_chunks)
+                probe.or_at_least(spans, until)
+                exact = probe.is_empty()
+        self._union_writesets(acc, self.writesets(since, until), c_lo, c_hi)
+        if until is None:
+            acc.or_spans(self._region_spans(self.active, c_lo, c_hi))
+        return self._region_spans(acc, c_lo, c_hi), exact

@@ -1,0 +1,79 @@
+"""Multi-bit history: one generation number per chunk, in RAM.
+
+Each chunk holds the period in which it was last written; "changed since X"
+is ``generation >= gen(X)`` and creating a checkpoint only bumps a counter.
+The price is ``width`` bits per touched chunk in RAM, and a flush that
+writes the whole array.  When the counter would overflow the width, the
+live generations are renumbered compactly; if even that cannot make room,
+creating a checkpoint fails with a clear error instead of resetting.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..config import max_generation
+from ..pages import Batch
+from ..segments import SegmentTable, Spans, chunk_seg_range
+from ..storage import TAG_GENS
+from .base import AfterCommit, History, nothing
+
+ARRAY_GEN = 0
+
+
+class MultiBitHistory(History):
+    mode = "multi-bit"
+
+    def __init__(self, io, n_chunks: int, width: int) -> None:
+        super().__init__(io, n_chunks)
+        self.max_generation = max_generation(width)
+        self.array = SegmentTable(n_chunks, io.gens_dtype)
+
+    def load(self, txn: Any, record: dict[str, Any]) -> None:
+        for spans in self.io.read_table(TAG_GENS, ARRAY_GEN, txn=txn):
+            self.array.load(spans)
+        self.io.cache.clear()
+
+    def mark_many(self, offsets: np.ndarray, lengths: np.ndarray, shift: int, gen: int) -> None:
+        self.array.mark_many(offsets, lengths, shift, gen)
+
+    def mark(self, offset: int, length: int, shift: int, gen: int) -> None:
+        self.array.mark(offset, length, shift, gen)
+
+    def seal(self, batch: Batch, current: int, new: int, live: list[int]) -> AfterCommit:
+        return nothing
+
+    def remove(self, batch: Batch, live: list[int], i: int) -> AfterCommit:
+        # Chunks of the removed period stay >= the predecessor's generation,
+        # so every remaining answer is unchanged.
+        return nothing
+
+    def reset(self, batch: Batch) -> AfterCommit:
+        batch.delete(TAG_GENS, ARRAY_GEN)
+        return self.array.clear
+
+    def flush(self, batch: Batch) -> AfterCommit:
+        batch.delete(TAG_GENS, ARRAY_GEN)
+        batch.put_table(TAG_GENS, ARRAY_GEN, self.array)
+        return nothing
+
+    def renumber(self, live: np.ndarray) -> None:
+        self.array.remap(live)
+
+    def changed(self, since: int, until: int | None, c_lo: int, c_hi: int) -> tuple[Spans, bool]:
+        region = self.array.spans(*chunk_seg_range(c_lo, c_hi))
+        acc = SegmentTable(self.n_chunks)
+        acc.or_at_least(region, since)
+        exact = True
+        if until is not None:
+            # Chunks rewritten since ``until`` hide whether they were also
+            # written before it: then the answer is a superset.
+            probe = SegmentTable(self.n_chunks)
+            probe.or_at_least(region, until)
+            exact = probe.is_empty()
+        return acc.spans(*chunk_seg_range(c_lo, c_hi)), exact
+
+    def ram_bytes(self) -> int:
+        return self.array.nbytes

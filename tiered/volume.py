@@ -1,0 +1,440 @@
+"""A tracked volume: validation, names, generations and crash bookkeeping.
+
+The volume checks every argument, owns the list of live checkpoints and the
+generation counter, wraps each change in one LMDB transaction, and leaves
+how history is kept to its strategy (``tiered.strategies``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from . import _kernels as K
+from .config import MAX_NAME_BYTES, Strategy
+from .errors import (
+    AlreadyExistsError,
+    CheckpointLimitError,
+    CheckpointNotFoundError,
+    ClosedError,
+    InvalidArgumentError,
+    OutOfRangeError,
+    ReadOnlyError,
+)
+from .extents import Extents
+from .pages import Batch, PageIO
+from .storage import checkpoint_key, volume_key
+from .codec import pack_json
+from .strategies import gens_dtype, make_history
+
+if TYPE_CHECKING:
+    from .store import Store
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A named point in a volume's history."""
+
+    name: str
+    created: float
+    """Creation time, seconds since the epoch."""
+    generation: int
+    """Internal period number; increases with creation order (may be renumbered)."""
+
+
+def check_name(name: object, what: str) -> str:
+    if not isinstance(name, str):
+        raise InvalidArgumentError(f"{what} name must be a str, got {type(name).__name__}")
+    if not name:
+        raise InvalidArgumentError(f"{what} name must not be empty")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidArgumentError(f"{what} name is not valid UTF-8: {exc}") from None
+    if size > MAX_NAME_BYTES:
+        raise InvalidArgumentError(
+            f"{what} name is {size} bytes in UTF-8; the limit is {MAX_NAME_BYTES}"
+        )
+    return name
+
+
+def _as_int(value: object, what: str) -> int:
+    if isinstance(value, bool):
+        raise InvalidArgumentError(f"{what} must be an integer, got bool")
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidArgumentError(f"{what} must be an integer, got {type(value).__name__}") from None
+
+
+def _as_int_array(values: object, what: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise InvalidArgumentError(f"{what} must be one-dimensional, got shape {arr.shape}")
+    if arr.size == 0:
+        return np.empty(0, np.int64)
+    if arr.dtype.kind not in "iu":
+        raise InvalidArgumentError(f"{what} must hold integers, got dtype {arr.dtype}")
+    return arr
+
+
+class Volume:
+    """Change tracking for one volume.  Get one from :class:`tiered.Store`."""
+
+    def __init__(self, store: "Store", record: dict[str, Any], strategy: Strategy, txn: Any) -> None:
+        self._store = store
+        self._storage = store._storage
+        self._record = record
+        self.name: str = record["name"]
+        self.size: int = record["size"]
+        self.granularity: int = record["granularity"]
+        self.strategy = strategy
+        self._id: int = record["id"]
+        self._shift = self.granularity.bit_length() - 1
+        self._n_chunks = -(-self.size // self.granularity)
+        self._gen: int = record["generation"]
+        self._lost: int = record["lost_generation"]
+        self._dirty: bool = record["dirty"]
+        self._closed = False
+        self._lock = threading.Lock()
+        self._io = PageIO(self._storage, self._id, strategy.cache_bytes, gens_dtype(strategy))
+        self._io.load_catalog(txn)
+        self._history = make_history(strategy, self._io, self._n_chunks)
+        self._history.load(txn, record)
+        self._checkpoints: list[Checkpoint] = []
+        prefix = volume_key(self._id)
+        from .codec import unpack_json
+        from .storage import checkpoint_key_gen
+
+        for key, value in self._storage.scan_prefix(txn, self._storage.checkpoints, prefix):
+            rec = unpack_json(value, f"checkpoint of volume {self.name!r}")
+            self._checkpoints.append(Checkpoint(rec["name"], rec["created"], checkpoint_key_gen(key)))
+        self._by_name = {c.name: c for c in self._checkpoints}
+        self.unclean_shutdown = False
+        if self._dirty:
+            # RAM held marks that never reached the disk: any chunk may have
+            # changed since any existing checkpoint.
+            self.unclean_shutdown = bool(self._checkpoints)
+            self._lost = self._gen
+            self._dirty = False
+            if not self._storage.readonly:
+                self._transact(lambda batch: (lambda: None))
+        elif self._lost and any(c.generation <= self._lost for c in self._checkpoints):
+            self.unclean_shutdown = True
+
+    # -- plumbing -------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"volume {self.name!r} is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self._storage.readonly:
+            raise ReadOnlyError(f"volume {self.name!r} is open read-only")
+
+    def _volume_record(self, **changes: Any) -> dict[str, Any]:
+        rec = dict(self._record)
+        rec.update(
+            generation=self._gen,
+            lost_generation=self._lost,
+            dirty=self._dirty,
+            **self._history.record_fields(),
+        )
+        rec.update(changes)
+        return rec
+
+    def _transact(self, build: Callable[[Batch], Callable[[], None]], **record_changes: Any) -> None:
+        """Run ``build`` in one write transaction, then update RAM.
+
+        ``build`` stages writes and returns what to do in RAM once they have
+        committed; the volume record is rewritten in the same transaction.
+        """
+        staged: dict[str, Any] = {}
+
+        def body(txn: Any) -> None:
+            batch = self._io.batch(txn)
+            staged["batch"] = batch
+            staged["after"] = build(batch)
+            record = self._volume_record(**record_changes)
+            txn.put(volume_key(self._id), pack_json(record), db=self._storage.volumes)
+            staged["record"] = record
+
+        try:
+            self._storage.write(body)
+        except BaseException:
+            if "batch" in staged:
+                self._io.forget(staged["batch"])
+            raise
+        self._io.apply(staged["batch"])
+        staged["after"]()
+        self._record = staged["record"]
+        self._gen = self._record["generation"]
+        self._lost = self._record["lost_generation"]
+        self._dirty = self._record["dirty"]
+
+    def _note_dirty(self) -> None:
+        # Persist "RAM is ahead of the disk" before the first unflushed mark,
+        # so an unclean shutdown is detected on reopen.
+        self._transact(lambda batch: (lambda: None), dirty=True)
+
+    # -- write path -----------------------------------------------------
+
+    def mark(self, offset: int, length: int) -> None:
+        """Mark every chunk that the write [offset, offset + length) touches."""
+        offset = _as_int(offset, "offset")
+        length = _as_int(length, "length")
+        if offset < 0 or length < 0 or offset > self.size or length > self.size - offset:
+            raise OutOfRangeError(
+                f"write [{offset}, {offset}+{length}) lies outside volume {self.name!r} of size {self.size}"
+            )
+        with self._lock:
+            self._check_writable()
+            if not self._checkpoints:
+                return  # no checkpoint can ask about this write
+            if not self._dirty:
+                self._note_dirty()
+            self._history.mark(offset, length, self._shift, self._gen)
+
+    def mark_many(self, offsets: Sequence[int] | np.ndarray, lengths: Sequence[int] | np.ndarray) -> None:
+        """Mark a batch of writes: all of them, or none if any is invalid."""
+        offs = _as_int_array(offsets, "offsets")
+        lens = _as_int_array(lengths, "lengths")
+        if offs.shape != lens.shape:
+            raise InvalidArgumentError(
+                f"offsets and lengths differ in length: {offs.shape[0]} and {lens.shape[0]}"
+            )
+        offs64 = np.ascontiguousarray(offs, dtype=np.int64)
+        lens64 = np.ascontiguousarray(lens, dtype=np.int64)
+        bad = K.first_bad_write(offs64, lens64, self.size)
+        if bad >= 0:
+            raise OutOfRangeError(
+                f"write {bad} of the batch, [{offs[bad]}, {offs[bad]}+{lens[bad]}), lies outside "
+                f"volume {self.name!r} of size {self.size}; nothing was marked"
+            )
+        with self._lock:
+            self._check_writable()
+            if not self._checkpoints or not len(offs64):
+                return
+            if not self._dirty:
+                self._note_dirty()
+            self._history.mark_many(offs64, lens64, self._shift, self._gen)
+
+    # -- checkpoints ----------------------------------------------------
+
+    def checkpoint(self, name: str) -> Checkpoint:
+        """Start a new period; the checkpoint survives a crash once this returns."""
+        check_name(name, "checkpoint")
+        with self._lock:
+            self._check_writable()
+            if name in self._by_name:
+                raise AlreadyExistsError(f"volume {self.name!r} already has a checkpoint {name!r}")
+            if self._gen + 1 > self._history.max_generation:
+                self._renumber()
+            new = Checkpoint(name, time.time(), self._gen + 1)
+            live = [c.generation for c in self._checkpoints]
+            history = self._history
+            flushed = not live or history.seal_flushes
+
+            def build(batch: Batch) -> Callable[[], None]:
+                after = history.seal(batch, self._gen, new.generation, live) if live else (lambda: None)
+                batch.txn.put(
+                    checkpoint_key(self._id, new.generation),
+                    pack_json({"name": name, "created": new.created}),
+                    db=self._storage.checkpoints,
+                )
+                return after
+
+            self._transact(
+                build, generation=new.generation, dirty=False if flushed else self._dirty
+            )
+            self._checkpoints.append(new)
+            self._by_name[name] = new
+            return new
+
+    def _renumber(self) -> None:
+        """Renumber generations compactly when the counter would overflow."""
+        live = np.array([c.generation for c in self._checkpoints], np.int64)
+        limit = self._history.max_generation
+        if len(live) + 1 > limit:
+            raise CheckpointLimitError(
+                f"volume {self.name!r} holds {len(live)} live checkpoints, the most its "
+                f"{self.strategy.mode} strategy of width {self.strategy.width} allows; "
+                "remove some, or use a wider or another strategy"
+            )
+        if self.strategy.mode != "multi-bit":
+            raise CheckpointLimitError(
+                f"volume {self.name!r} has used all {limit} generations of its {self.strategy.mode} strategy"
+            )
+        # RAM first, as one step: the array, the checkpoints and the counters
+        # stay consistent with each other even if the write below fails.
+        self._history.renumber(live)
+        self._checkpoints = [dataclasses.replace(c, generation=i + 1) for i, c in enumerate(self._checkpoints)]
+        self._by_name = {c.name: c for c in self._checkpoints}
+        self._gen = len(live)
+        self._lost = int(np.searchsorted(live, self._lost, side="right"))
+        history = self._history
+
+        def build(batch: Batch) -> Callable[[], None]:
+            self._storage.delete_prefix(batch.txn, self._storage.checkpoints, volume_key(self._id))
+            for c in self._checkpoints:
+                batch.txn.put(
+                    checkpoint_key(self._id, c.generation),
+                    pack_json({"name": c.name, "created": c.created}),
+                    db=self._storage.checkpoints,
+                )
+            return history.flush(batch)
+
+        self._transact(build, dirty=False)
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Live checkpoints, oldest first."""
+        with self._lock:
+            self._check_open()
+            return list(self._checkpoints)
+
+    def _lookup(self, name: object) -> Checkpoint:
+        if not isinstance(name, str):
+            raise InvalidArgumentError(f"checkpoint name must be a str, got {type(name).__name__}")
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise CheckpointNotFoundError(
+                f"volume {self.name!r} has no checkpoint {name!r}"
+            ) from None
+
+    def remove_checkpoint(self, name: str) -> None:
+        """Forget a checkpoint; every other answer stays the same."""
+        with self._lock:
+            self._check_writable()
+            gone = self._lookup(name)
+            live = [c.generation for c in self._checkpoints]
+            i = live.index(gone.generation)
+            history = self._history
+            remaining = [c for c in self._checkpoints if c is not gone]
+            lost = self._lost if any(c.generation <= self._lost for c in remaining) else 0
+
+            def build(batch: Batch) -> Callable[[], None]:
+                batch.txn.delete(checkpoint_key(self._id, gone.generation), db=self._storage.checkpoints)
+                if len(live) == 1:
+                    return history.reset(batch)
+                return history.remove(batch, live, i)
+
+            changes: dict[str, Any] = {"lost_generation": lost}
+            if not remaining:
+                changes["dirty"] = False  # nothing is tracked any more
+            self._transact(build, **changes)
+            self._checkpoints = remaining
+            del self._by_name[name]
+            self.unclean_shutdown = bool(lost)
+
+    # -- queries --------------------------------------------------------
+
+    def _region(self, offset: object, length: object) -> tuple[int, int]:
+        start = _as_int(offset, "offset")
+        if start < 0 or start > self.size:
+            raise OutOfRangeError(f"offset {start} lies outside volume {self.name!r} of size {self.size}")
+        if length is None:
+            return start, self.size
+        span = _as_int(length, "length")
+        if span < 0 or span > self.size - start:
+            raise OutOfRangeError(
+                f"region [{start}, {start}+{span}) lies outside volume {self.name!r} of size {self.size}"
+            )
+        return start, start + span
+
+    def _answer(self, since: Checkpoint, until: Checkpoint | None, lo: int, hi: int) -> Extents:
+        if hi <= lo:
+            return Extents(np.empty(0), np.empty(0), granularity=self.granularity)
+        if since.generation <= self._lost:
+            # Tracking was lost in an unclean shutdown: everything may have changed.
+            return Extents(np.array([lo]), np.array([hi - lo]), granularity=self.granularity, exact=False)
+        c_lo = lo >> self._shift
+        c_hi = (hi + self.granularity - 1) >> self._shift
+        spans, exact = self._history.changed(
+            since.generation, None if until is None else until.generation, c_lo, c_hi
+        )
+        starts, counts = spans.runs(c_lo, c_hi)
+        return Extents.from_chunk_runs(
+            starts, counts, granularity=self.granularity, lo=lo, hi=hi, exact=exact
+        )
+
+    def changed_since(self, name: str, offset: int = 0, length: int | None = None) -> Extents:
+        """Byte ranges written after checkpoint ``name`` was created."""
+        lo, hi = self._region(offset, length)
+        with self._lock:
+            self._check_open()
+            return self._answer(self._lookup(name), None, lo, hi)
+
+    def changed_between(
+        self, older: str, newer: str, offset: int = 0, length: int | None = None
+    ) -> Extents:
+        """Byte ranges written between two checkpoints (a superset where ``exact`` is False)."""
+        lo, hi = self._region(offset, length)
+        with self._lock:
+            self._check_open()
+            a, b = self._lookup(older), self._lookup(newer)
+            if a.generation >= b.generation:
+                raise InvalidArgumentError(
+                    f"checkpoint {older!r} is not older than {newer!r}; pass the older one first"
+                )
+            return self._answer(a, b, lo, hi)
+
+    # -- persistence and costs --------------------------------------------
+
+    def flush(self) -> None:
+        """Persist what RAM holds, so that a crash from here loses nothing."""
+        with self._lock:
+            self._check_writable()
+            self._transact(self._history.flush, dirty=False)
+
+    def stats(self) -> dict[str, Any]:
+        """Honest costs: bitmap RAM (active, arrays, cache), bytes in LMDB, cache counters."""
+        with self._lock:
+            self._check_open()
+            with self._storage.reading() as txn:
+                disk = self._io.disk_bytes(txn)
+                for db, prefix in ((self._storage.checkpoints, volume_key(self._id)),):
+                    disk += sum(len(k) + len(v) for k, v in self._storage.scan_prefix(txn, db, prefix))
+                rec = txn.get(volume_key(self._id), db=self._storage.volumes)
+                disk += len(rec or b"") + 8
+            cache = self._io.cache
+            return {
+                "volume": self.name,
+                "mode": self.strategy.mode,
+                "size": self.size,
+                "granularity": self.granularity,
+                "chunks": self._n_chunks,
+                "checkpoints": len(self._checkpoints),
+                "generation": self._gen,
+                "ram_bytes": self._history.ram_bytes() + cache.nbytes,
+                "history_ram_bytes": self._history.ram_bytes(),
+                "cache_bytes": cache.nbytes,
+                "cache_budget_bytes": cache.max_bytes,
+                "cache_hits": cache.hits,
+                "cache_misses": cache.misses,
+                "disk_bytes": disk,
+                "dirty": self._dirty,
+                "unclean_shutdown": self.unclean_shutdown,
+            }
+
+    def close(self) -> None:
+        """Persist the active state and release the volume (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            if not self._storage.readonly:
+                self._transact(self._history.flush, dirty=False)
+            self._closed = True
+            self._store._forget(self.name)
+
+    def __repr__(self) -> str:
+        return (
+            f"<tiered.Volume {self.name!r} size={self.size} granularity={self.granularity} "
+            f"mode={self.strategy.mode} checkpoints={len(self._checkpoints)}>"
+        )
