@@ -1,0 +1,235 @@
+"""The numba kernels against naive Python versions."""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+from tiered import codec
+from tiered.config import PAGE_CHUNKS, SEG_CHUNKS
+from tiered.errors import CorruptionError
+from tiered.segments import SegmentTable
+
+from naive import naive_mark_bits, naive_mark_gens, naive_runs
+
+N_CHUNKS = 2 * PAGE_CHUNKS + 3 * SEG_CHUNKS + 17
+SHIFT = 9  # 512-byte chunks
+BOUNDARIES = [0, 63, 64, SEG_CHUNKS - 1, SEG_CHUNKS, PAGE_CHUNKS - 1, PAGE_CHUNKS, N_CHUNKS - 1]
+
+
+@st.composite
+def writes(draw, max_n=40):
+    n = draw(st.integers(0, max_n))
+    offs, lens = [], []
+    size = N_CHUNKS << SHIFT
+    for _ in range(n):
+        base = draw(st.sampled_from(BOUNDARIES) | st.integers(0, N_CHUNKS - 1))
+        off = min(size, max(0, (base << SHIFT) + draw(st.integers(-600, 600))))
+        length = draw(st.sampled_from([0, 1, 512, 513, 64 << SHIFT, SEG_CHUNKS << SHIFT]) | st.integers(0, 5 * SEG_CHUNKS << SHIFT))
+        offs.append(off)
+        lens.append(min(length, size - off))
+    return np.array(offs, np.int64), np.array(lens, np.int64)
+
+
+def table_bits(table: SegmentTable) -> set[int]:
+    starts, counts = table.spans().runs(0, table.n_chunks)
+    return {c for s, n in zip(starts.tolist(), counts.tolist()) for c in range(s, s + n)}
+
+
+def table_gens(table: SegmentTable) -> dict[int, int]:
+    """Non-zero generations of a table, chunk by chunk (small tables only)."""
+    out: dict[int, int] = {}
+    spans = table.spans()
+    for first, count, ref in zip(spans.first.tolist(), spans.count.tolist(), spans.ref.tolist()):
+        for seg in range(first, first + count):
+            for k in range(SEG_CHUNKS):
+                c = seg * SEG_CHUNKS + k
+                if c >= table.n_chunks:
+                    break
+                v = -ref - 2 if ref < 0 else int(spans.rows[ref, k])
+                if v:
+                    out[c] = v
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(writes())
+def test_mark_bits_matches_naive(batch):
+    offs, lens = batch
+    table = SegmentTable(N_CHUNKS)
+    table.mark_many(offs, lens, SHIFT, 1)
+    expected: set[int] = set()
+    naive_mark_bits(expected, offs.tolist(), lens.tolist(), SHIFT)
+    assert table_bits(table) == expected
+    assert table.spans().count_bits() == len(expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(writes(max_n=10))
+def test_single_mark_equals_batch(batch):
+    offs, lens = batch
+    one, many = SegmentTable(N_CHUNKS), SegmentTable(N_CHUNKS)
+    for o, n in zip(offs.tolist(), lens.tolist()):
+        one.mark(o, n, SHIFT, 1)
+    many.mark_many(offs, lens, SHIFT, 1)
+    assert table_bits(one) == table_bits(many)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(writes(max_n=6), min_size=1, max_size=4), st.sampled_from([np.uint8, np.uint16, np.uint32]))
+def test_mark_gens_and_threshold_match_naive(batches, dtype):
+    table = SegmentTable(N_CHUNKS, dtype)
+    expected: dict[int, int] = {}
+    for gen, (offs, lens) in enumerate(batches, start=1):
+        table.mark_many(offs, lens, SHIFT, gen)
+        naive_mark_gens(expected, offs.tolist(), lens.tolist(), SHIFT, gen)
+    if sum(len(o) for o, _ in batches) and max(lens.sum() for _, lens in batches) < 4 * SEG_CHUNKS << SHIFT:
+        assert table_gens(table) == expected
+    for at_least in range(1, len(batches) + 2):
+        bits = SegmentTable(N_CHUNKS)
+        bits.or_at_least(table.spans(), at_least)
+        assert table_bits(bits) == {c for c, g in expected.items() if g >= at_least}
+
+
+@settings(max_examples=40, deadline=None)
+@given(writes(max_n=15), writes(max_n=15))
+def test_or_spans_is_union(a, b):
+    ta, tb = SegmentTable(N_CHUNKS), SegmentTable(N_CHUNKS)
+    ta.mark_many(*a, SHIFT, 1)
+    tb.mark_many(*b, SHIFT, 1)
+    expected = table_bits(ta) | table_bits(tb)
+    ta.or_spans(tb.spans())
+    assert table_bits(ta) == expected
+
+
+@settings(max_examples=30, deadline=None)
+@given(writes(max_n=8), writes(max_n=8), st.integers(1, 200))
+def test_assign_sets_generation_of_marked_chunks(base, bits, gen):
+    gens = SegmentTable(N_CHUNKS, np.uint32)
+    gens.mark_many(*base, SHIFT, 7)
+    marked = SegmentTable(N_CHUNKS)
+    marked.mark_many(*bits, SHIFT, 1)
+    expected: dict[int, int] = {}
+    naive_mark_gens(expected, base[0].tolist(), base[1].tolist(), SHIFT, 7)
+    for c in table_bits(marked):
+        expected[c] = gen
+    gens.assign(marked.spans(), gen)
+    at_least = SegmentTable(N_CHUNKS)
+    at_least.or_at_least(gens.spans(), 1)
+    assert table_bits(at_least) == set(expected)
+    exact = SegmentTable(N_CHUNKS)
+    exact.or_at_least(gens.spans(), gen)
+    assert table_bits(exact) == {c for c, g in expected.items() if g >= gen}
+
+
+@settings(max_examples=40, deadline=None)
+@given(writes(max_n=20), st.integers(0, N_CHUNKS), st.integers(0, N_CHUNKS))
+def test_runs_clip_to_region(batch, a, b):
+    lo, hi = min(a, b), max(a, b)
+    table = SegmentTable(N_CHUNKS)
+    table.mark_many(*batch, SHIFT, 1)
+    starts, counts = table.spans().runs(lo, hi)
+    assert list(zip(starts.tolist(), counts.tolist())) == naive_runs(table_bits(table), lo, hi)
+
+
+def test_remap_preserves_order_of_live_generations():
+    table = SegmentTable(N_CHUNKS, np.uint8)
+    for gen in (3, 9, 20, 21, 40):
+        table.mark(gen * 5000 << SHIFT, (gen + 1) << SHIFT, SHIFT, gen)
+    table.set_chunks(PAGE_CHUNKS, 2 * PAGE_CHUNKS - 1, 21)  # a uniform page
+    live = np.array([9, 21, 30])
+    before = {c: g for c, g in table_gens(table).items()}
+    table.remap(live)
+    after = table_gens(table)
+    for c, g in before.items():
+        assert after.get(c, 0) == int(np.searchsorted(live, g, side="right"))
+
+
+def test_whole_volume_mark_stays_small():
+    huge = SegmentTable(1 << 38)  # 1 PiB at 4 KiB
+    huge.mark(0, 1 << 50, 12, 1)
+    assert huge.nbytes < 1 << 20
+    assert huge.spans().count_bits() == 1 << 38
+
+
+# -- codec ---------------------------------------------------------------
+
+
+def pages_roundtrip(table: SegmentTable) -> SegmentTable:
+    back = SegmentTable(table.n_chunks, None if table.is_bits else table.row_dtype)
+    spans = table.spans()
+    for page in spans.pages().tolist():
+        part = spans.page_slice(page)
+        if table.is_bits:
+            back.load(codec.decode_bits_page(codec.encode_bits_page(part, page), page, "test"))
+        else:
+            back.load(codec.decode_gens_page(codec.encode_gens_page(part, page), page, table.row_dtype, "test"))
+    return back
+
+
+@settings(max_examples=60, deadline=None)
+@given(writes())
+def test_bits_codec_roundtrip(batch):
+    table = SegmentTable(N_CHUNKS)
+    table.mark_many(*batch, SHIFT, 1)
+    assert table_bits(pages_roundtrip(table)) == table_bits(table)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(writes(max_n=6), min_size=1, max_size=3), st.sampled_from([np.uint8, np.uint16, np.uint32]))
+def test_gens_codec_roundtrip(batches, dtype):
+    table = SegmentTable(N_CHUNKS, dtype)
+    for gen, (offs, lens) in enumerate(batches, start=1):
+        table.mark_many(offs, lens, SHIFT, gen * 60)
+    back = pages_roundtrip(table)
+    for at_least in (1, 60, 61, 120, 180):
+        x, y = SegmentTable(N_CHUNKS), SegmentTable(N_CHUNKS)
+        x.or_at_least(table.spans(), at_least)
+        y.or_at_least(back.spans(), at_least)
+        assert table_bits(x) == table_bits(y)
+
+
+def test_random_bits_encode_below_two_bytes_per_chunk():
+    rng = np.random.default_rng(7)
+    table = SegmentTable(1 << 20)
+    chunks = rng.choice(1 << 20, size=10_000, replace=False)
+    table.mark_many(chunks.astype(np.int64) << SHIFT, np.full(len(chunks), 512, np.int64), SHIFT, 1)
+    spans = table.spans()
+    size = sum(len(codec.encode_bits_page(spans.page_slice(p), p)) for p in spans.pages().tolist())
+    assert size < 2 * len(chunks)  # a roaring array container needs 2 bytes each
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "version", "kind"])
+def test_damaged_page_is_detected(damage):
+    table = SegmentTable(N_CHUNKS)
+    table.mark(0, 1 << 20, SHIFT, 1)
+    table.mark(5 << 20, 3000, SHIFT, 1)
+    value = bytearray(codec.encode_bits_page(table.spans().page_slice(0), 0))
+    if damage == "flip":
+        value[-1] ^= 0x40
+    elif damage == "truncate":
+        value = value[:-3]
+    elif damage == "version":
+        value[2] = 99
+    else:
+        value[3] = codec.KIND_GENS_PAGE
+    with pytest.raises(CorruptionError):
+        codec.decode_bits_page(bytes(value), 0, "test page")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.sampled_from(["bits", "gens8", "gens32"]))
+def test_garbage_payload_never_crashes_decoder(payload, kind):
+    try:
+        if kind == "bits":
+            spans = codec.decode_bits_page(codec.wrap(codec.KIND_BITS_PAGE, payload), 3, "fuzz")
+        else:
+            dtype = np.uint8 if kind == "gens8" else np.uint32
+            value = codec.wrap(codec.KIND_GENS_PAGE, bytes([np.dtype(dtype).itemsize]) + payload)
+            spans = codec.decode_gens_page(value, 3, dtype, "fuzz")
+    except CorruptionError:
+        return
+    assert (spans.first >> 10 == 3).all()
+    assert (spans.ref < len(spans.rows)).all()

@@ -1,0 +1,208 @@
+"""Every strategy against the naive reference model, over random histories.
+
+A hypothesis state machine drives one volume through marks, batches (good
+and bad), checkpoints, removals, flushes and reopenings, and compares every
+answer with :class:`naive.ReferenceVolume`.  The same machine runs for each
+strategy; only the strategy differs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+import tiered
+from tiered.config import PAGE_CHUNKS, SEG_CHUNKS
+
+from naive import ReferenceVolume
+
+# (granularity, size): a tiny volume with a ragged end, one spanning a few
+# segments, and one spanning three pages so page-level paths are exercised.
+GEOMETRIES = [
+    (4096, 37 * 4096 + 1000),
+    (512, (3 * SEG_CHUNKS + 77) * 512 + 300),
+    (512, (2 * PAGE_CHUNKS + 5000) * 512 + 100),
+]
+
+STRATEGIES = {
+    "one-bit": tiered.Strategy("one-bit"),
+    "multi-bit-8": tiered.Strategy("multi-bit", width=8),
+    "multi-bit-16": tiered.Strategy("multi-bit", width=16),
+    "hybrid": tiered.Strategy("hybrid", recent=1),
+    "hybrid-3": tiered.Strategy("hybrid", recent=3, cache_bytes=0),
+}
+
+NAMES = st.sampled_from(["a", "b", "c", "d", "e", "f", "g", "ü-ß", "x" * 1023])
+
+
+def interesting_chunks(n_chunks: int) -> list[int]:
+    points = {0, 1, 63, 64, 65, SEG_CHUNKS - 1, SEG_CHUNKS, SEG_CHUNKS + 1, PAGE_CHUNKS - 1,
+              PAGE_CHUNKS, PAGE_CHUNKS + 1, 2 * PAGE_CHUNKS, n_chunks // 2, n_chunks - 2, n_chunks - 1}
+    return sorted(p for p in points if 0 <= p < n_chunks)
+
+
+def covers(big: list[tuple[int, int]], small: list[tuple[int, int]]) -> bool:
+    """Whether every small extent lies inside one of the coalesced big ones."""
+    j = 0
+    for off, length in small:
+        while j < len(big) and big[j][0] + big[j][1] <= off:
+            j += 1
+        if j == len(big) or not (big[j][0] <= off and off + length <= big[j][0] + big[j][1]):
+            return False
+    return True
+
+
+class VolumeMachine(RuleBasedStateMachine):
+    strategy: tiered.Strategy
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = tempfile.mkdtemp(prefix="tiered-model-")
+        self.store: tiered.Store | None = None
+
+    def teardown(self) -> None:
+        if self.store is not None:
+            self.store.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @initialize(geometry=st.sampled_from(GEOMETRIES))
+    def create(self, geometry):
+        granularity, size = geometry
+        self.store = tiered.open(self.dir, sync=False)
+        self.vol = self.store.create_volume("vol", size=size, granularity=granularity, strategy=self.strategy)
+        self.model = ReferenceVolume(size, granularity)
+        self.points = interesting_chunks(-(-size // granularity))
+
+    def ready(self) -> bool:
+        return self.store is not None
+
+    def _draw_write(self, data) -> tuple[int, int]:
+        g = self.model.granularity
+        chunk = data.draw(st.sampled_from(self.points))
+        delta = data.draw(st.integers(-g + 1, g - 1))
+        offset = min(max(chunk * g + delta, 0), self.model.size)
+        length = data.draw(
+            st.sampled_from([0, 1, g, 2 * g + 3, 64 * g, SEG_CHUNKS * g, PAGE_CHUNKS * g + 1])
+            | st.integers(0, 3 * SEG_CHUNKS * g)
+        )
+        return offset, min(length, self.model.size - offset)
+
+    @rule(data=st.data())
+    @precondition(ready)
+    def mark(self, data):
+        offset, length = self._draw_write(data)
+        self.vol.mark(offset, length)
+        self.model.mark(offset, length)
+
+    @rule(data=st.data(), n=st.integers(1, 6))
+    @precondition(ready)
+    def mark_many(self, data, n):
+        writes = [self._draw_write(data) for _ in range(n)]
+        self.vol.mark_many([w[0] for w in writes], [w[1] for w in writes])
+        for w in writes:
+            self.model.mark(*w)
+
+    @rule(data=st.data(), n=st.integers(1, 4), bad_at=st.integers(0, 3),
+          how=st.sampled_from(["negative", "past-end", "huge"]))
+    @precondition(ready)
+    def bad_batch_changes_nothing(self, data, n, bad_at, how):
+        writes = [self._draw_write(data) for _ in range(n)]
+        size = self.model.size
+        bad = {"negative": (-1, 10), "past-end": (size - 1, 2), "huge": (0, 1 << 62)}[how]
+        writes.insert(min(bad_at, n), bad)
+        with pytest.raises(tiered.OutOfRangeError):
+            self.vol.mark_many([w[0] for w in writes], [w[1] for w in writes])
+
+    @rule(name=NAMES)
+    @precondition(ready)
+    def checkpoint(self, name):
+        if name in self.model.checkpoints:
+            with pytest.raises(tiered.AlreadyExistsError):
+                self.vol.checkpoint(name)
+            return
+        cp = self.vol.checkpoint(name)
+        assert cp.name == name
+        self.model.checkpoint(name)
+
+    @rule(data=st.data())
+    @precondition(lambda self: self.ready() and self.model.checkpoints)
+    def remove(self, data):
+        name = data.draw(st.sampled_from(self.model.names()))
+        self.vol.remove_checkpoint(name)
+        self.model.remove(name)
+        with pytest.raises(tiered.CheckpointNotFoundError):
+            self.vol.changed_since(name)
+
+    @rule()
+    @precondition(ready)
+    def flush(self):
+        self.vol.flush()
+
+    @rule()
+    @precondition(ready)
+    def reopen(self):
+        self.store.close()
+        self.store = tiered.open(self.dir, sync=False)
+        self.vol = self.store.volume("vol", strategy=self.strategy)
+        assert not self.vol.unclean_shutdown
+
+    @rule(data=st.data())
+    @precondition(lambda self: self.ready() and self.model.checkpoints)
+    def changed_since_region(self, data):
+        name = data.draw(st.sampled_from(self.model.names()))
+        size = self.model.size
+        lo = data.draw(st.sampled_from([0, 1, self.model.granularity, size // 3, size - 1]))
+        hi = data.draw(st.integers(lo, size))
+        got = self.vol.changed_since(name, offset=lo, length=hi - lo)
+        assert list(got) == self.model.changed_since(name, lo, hi)
+        assert got.exact
+
+    @rule(data=st.data())
+    @precondition(lambda self: self.ready() and len(self.model.checkpoints) >= 2)
+    def changed_between(self, data):
+        names = self.model.names()
+        i = data.draw(st.integers(0, len(names) - 2))
+        j = data.draw(st.integers(i + 1, len(names) - 1))
+        got = self.vol.changed_between(names[i], names[j])
+        exact = self.model.changed_between(names[i], names[j])
+        since = self.model.changed_since(names[i])
+        if got.exact:
+            assert list(got) == exact
+        else:
+            assert covers(list(got), exact), "changed_between missed a chunk"
+            assert covers(since, list(got)), "changed_between reported a chunk not changed since"
+        if self.strategy.mode == "one-bit":
+            assert got.exact
+        with pytest.raises(tiered.InvalidArgumentError):
+            self.vol.changed_between(names[j], names[i])
+
+    @invariant()
+    def answers_match(self):
+        if self.store is None:
+            return
+        names = self.model.names()
+        assert [c.name for c in self.vol.checkpoints()] == names
+        for name in names:
+            got = self.vol.changed_since(name)
+            assert list(got) == self.model.changed_since(name), f"changed_since({name!r})"
+
+
+MODEL_SETTINGS = settings(
+    max_examples=60,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+
+# One test class per strategy, all running the same machine.
+for _key, _strategy in STRATEGIES.items():
+    _machine = type(f"Machine_{_key}", (VolumeMachine,), {"strategy": _strategy})
+    _case = _machine.TestCase
+    _case.settings = MODEL_SETTINGS
+    globals()[f"TestReference_{_key.replace('-', '_')}"] = _case
+del _key, _strategy, _machine, _case
