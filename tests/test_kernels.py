@@ -139,12 +139,19 @@ def test_remap_preserves_order_of_live_generations():
     for gen in (3, 9, 20, 21, 40):
         table.mark(gen * 5000 << SHIFT, (gen + 1) << SHIFT, SHIFT, gen)
     table.set_chunks(PAGE_CHUNKS, 2 * PAGE_CHUNKS - 1, 21)  # a uniform page
-    live = np.array([9, 21, 30])
-    before = {c: g for c, g in table_gens(table).items()}
-    table.remap(live)
-    after = table_gens(table)
-    for c, g in before.items():
-        assert after.get(c, 0) == int(np.searchsorted(live, g, side="right"))
+
+    def at_least(t: SegmentTable, gen: int) -> list:
+        bits = SegmentTable(N_CHUNKS)
+        bits.or_at_least(t.spans(), gen)
+        starts, counts = bits.spans().runs(0, N_CHUNKS)
+        return list(zip(starts.tolist(), counts.tolist()))
+
+    live = [9, 21, 30]
+    before = [at_least(table, g) for g in live]
+    table.remap(np.array(live))
+    # "changed since the i-th live generation" must not move
+    assert [at_least(table, i + 1) for i in range(len(live))] == before
+    assert at_least(table, len(live) + 1) == []
 
 
 def test_whole_volume_mark_stays_small():

@@ -9,6 +9,7 @@ the catalog and cache follow only once that transaction has committed.
 
 from __future__ import annotations
 
+import bisect
 from typing import Iterable
 
 import cachetools
@@ -16,6 +17,7 @@ import lmdb
 import numpy as np
 
 from . import codec
+from .errors import CorruptionError
 from .segments import SegmentTable, Spans
 from .storage import TAG_GENS, Storage, page_key, parse_page_key
 
@@ -97,6 +99,9 @@ class PageIO:
         self.gens_dtype = np.dtype(gens_dtype)
         self.cache = PageCache(cache_bytes)
         self.catalog: dict[Key, np.ndarray] = {}
+        # Generations per tag, kept sorted so range lookups stay logarithmic
+        # with tens of thousands of sealed periods.
+        self._gens: dict[bytes, list[int]] = {}
 
     def load_catalog(self, txn: lmdb.Transaction) -> None:
         found: dict[Key, list[int]] = {}
@@ -105,10 +110,16 @@ class PageIO:
             tag, gen, page = parse_page_key(key)
             found.setdefault((tag, gen), []).append(page)
         self.catalog = {k: np.array(v, np.int64) for k, v in found.items()}
+        self._gens = {}
+        for tag, gen in sorted(self.catalog):
+            self._gens.setdefault(tag, []).append(gen)
 
-    def gens(self, tag: bytes) -> list[int]:
-        """Generations that have stored pages under ``tag``, ascending."""
-        return sorted(g for t, g in self.catalog if t == tag)
+    def gens(self, tag: bytes, lo: int = 0, hi: int | None = None) -> list[int]:
+        """Generations in [lo, hi) that have stored pages under ``tag``, ascending."""
+        gens = self._gens.get(tag, [])
+        start = bisect.bisect_left(gens, lo)
+        stop = len(gens) if hi is None else bisect.bisect_left(gens, hi)
+        return gens[start:stop]
 
     def pages(self, tag: bytes, gen: int, page_range: range | None = None) -> list[int]:
         pages = self.catalog.get((tag, gen))
@@ -130,8 +141,6 @@ class PageIO:
             value = txn.get(page_key(self.vol_id, tag, gen, page), db=self.storage.pages)
         what = f"volume {self.vol_id} page {tag.decode()}/{gen}/{page}"
         if value is None:
-            from .errors import CorruptionError
-
             raise CorruptionError(f"{what}: listed in the catalog but missing from the store")
         if tag == TAG_GENS:
             spans = codec.decode_gens_page(value, page, self.gens_dtype, what)
@@ -152,10 +161,20 @@ class PageIO:
     def apply(self, batch: Batch) -> None:
         """Bring catalog and cache in line with a committed batch."""
         for key in batch.deleted:
-            for page in self.catalog.pop(key, ()):
+            pages = self.catalog.pop(key, None)
+            if pages is None:
+                continue
+            for page in pages:
                 self.cache.drop((*key, int(page)))
+            tag, gen = key
+            self._gens[tag].pop(bisect.bisect_left(self._gens[tag], gen))
         for key, pages in batch.written.items():
-            old = self.catalog.get(key, np.empty(0, np.int64))
+            if not pages:
+                continue
+            old = self.catalog.get(key)
+            if old is None:
+                old = np.empty(0, np.int64)
+                bisect.insort(self._gens.setdefault(key[0], []), key[1])
             self.catalog[key] = np.union1d(old, np.fromiter(pages, np.int64, len(pages)))
             for page in pages:
                 self.cache.drop((*key, page))

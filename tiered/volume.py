@@ -7,6 +7,7 @@ how history is kept to its strategy (``tiered.strategies``).
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import operator
 import threading
@@ -237,12 +238,12 @@ class Volume:
             if self._gen + 1 > self._history.max_generation:
                 self._renumber()
             new = Checkpoint(name, time.time(), self._gen + 1)
-            live = [c.generation for c in self._checkpoints]
+            tracking = bool(self._checkpoints)
             history = self._history
-            flushed = not live or history.seal_flushes
+            flushed = not tracking or history.seal_flushes
 
             def build(batch: Batch) -> Callable[[], None]:
-                after = history.seal(batch, self._gen, new.generation, live) if live else (lambda: None)
+                after = history.seal(batch, self._gen) if tracking else (lambda: None)
                 batch.txn.put(
                     checkpoint_key(self._id, new.generation),
                     pack_json({"name": name, "created": new.created}),
@@ -313,17 +314,20 @@ class Volume:
         with self._lock:
             self._check_writable()
             gone = self._lookup(name)
-            live = [c.generation for c in self._checkpoints]
-            i = live.index(gone.generation)
+            ckpts = self._checkpoints
+            i = bisect.bisect_left(ckpts, gone.generation, key=lambda c: c.generation)
+            prev = ckpts[i - 1].generation if i > 0 else None
+            nxt = ckpts[i + 1].generation if i + 1 < len(ckpts) else None
             history = self._history
-            remaining = [c for c in self._checkpoints if c is not gone]
-            lost = self._lost if any(c.generation <= self._lost for c in remaining) else 0
+            remaining = ckpts[:i] + ckpts[i + 1 :]
+            # Checkpoints are in generation order, so the oldest decides.
+            lost = self._lost if remaining and remaining[0].generation <= self._lost else 0
 
             def build(batch: Batch) -> Callable[[], None]:
                 batch.txn.delete(checkpoint_key(self._id, gone.generation), db=self._storage.checkpoints)
-                if len(live) == 1:
+                if prev is None and nxt is None:
                     return history.reset(batch)
-                return history.remove(batch, live, i)
+                return history.remove(batch, prev, gone.generation, nxt)
 
             changes: dict[str, Any] = {"lost_generation": lost}
             if not remaining:

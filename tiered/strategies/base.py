@@ -63,12 +63,13 @@ class History(ABC):
     # -- changes of history ---------------------------------------------
 
     @abstractmethod
-    def seal(self, batch: Batch, current: int, new: int, live: list[int]) -> AfterCommit:
-        """Close period ``current`` (``live`` is non-empty) before period ``new`` starts."""
+    def seal(self, batch: Batch, current: int) -> AfterCommit:
+        """Close period ``current``, which a live checkpoint covers."""
 
     @abstractmethod
-    def remove(self, batch: Batch, live: list[int], i: int) -> AfterCommit:
-        """Drop live checkpoint ``live[i]`` (not the only one), keeping every other answer."""
+    def remove(self, batch: Batch, prev: int | None, gen: int, nxt: int | None) -> AfterCommit:
+        """Drop the live checkpoint of generation ``gen``, keeping every other
+        answer.  ``prev`` and ``nxt`` are its live neighbours (not both None)."""
 
     @abstractmethod
     def reset(self, batch: Batch) -> AfterCommit:

@@ -71,8 +71,8 @@ class HybridHistory(OneBitHistory):
 
         return done
 
-    def seal(self, batch: Batch, current: int, new: int, live: list[int]) -> AfterCommit:
-        cleared = super().seal(batch, current, new, live)
+    def seal(self, batch: Batch, current: int) -> AfterCommit:
+        cleared = super().seal(batch, current)
         # Count the writeset being sealed, which the catalog does not show yet.
         pending = self.writesets(0) + [current]
         folded = lambda: None

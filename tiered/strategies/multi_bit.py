@@ -42,10 +42,10 @@ class MultiBitHistory(History):
     def mark(self, offset: int, length: int, shift: int, gen: int) -> None:
         self.array.mark(offset, length, shift, gen)
 
-    def seal(self, batch: Batch, current: int, new: int, live: list[int]) -> AfterCommit:
+    def seal(self, batch: Batch, current: int) -> AfterCommit:
         return nothing
 
-    def remove(self, batch: Batch, live: list[int], i: int) -> AfterCommit:
+    def remove(self, batch: Batch, prev: int | None, gen: int, nxt: int | None) -> AfterCommit:
         # Chunks of the removed period stay >= the predecessor's generation,
         # so every remaining answer is unchanged.
         return nothing

@@ -9,7 +9,6 @@ them if it was the oldest), so every other answer stays exact.
 
 from __future__ import annotations
 
-import bisect
 from typing import Any
 
 import numpy as np
@@ -50,10 +49,7 @@ class OneBitHistory(History):
 
     def writesets(self, lo: int, hi: int | None = None) -> list[int]:
         """Generations in [lo, hi) that have a stored writeset."""
-        gens = self.io.gens(TAG_WRITESET)
-        start = bisect.bisect_left(gens, lo)
-        stop = len(gens) if hi is None else bisect.bisect_left(gens, hi)
-        return gens[start:stop]
+        return self.io.gens(TAG_WRITESET, lo, hi)
 
     def _merged(self, gens: list[int], txn: Any, base: SegmentTable | None = None) -> SegmentTable:
         acc = SegmentTable(self.n_chunks)
@@ -64,18 +60,17 @@ class OneBitHistory(History):
 
     # -- changes of history -----------------------------------------------
 
-    def seal(self, batch: Batch, current: int, new: int, live: list[int]) -> AfterCommit:
+    def seal(self, batch: Batch, current: int) -> AfterCommit:
         batch.put_table(TAG_WRITESET, current, self.active)
         batch.delete(TAG_ACTIVE, SNAPSHOT_GEN)
         return self.active.clear
 
-    def remove(self, batch: Batch, live: list[int], i: int) -> AfterCommit:
-        gen = live[i]
-        if i == len(live) - 1:
+    def remove(self, batch: Batch, prev: int | None, gen: int, nxt: int | None) -> AfterCommit:
+        if nxt is None:
             # The newest checkpoint's writeset is the active one: take the
             # predecessor's writesets into it, so the predecessor becomes
             # the newest with a single active writeset again.
-            gens = self.writesets(live[i - 1], gen)
+            gens = self.writesets(prev, gen)
             if not gens:
                 return lambda: None
             merged = self._merged(gens, batch.txn, base=self.active)
@@ -88,12 +83,12 @@ class OneBitHistory(History):
                 self.active = merged
 
             return adopt
-        mine = self.writesets(gen, live[i + 1])
-        if i == 0:
+        mine = self.writesets(gen, nxt)
+        if prev is None:
             for g in mine:
                 batch.delete(TAG_WRITESET, g)
             return lambda: None
-        return self._merge_into_predecessor(batch, live[i - 1], mine)
+        return self._merge_into_predecessor(batch, prev, mine)
 
     def _merge_into_predecessor(self, batch: Batch, prev: int, gens: list[int]) -> AfterCommit:
         if not gens:

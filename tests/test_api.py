@@ -1,0 +1,354 @@
+"""The public API: bad input, settings on reopen, limits, scale and costs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tiered
+from tiered.config import PAGE_CHUNKS
+
+from naive import ReferenceVolume
+
+MODES = ["one-bit", "multi-bit", "hybrid"]
+
+
+@pytest.fixture
+def store(tmp_path):
+    with tiered.open(str(tmp_path / "store"), sync=False) as s:
+        yield s
+
+
+@pytest.fixture(params=MODES)
+def vol(request, store):
+    v = store.create_volume("vda", size=1 << 30, granularity=64 << 10, strategy=request.param)
+    v.checkpoint("base")
+    v.mark(0, 4096)
+    return v
+
+
+# -- bad input -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "offset, length, error",
+    [
+        (-1, 10, tiered.OutOfRangeError),
+        (0, -1, tiered.OutOfRangeError),
+        (1 << 30, 1, tiered.OutOfRangeError),
+        ((1 << 30) - 1, 2, tiered.OutOfRangeError),
+        (1 << 70, 1, tiered.OutOfRangeError),
+        (1.5, 10, tiered.InvalidArgumentError),
+        ("0", 10, tiered.InvalidArgumentError),
+        (True, 10, tiered.InvalidArgumentError),
+    ],
+)
+def test_bad_mark_raises_and_changes_nothing(vol, offset, length, error):
+    before = list(vol.changed_since("base"))
+    with pytest.raises(error) as info:
+        vol.mark(offset, length)
+    assert isinstance(info.value, ValueError)
+    assert list(vol.changed_since("base")) == before
+
+
+@pytest.mark.parametrize(
+    "offsets, lengths, needle",
+    [
+        (np.array([0, 1 << 20, -5]), np.array([1, 1, 1]), "write 2"),
+        (np.array([0, (1 << 30) - 1]), np.array([1, 2]), "write 1"),
+        (np.array([0.0, 1.0]), np.array([1, 1]), "dtype float64"),
+        (np.array([0, 1]), np.array([1, 1, 1]), "differ in length"),
+        (np.array([[0, 1]]), np.array([[1, 1]]), "one-dimensional"),
+        (np.array([0, 1 << 63], np.uint64), np.array([1, 1], np.uint64), "write 1"),
+        ([0, "x"], [1, 1], "dtype"),
+    ],
+)
+def test_bad_batch_raises_and_marks_nothing(vol, offsets, lengths, needle):
+    before = list(vol.changed_since("base"))
+    with pytest.raises(tiered.InvalidArgumentError, match=needle):
+        vol.mark_many(offsets, lengths)
+    assert list(vol.changed_since("base")) == before
+
+
+def test_batch_accepts_sequences_and_any_integer_dtype(vol):
+    vol.mark_many([1 << 20], [1])
+    vol.mark_many(np.array([2 << 20], np.uint32), np.array([1], np.uint8))
+    vol.mark_many([], [])
+    assert list(vol.changed_since("base")) == [(0, 64 << 10), (1 << 20, 64 << 10), (2 << 20, 64 << 10)]
+
+
+@pytest.mark.parametrize("name", ["", "x" * 1024, "é" * 512, None, 7])
+def test_bad_checkpoint_names(vol, name):
+    with pytest.raises(tiered.InvalidArgumentError):
+        vol.checkpoint(name)
+    assert [c.name for c in vol.checkpoints()] == ["base"]
+
+
+def test_longest_name_and_unicode_names_work(vol):
+    for name in ("x" * 1023, "é" * 511, "snap/2026-11-25 12:00"):
+        vol.checkpoint(name)
+    assert [c.name for c in vol.checkpoints()][1:] == ["x" * 1023, "é" * 511, "snap/2026-11-25 12:00"]
+
+
+def test_unknown_and_duplicate_names(store, vol):
+    with pytest.raises(tiered.CheckpointNotFoundError) as info:
+        vol.changed_since("nope")
+    assert isinstance(info.value, KeyError) and "nope" in str(info.value)
+    with pytest.raises(tiered.CheckpointNotFoundError):
+        vol.remove_checkpoint("nope")
+    with pytest.raises(tiered.AlreadyExistsError):
+        vol.checkpoint("base")
+    with pytest.raises(tiered.VolumeNotFoundError):
+        store.volume("nope")
+    with pytest.raises(tiered.AlreadyExistsError):
+        store.create_volume("vda", size=1 << 20)
+    with pytest.raises(tiered.VolumeNotFoundError):
+        store.remove_volume("nope")
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"size": 0}, "size"),
+        ({"size": -1}, "size"),
+        ({"size": 1 << 20, "granularity": 1000}, "power of two"),
+        ({"size": 1 << 20, "granularity": 256}, "power of two"),
+        ({"size": 1 << 20, "granularity": 4 << 30}, "power of two"),
+        ({"size": 1 << 20, "strategy": "two-bit"}, "unknown strategy mode"),
+        ({"size": 1 << 20, "strategy": 3}, "strategy must be"),
+        ({"size": 1 << 61, "granularity": 512}, "more than"),
+    ],
+)
+def test_bad_volume_settings(store, kwargs, needle):
+    with pytest.raises(tiered.InvalidArgumentError, match=needle):
+        store.create_volume("bad", **kwargs)
+    assert store.volumes() == []
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"mode": "x"}, {"width": 12}, {"cache_bytes": -1}, {"recent": 0}, {"width": "16"}]
+)
+def test_bad_strategy(kwargs):
+    with pytest.raises(tiered.InvalidArgumentError):
+        tiered.Strategy(**kwargs)
+
+
+def test_bad_region(vol):
+    for offset, length in [(-1, None), (1 << 30 + 1, None), (0, (1 << 30) + 1), (10, -1)]:
+        with pytest.raises(tiered.OutOfRangeError):
+            vol.changed_since("base", offset=offset, length=length)
+
+
+def test_changed_between_needs_older_first(vol):
+    vol.checkpoint("later")
+    with pytest.raises(tiered.InvalidArgumentError, match="not older"):
+        vol.changed_between("later", "base")
+    with pytest.raises(tiered.InvalidArgumentError):
+        vol.changed_between("base", "base")
+
+
+# -- settings stored with the volume ------------------------------------------
+
+
+def test_settings_persist_and_mismatch_is_an_error(tmp_path):
+    path = str(tmp_path / "s")
+    with tiered.open(path, sync=False) as s:
+        s.create_volume("v", size=1 << 30, granularity=4096, strategy=tiered.Strategy("multi-bit", width=8))
+    with tiered.open(path, sync=False) as s:
+        v = s.volume("v")
+        assert v.strategy.mode == "multi-bit" and v.strategy.width == 8
+        assert (v.size, v.granularity) == (1 << 30, 4096)
+    with tiered.open(path, sync=False) as s:
+        with pytest.raises(tiered.StrategyMismatchError, match="width"):
+            s.volume("v", strategy=tiered.Strategy("multi-bit", width=16))
+        with pytest.raises(tiered.StrategyMismatchError, match="mode"):
+            s.volume("v", strategy="hybrid")
+        v = s.volume("v", strategy=tiered.Strategy("multi-bit", width=8, cache_bytes=1 << 20))
+        assert v.strategy.cache_bytes == 1 << 20
+
+
+def test_readonly_store_answers_and_refuses_writes(tmp_path):
+    path = str(tmp_path / "s")
+    with tiered.open(path, sync=False) as s:
+        v = s.create_volume("v", size=1 << 30, strategy="hybrid")
+        v.checkpoint("a")
+        v.mark(0, 1)
+    with tiered.open(path, readonly=True) as s:
+        v = s.volume("v")
+        assert list(v.changed_since("a")) == [(0, 64 << 10)]
+        for call in (lambda: v.mark(0, 1), lambda: v.checkpoint("b"), lambda: s.create_volume("w", size=1)):
+            with pytest.raises(tiered.ReadOnlyError):
+                call()
+
+
+def test_same_store_twice_in_one_process_is_refused(tmp_path):
+    path = str(tmp_path / "s")
+    with tiered.open(path, sync=False):
+        with pytest.raises(tiered.StoreBusyError):
+            tiered.open(path)
+    tiered.open(path).close()
+
+
+def test_closed_volume_and_store(tmp_path):
+    s = tiered.open(str(tmp_path / "s"), sync=False)
+    v = s.create_volume("v", size=1 << 20)
+    v.checkpoint("a")
+    s.close()
+    with pytest.raises(tiered.ClosedError):
+        v.changed_since("a")
+    with pytest.raises(tiered.ClosedError):
+        s.volumes()
+
+
+def test_many_volumes_one_environment(store):
+    vols = {m: store.create_volume(m, size=1 << 30, strategy=m) for m in MODES}
+    for i, v in enumerate(vols.values()):
+        v.checkpoint("a")
+        v.mark(i << 20, 1)
+    for i, v in enumerate(vols.values()):
+        assert list(v.changed_since("a")) == [(i << 20, 64 << 10)]
+    store.remove_volume("hybrid")
+    assert store.volumes() == ["multi-bit", "one-bit"]
+    assert list(vols["one-bit"].changed_since("a")) == [(0, 64 << 10)]
+
+
+# -- scale and growth ------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_petabyte_volume_with_a_gigabyte_written_stays_small(store, mode):
+    vol = store.create_volume("big", size=1 << 50, granularity=4096, strategy=mode)
+    vol.checkpoint("a")
+    rng = np.random.default_rng(3)
+    # 1 GiB in 1 MiB extents spread over the whole petabyte
+    offsets = rng.choice(1 << 30, size=1024, replace=False).astype(np.int64) << 20
+    vol.mark_many(offsets, np.full(1024, 1 << 20, np.int64))
+    ram = vol.stats()["ram_bytes"]
+    flat = (1 << 50) // 4096 // 8  # a flat bitmap: 32 GiB
+    assert ram < flat // 100, ram
+    ext = vol.changed_since("a")
+    assert ext.total_bytes == 1 << 30
+    vol.checkpoint("b")
+    assert vol.changed_since("a").total_bytes == 1 << 30
+
+
+def test_map_grows_by_itself(tmp_path):
+    with tiered.open(str(tmp_path / "s"), sync=False, map_size=1 << 20) as s:
+        vol = s.create_volume("v", size=1 << 40, granularity=4096, strategy="one-bit")
+        vol.checkpoint("a")
+        rng = np.random.default_rng(1)
+        for i in range(3):
+            offsets = rng.integers(0, 1 << 28, 200_000).astype(np.int64) << 12
+            vol.mark_many(offsets, np.full(len(offsets), 4096, np.int64))
+            vol.checkpoint(f"c{i}")
+        assert vol.stats()["disk_bytes"] > 1 << 20
+        assert s._storage.env.info()["map_size"] > 1 << 20
+
+
+# -- multi-bit renumbering and its limit ---------------------------------------
+
+
+def test_multibit_renumbers_instead_of_overflowing(tmp_path):
+    path = str(tmp_path / "s")
+    model = ReferenceVolume(1 << 30, 64 << 10)
+    rng = np.random.default_rng(5)
+    with tiered.open(path, sync=False) as s:
+        vol = s.create_volume("v", size=1 << 30, strategy=tiered.Strategy("multi-bit", width=8))
+        for i in range(700):
+            name = f"c{i}"
+            vol.checkpoint(name)
+            model.checkpoint(name)
+            off = int(rng.integers(0, 1 << 30))
+            vol.mark(off, 1)
+            model.mark(off, 1)
+            live = model.names()
+            if len(live) > 20:
+                for gone in (live[0], live[len(live) // 2]):
+                    vol.remove_checkpoint(gone)
+                    model.remove(gone)
+        assert vol.stats()["generation"] <= 255
+        for name in model.names():
+            assert list(vol.changed_since(name)) == model.changed_since(name)
+    with tiered.open(path, sync=False) as s:
+        vol = s.volume("v")
+        for name in model.names():
+            assert list(vol.changed_since(name)) == model.changed_since(name)
+
+
+def test_multibit_checkpoint_limit_is_a_clear_error(store):
+    vol = store.create_volume("v", size=1 << 20, strategy=tiered.Strategy("multi-bit", width=8))
+    for i in range(255):
+        vol.checkpoint(f"c{i}")
+    vol.mark(0, 1)
+    with pytest.raises(tiered.CheckpointLimitError, match="255 live checkpoints"):
+        vol.checkpoint("one-too-many")
+    assert len(vol.checkpoints()) == 255
+    assert list(vol.changed_since("c0")) == [(0, 64 << 10)]
+
+
+@pytest.mark.parametrize("mode", ["one-bit", "hybrid"])
+def test_sixty_five_thousand_checkpoints(tmp_path, mode):
+    with tiered.open(str(tmp_path / "s"), sync=False) as s:
+        vol = s.create_volume("v", size=1 << 30, strategy=mode)
+        for i in range(65_535):
+            vol.checkpoint(str(i))
+        vol.mark(5 << 20, 1)
+        assert list(vol.changed_since("0")) == [(5 << 20, 64 << 10)]
+    with tiered.open(str(tmp_path / "s"), sync=False) as s:
+        vol = s.volume("v")
+        assert len(vol.checkpoints()) == 65_535
+        assert list(vol.changed_since("65534")) == [(5 << 20, 64 << 10)]
+
+
+# -- costs ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_stats_report_costs(store, mode):
+    vol = store.create_volume("v", size=1 << 40, strategy=mode)
+    vol.checkpoint("a")
+    offsets = np.arange(0, 1 << 40, 1 << 26, dtype=np.int64)
+    vol.mark_many(offsets, np.full(len(offsets), 4096, np.int64))
+    vol.checkpoint("b")
+    vol.changed_since("a")
+    stats = vol.stats()
+    for key in ("ram_bytes", "disk_bytes", "cache_hits", "cache_misses", "checkpoints"):
+        assert key in stats
+    assert stats["checkpoints"] == 2
+    assert stats["disk_bytes"] > 0
+    if mode == "multi-bit":
+        assert stats["history_ram_bytes"] >= len(offsets) * 2
+    else:
+        assert stats["cache_misses"] > 0
+
+
+def test_region_query_clips_like_block_status(store):
+    vol = store.create_volume("v", size=10 * 65536 + 100, strategy="one-bit")
+    vol.checkpoint("a")
+    vol.mark(65536, 3 * 65536)
+    vol.mark(10 * 65536, 1)  # the ragged last chunk
+    assert list(vol.changed_since("a", offset=70000, length=50000)) == [(70000, 50000)]
+    assert list(vol.changed_since("a", offset=0, length=65536)) == []
+    assert list(vol.changed_since("a")) == [(65536, 3 * 65536), (10 * 65536, 100)]
+    ext = vol.changed_since("a")
+    assert ext.offsets.dtype == np.uint64 and ext.lengths.dtype == np.uint64
+    assert len(ext) == 2 and ext.total_bytes == 3 * 65536 + 100
+
+
+def test_writes_before_the_first_checkpoint_are_not_tracked(store):
+    vol = store.create_volume("v", size=1 << 30, strategy="hybrid")
+    vol.mark(0, 1 << 20)
+    vol.checkpoint("a")
+    assert list(vol.changed_since("a")) == []
+    assert vol.stats()["history_ram_bytes"] < 4096
+
+
+def test_page_sized_writes_use_no_rows(store):
+    vol = store.create_volume("v", size=1 << 44, granularity=4096, strategy="one-bit")
+    vol.checkpoint("a")
+    vol.mark(0, 1 << 44)
+    assert vol.stats()["ram_bytes"] < 1 << 20
+    vol.checkpoint("b")
+    assert list(vol.changed_since("a")) == [(0, 1 << 44)]
+    assert vol.stats()["disk_bytes"] < 1 << 20
+    assert PAGE_CHUNKS  # geometry import guards against silent renames
