@@ -90,6 +90,17 @@ def extents_chunks(extents: list[tuple[int, int]], granularity: int) -> set[int]
     return chunks
 
 
+def covers(big: list[tuple[int, int]], small: list[tuple[int, int]]) -> bool:
+    """Whether every small extent lies inside one of the coalesced big ones."""
+    j = 0
+    for off, length in small:
+        while j < len(big) and big[j][0] + big[j][1] <= off:
+            j += 1
+        if j == len(big) or not (big[j][0] <= off and off + length <= big[j][0] + big[j][1]):
+            return False
+    return True
+
+
 # -- naive versions of the kernels ------------------------------------------
 
 

@@ -19,7 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 import tiered
 from tiered.config import PAGE_CHUNKS, SEG_CHUNKS
 
-from naive import ReferenceVolume
+from naive import ReferenceVolume, covers
 
 # (granularity, size): a tiny volume with a ragged end, one spanning a few
 # segments, and one spanning three pages so page-level paths are exercised.
@@ -44,17 +44,6 @@ def interesting_chunks(n_chunks: int) -> list[int]:
     points = {0, 1, 63, 64, 65, SEG_CHUNKS - 1, SEG_CHUNKS, SEG_CHUNKS + 1, PAGE_CHUNKS - 1,
               PAGE_CHUNKS, PAGE_CHUNKS + 1, 2 * PAGE_CHUNKS, n_chunks // 2, n_chunks - 2, n_chunks - 1}
     return sorted(p for p in points if 0 <= p < n_chunks)
-
-
-def covers(big: list[tuple[int, int]], small: list[tuple[int, int]]) -> bool:
-    """Whether every small extent lies inside one of the coalesced big ones."""
-    j = 0
-    for off, length in small:
-        while j < len(big) and big[j][0] + big[j][1] <= off:
-            j += 1
-        if j == len(big) or not (big[j][0] <= off and off + length <= big[j][0] + big[j][1]):
-            return False
-    return True
 
 
 class VolumeMachine(RuleBasedStateMachine):
