@@ -66,6 +66,14 @@ class VolumeMachine(RuleBasedStateMachine):
         self.vol = self.store.create_volume("vol", size=size, granularity=granularity, strategy=self.strategy)
         self.model = ReferenceVolume(size, granularity)
         self.points = interesting_chunks(-(-size // granularity))
+        # Marks the store has not persisted yet: a crash now loses them, and
+        # then every existing checkpoint must answer "everything".
+        self.unpersisted = False
+        self.lost: set[str] = set()
+
+    def _marked(self, lengths) -> None:
+        if self.model.checkpoints and any(lengths):
+            self.unpersisted = True
 
     def ready(self) -> bool:
         return self.store is not None
@@ -87,6 +95,7 @@ class VolumeMachine(RuleBasedStateMachine):
         offset, length = self._draw_write(data)
         self.vol.mark(offset, length)
         self.model.mark(offset, length)
+        self._marked([length])
 
     @rule(data=st.data(), n=st.integers(1, 6))
     @precondition(ready)
@@ -95,6 +104,7 @@ class VolumeMachine(RuleBasedStateMachine):
         self.vol.mark_many([w[0] for w in writes], [w[1] for w in writes])
         for w in writes:
             self.model.mark(*w)
+        self._marked([w[1] for w in writes])
 
     @rule(data=st.data(), n=st.integers(1, 4), bad_at=st.integers(0, 3),
           how=st.sampled_from(["negative", "past-end", "huge"]))
@@ -117,6 +127,8 @@ class VolumeMachine(RuleBasedStateMachine):
         cp = self.vol.checkpoint(name)
         assert cp.name == name
         self.model.checkpoint(name)
+        if self.strategy.mode != "multi-bit":
+            self.unpersisted = False  # sealing a one-bit writeset persists it
 
     @rule(data=st.data())
     @precondition(lambda self: self.ready() and self.model.checkpoints)
@@ -124,6 +136,9 @@ class VolumeMachine(RuleBasedStateMachine):
         name = data.draw(st.sampled_from(self.model.names()))
         self.vol.remove_checkpoint(name)
         self.model.remove(name)
+        self.lost.discard(name)
+        if not self.model.checkpoints:
+            self.unpersisted = False
         with pytest.raises(tiered.CheckpointNotFoundError):
             self.vol.changed_since(name)
 
@@ -131,6 +146,7 @@ class VolumeMachine(RuleBasedStateMachine):
     @precondition(ready)
     def flush(self):
         self.vol.flush()
+        self.unpersisted = False
 
     @rule()
     @precondition(ready)
@@ -138,7 +154,20 @@ class VolumeMachine(RuleBasedStateMachine):
         self.store.close()
         self.store = tiered.open(self.dir, sync=False)
         self.vol = self.store.volume("vol", strategy=self.strategy)
-        assert not self.vol.unclean_shutdown
+        self.unpersisted = False
+        assert self.vol.unclean_shutdown == bool(self.lost)
+
+    @rule()
+    @precondition(ready)
+    def crash(self):
+        """Drop the process state without close or flush, as a crash would."""
+        self.store._storage.close()
+        self.store = tiered.open(self.dir, sync=False)
+        self.vol = self.store.volume("vol")
+        if self.unpersisted:
+            self.lost |= set(self.model.checkpoints)
+        self.unpersisted = False
+        assert self.vol.unclean_shutdown == bool(self.lost)
 
     @rule(data=st.data())
     @precondition(lambda self: self.ready() and self.model.checkpoints)
@@ -148,6 +177,10 @@ class VolumeMachine(RuleBasedStateMachine):
         lo = data.draw(st.sampled_from([0, 1, self.model.granularity, size // 3, size - 1]))
         hi = data.draw(st.integers(lo, size))
         got = self.vol.changed_since(name, offset=lo, length=hi - lo)
+        if name in self.lost:
+            assert list(got) == ([(lo, hi - lo)] if hi > lo else [])
+            assert got.exact == (hi == lo)
+            return
         assert list(got) == self.model.changed_since(name, lo, hi)
         assert got.exact
 
@@ -158,6 +191,9 @@ class VolumeMachine(RuleBasedStateMachine):
         i = data.draw(st.integers(0, len(names) - 2))
         j = data.draw(st.integers(i + 1, len(names) - 1))
         got = self.vol.changed_between(names[i], names[j])
+        if names[i] in self.lost:
+            assert list(got) == [(0, self.model.size)] and not got.exact
+            return
         exact = self.model.changed_between(names[i], names[j])
         since = self.model.changed_since(names[i])
         if got.exact:
@@ -178,12 +214,15 @@ class VolumeMachine(RuleBasedStateMachine):
         assert [c.name for c in self.vol.checkpoints()] == names
         for name in names:
             got = self.vol.changed_since(name)
-            assert list(got) == self.model.changed_since(name), f"changed_since({name!r})"
+            if name in self.lost:
+                assert list(got) == [(0, self.model.size)], f"lost changed_since({name!r})"
+            else:
+                assert list(got) == self.model.changed_since(name), f"changed_since({name!r})"
 
 
 MODEL_SETTINGS = settings(
-    max_examples=60,
-    stateful_step_count=40,
+    max_examples=200,
+    stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )

@@ -11,48 +11,90 @@
 
 from __future__ import annotations
 
-from .config import Strategy
-from .errors import (
-    AlreadyExistsError,
-    CheckpointLimitError,
-    CheckpointNotFoundError,
-    ClosedError,
-    CorruptionError,
-    InvalidArgumentError,
-    NotFoundError,
-    OutOfRangeError,
-    ReadOnlyError,
-    StoreBusyError,
-    StrategyMismatchError,
-    TieredError,
-    VolumeNotFoundError,
-)
-from .extents import Extents
-from .store import Store, open
-from .volume import Checkpoint, Volume
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    # Type checkers and IDEs see the real names; at run time they are loaded
+    # by __getattr__ below.
+    from .config import Strategy
+    from .errors import (
+        AlreadyExistsError,
+        CheckpointLimitError,
+        CheckpointNotFoundError,
+        ClosedError,
+        CorruptionError,
+        InvalidArgumentError,
+        NotFoundError,
+        OutOfRangeError,
+        ReadOnlyError,
+        StoreBusyError,
+        StrategyMismatchError,
+        TieredError,
+        VolumeNotFoundError,
+    )
+    from .extents import Extents
+    from .store import Store, open
+    from .volume import Checkpoint, Volume
 
 __version__ = "0.1.0"
 
-__all__ = sorted(
-    [
-        "AlreadyExistsError",
-        "Checkpoint",
-        "CheckpointLimitError",
-        "CheckpointNotFoundError",
-        "ClosedError",
-        "CorruptionError",
-        "Extents",
-        "InvalidArgumentError",
-        "NotFoundError",
-        "OutOfRangeError",
-        "ReadOnlyError",
-        "Store",
-        "StoreBusyError",
-        "Strategy",
-        "StrategyMismatchError",
-        "TieredError",
-        "Volume",
-        "VolumeNotFoundError",
-        "open",
-    ]
-)
+__all__ = [
+    "AlreadyExistsError",
+    "Checkpoint",
+    "CheckpointLimitError",
+    "CheckpointNotFoundError",
+    "ClosedError",
+    "CorruptionError",
+    "Extents",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "OutOfRangeError",
+    "ReadOnlyError",
+    "Store",
+    "StoreBusyError",
+    "Strategy",
+    "StrategyMismatchError",
+    "TieredError",
+    "Volume",
+    "VolumeNotFoundError",
+    "open",
+]
+
+# The engine pulls in numpy, numba (with its JIT start-up) and lmdb, which
+# costs a fraction of a second; importing it lazily keeps `import tiered`
+# (and so `tiered --help`) instant.  Name -> submodule that defines it.
+_EXPORTS: dict[str, str] = {
+    "AlreadyExistsError": "errors",
+    "Checkpoint": "volume",
+    "CheckpointLimitError": "errors",
+    "CheckpointNotFoundError": "errors",
+    "ClosedError": "errors",
+    "CorruptionError": "errors",
+    "Extents": "extents",
+    "InvalidArgumentError": "errors",
+    "NotFoundError": "errors",
+    "OutOfRangeError": "errors",
+    "ReadOnlyError": "errors",
+    "Store": "store",
+    "StoreBusyError": "errors",
+    "Strategy": "config",
+    "StrategyMismatchError": "errors",
+    "TieredError": "errors",
+    "Volume": "volume",
+    "VolumeNotFoundError": "errors",
+    "open": "store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups no longer reach this hook
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

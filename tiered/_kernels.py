@@ -81,6 +81,19 @@ def _entry_pos(index, n_top, seg):
 
 
 @njit(**_jit)
+def _fill_row(pool, slot, value, is_bits):
+    # Element loops, not slice assignment: a slice is an array view, and
+    # views cost reference counting on the hottest path.
+    if is_bits:
+        word = ALL_ONES if value else np.uint64(0)
+        for w in range(pool.shape[1]):
+            pool[slot, w] = word
+    else:
+        for k in range(pool.shape[1]):
+            pool[slot, k] = value
+
+
+@njit(**_jit)
 def _materialise(index, pool, pos, is_bits):
     """Give the absent or uniform entry at ``pos`` a row; -1 if none is free."""
     s = index[SLOTS_USED]
@@ -89,37 +102,27 @@ def _materialise(index, pool, pos, is_bits):
     index[SLOTS_USED] = s + 1
     e = index[pos]
     if e == ABSENT:
-        pool[s, :] = 0
-    elif is_bits:
-        pool[s, :] = ALL_ONES
+        _fill_row(pool, s, 0, is_bits)
     else:
-        pool[s, :] = uniform_value(e)
+        _fill_row(pool, s, uniform_value(e), is_bits)
     index[pos] = s
     return s
 
 
 @njit(**_jit)
-def _fill_row(pool, slot, value, is_bits):
-    if is_bits:
-        pool[slot, :] = ALL_ONES if value else np.uint64(0)
-    else:
-        pool[slot, :] = value
-
-
-@njit(**_jit)
-def _set_bits(row, a, b):
+def _set_bits(pool, slot, a, b):
     """Set bits a..b (inclusive) of one bitmap row."""
     w0 = a >> 6
     w1 = b >> 6
     lo = ALL_ONES << np.uint64(a & 63)
     hi = ALL_ONES >> np.uint64(63 - (b & 63))
     if w0 == w1:
-        row[w0] |= lo & hi
+        pool[slot, w0] |= lo & hi
         return
-    row[w0] |= lo
+    pool[slot, w0] |= lo
     for w in range(w0 + 1, w1):
-        row[w] = ALL_ONES
-    row[w1] |= hi
+        pool[slot, w] = ALL_ONES
+    pool[slot, w1] |= hi
 
 
 @njit(**_jit)
@@ -159,29 +162,93 @@ def set_range(index, pool, n_top, c0, c1, value, is_bits):
                 if slot < 0:
                     return False
             if is_bits:
-                _set_bits(pool[slot], c - seg_lo, hi - seg_lo)
+                _set_bits(pool, slot, c - seg_lo, hi - seg_lo)
             else:
-                pool[slot, c - seg_lo : hi - seg_lo + 1] = value
+                for k in range(c - seg_lo, hi - seg_lo + 1):
+                    pool[slot, k] = value
         c = hi + 1
     return True
 
 
-@njit(**_jit)
-def mark_writes(index, pool, n_top, offsets, lengths, start, shift, value, is_bits):
-    """Mark every chunk touched by each write [offset, offset + length).
+# The two mark kernels below write the common case, a write inside one
+# segment that already has a row, inline: passing arrays to a helper costs
+# reference counting that would dominate the loop.  Index arithmetic is
+# unsigned so numba emits no negative-index wraparound checks.  Both return
+# how many writes are done; fewer than ``len(offsets)`` means the table must
+# grow before resuming from there.
 
-    Returns how many writes are done; fewer than ``len(offsets)`` means the
-    table needs to grow before resuming from there.
-    """
+_U6 = np.uint64(6)
+_U63 = np.uint64(63)
+_USEG = np.uint64(SEG_SHIFT)
+_USEG_MASK = np.uint64(SEG_CHUNKS - 1)
+_UPAGE = np.uint64(PAGE_SHIFT)
+_UPAGE_MASK = np.uint64(PAGE_SEGMENTS - 1)
+_UPAGE_SEGS = np.uint64(PAGE_SEGMENTS)
+_UHEADER = np.uint64(HEADER)
+
+
+@njit(**_jit)
+def mark_bits(index, pool, n_top, offsets, lengths, start, shift):
+    """Set the bits of every chunk touched by each write [offset, offset + length)."""
     n = offsets.shape[0]
+    pages_base = np.uint64(HEADER + n_top)
     for i in range(start, n):
         length = lengths[i]
         if length == 0:
             continue
         off = offsets[i]
-        c0 = np.int64(off >> shift)
-        c1 = np.int64((off + length - 1) >> shift)
-        if not set_range(index, pool, n_top, c0, c1, value, is_bits):
+        c0 = np.uint64(off >> shift)
+        c1 = np.uint64((off + length - 1) >> shift)
+        seg = c0 >> _USEG
+        if (c1 >> _USEG) == seg:
+            page = index[_UHEADER + (seg >> _UPAGE)]
+            if page >= 0:
+                slot = index[pages_base + np.uint64(page) * _UPAGE_SEGS + (seg & _UPAGE_MASK)]
+                if slot >= 0:
+                    row = np.uint64(slot)
+                    a = c0 & _USEG_MASK
+                    b = c1 & _USEG_MASK
+                    w0 = a >> _U6
+                    w1 = b >> _U6
+                    lo = ALL_ONES << (a & _U63)
+                    hi = ALL_ONES >> (_U63 - (b & _U63))
+                    if w0 == w1:
+                        pool[row, w0] |= lo & hi
+                    else:
+                        pool[row, w0] |= lo
+                        for w in range(w0 + np.uint64(1), w1):
+                            pool[row, w] = ALL_ONES
+                        pool[row, w1] |= hi
+                    continue
+        if not set_range(index, pool, n_top, np.int64(c0), np.int64(c1), 1, True):
+            return i
+    return n
+
+
+@njit(**_jit)
+def mark_gens(index, pool, n_top, offsets, lengths, start, shift, value):
+    """Give every chunk touched by each write the generation ``value``."""
+    n = offsets.shape[0]
+    pages_base = np.uint64(HEADER + n_top)
+    gen = pool.dtype.type(value)
+    for i in range(start, n):
+        length = lengths[i]
+        if length == 0:
+            continue
+        off = offsets[i]
+        c0 = np.uint64(off >> shift)
+        c1 = np.uint64((off + length - 1) >> shift)
+        seg = c0 >> _USEG
+        if (c1 >> _USEG) == seg:
+            page = index[_UHEADER + (seg >> _UPAGE)]
+            if page >= 0:
+                slot = index[pages_base + np.uint64(page) * _UPAGE_SEGS + (seg & _UPAGE_MASK)]
+                if slot >= 0:
+                    row = np.uint64(slot)
+                    for k in range(c0 & _USEG_MASK, (c1 & _USEG_MASK) + np.uint64(1)):
+                        pool[row, k] = gen
+                    continue
+        if not set_range(index, pool, n_top, np.int64(c0), np.int64(c1), value, False):
             return i
     return n
 
@@ -358,7 +425,8 @@ def load_spans(index, pool, n_top, first, count, ref, rows, start, is_bits):
             e = _materialise(index, pool, pos, is_bits)
             if e < 0:
                 return i
-        pool[e, :] = rows[r, :]
+        for k in range(pool.shape[1]):
+            pool[e, k] = rows[r, k]
     return first.shape[0]
 
 
@@ -680,7 +748,7 @@ def decode_bit_spans(buf, page):
                 if run_end > SEG_CHUNKS:
                     p = -1
                     break
-                _set_bits(row, s, run_end - 1)
+                _set_bits(rows, nrows - 1, s, run_end - 1)
         elif kind == KIND_RAW:
             if p + 8 * SEG_WORDS > end:
                 return False, first, count, ref, rows

@@ -67,6 +67,10 @@ class Batch:
         self.txn = txn
         self.written: dict[Key, set[int]] = {}
         self.deleted: set[Key] = set()
+        #: Volume record fields that change with this batch; they are written
+        #: in the same transaction, so a crash never pairs new pages with an
+        #: old record.
+        self.record: dict[str, object] = {}
 
     def put_table(self, tag: bytes, gen: int, table: SegmentTable) -> None:
         """Write every page of ``table`` under (tag, gen); other pages stay."""

@@ -78,6 +78,22 @@ class SegmentTable:
         self.index[K.HEADER :] = K.ABSENT
         self.pool = np.empty((0, self.row_len), self.row_dtype)
 
+    def reset(self) -> None:
+        """Forget everything but keep about as much room as was used.
+
+        The next period of a steady workload then needs no growth, and room
+        beyond twice what was used is given back.
+        """
+        used_rows = self.rows_used
+        used_pages = int(self.index[K.PAGES_USED])
+        if len(self.pool) > 2 * max(used_rows, 64):
+            self.pool = np.empty((used_rows, self.row_len), self.row_dtype)
+        self.index = np.resize(self.index, K.HEADER + self.n_top + used_pages * PAGE_SEGMENTS)
+        self.index[: K.HEADER] = 0
+        self.index[K.PAGES_CAP] = used_pages
+        self.index[K.SLOTS_CAP] = len(self.pool)
+        self.index[K.HEADER : K.HEADER + self.n_top] = K.ABSENT
+
     @property
     def nbytes(self) -> int:
         return self.index.nbytes + self.pool.nbytes
@@ -94,14 +110,16 @@ class SegmentTable:
         idx = self.index
         pages_cap = int(idx[K.PAGES_CAP])
         if idx[K.PAGES_USED] == pages_cap:
-            new_cap = min(self.n_top, pages_cap + max(1, pages_cap // 2))
+            new_cap = min(self.n_top, max(4, 2 * pages_cap))
             grown = np.empty(K.HEADER + self.n_top + new_cap * PAGE_SEGMENTS, np.int32)
             grown[: len(idx)] = idx
             grown[K.PAGES_CAP] = new_cap
             self.index = idx = grown
         slots_cap = int(idx[K.SLOTS_CAP])
         if idx[K.SLOTS_USED] == slots_cap:
-            new_cap = slots_cap + max(16, slots_cap // 2)
+            # Doubling: few Python round trips, and untouched capacity costs
+            # address space, not resident memory.
+            new_cap = max(64, 2 * slots_cap)
             pool = np.empty((new_cap, self.row_len), self.row_dtype)
             pool[:slots_cap] = self.pool
             self.pool = pool
@@ -118,12 +136,13 @@ class SegmentTable:
 
     def mark_many(self, offsets: np.ndarray, lengths: np.ndarray, shift: int, value: int) -> None:
         """Mark validated int64 byte ranges (``value`` is 1 for bitmaps)."""
-        self._until_done(
-            lambda start: K.mark_writes(
-                self.index, self.pool, self.n_top, offsets, lengths, start, shift, value, self.is_bits
-            ),
-            len(offsets),
-        )
+        if self.is_bits:
+            step = lambda start: K.mark_bits(self.index, self.pool, self.n_top, offsets, lengths, start, shift)
+        else:
+            step = lambda start: K.mark_gens(
+                self.index, self.pool, self.n_top, offsets, lengths, start, shift, value
+            )
+        self._until_done(step, len(offsets))
 
     def mark(self, offset: int, length: int, shift: int, value: int) -> None:
         while not K.mark_one(self.index, self.pool, self.n_top, offset, length, shift, value, self.is_bits):

@@ -162,7 +162,7 @@ class Volume:
             batch = self._io.batch(txn)
             staged["batch"] = batch
             staged["after"] = build(batch)
-            record = self._volume_record(**record_changes)
+            record = self._volume_record(**{**record_changes, **batch.record})
             txn.put(volume_key(self._id), pack_json(record), db=self._storage.volumes)
             staged["record"] = record
 
@@ -196,8 +196,8 @@ class Volume:
             )
         with self._lock:
             self._check_writable()
-            if not self._checkpoints:
-                return  # no checkpoint can ask about this write
+            if not self._checkpoints or not length:
+                return  # no checkpoint can ask about this write, or it is empty
             if not self._dirty:
                 self._note_dirty()
             self._history.mark(offset, length, self._shift, self._gen)
@@ -220,7 +220,7 @@ class Volume:
             )
         with self._lock:
             self._check_writable()
-            if not self._checkpoints or not len(offs64):
+            if not self._checkpoints or not lens64.any():
                 return
             if not self._dirty:
                 self._note_dirty()

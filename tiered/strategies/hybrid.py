@@ -65,6 +65,7 @@ class HybridHistory(OneBitHistory):
         for g in gens:
             batch.delete(TAG_WRITESET, g)
         folded = max(self.folded_through, gens[-1])
+        batch.record["folded_through"] = folded
 
         def done() -> None:
             self.folded_through = folded
@@ -98,6 +99,7 @@ class HybridHistory(OneBitHistory):
 
     def reset(self, batch: Batch) -> AfterCommit:
         cleared = super().reset(batch)
+        batch.record["folded_through"] = 0
 
         def done() -> None:
             cleared()

@@ -63,7 +63,7 @@ class OneBitHistory(History):
     def seal(self, batch: Batch, current: int) -> AfterCommit:
         batch.put_table(TAG_WRITESET, current, self.active)
         batch.delete(TAG_ACTIVE, SNAPSHOT_GEN)
-        return self.active.clear
+        return self.active.reset
 
     def remove(self, batch: Batch, prev: int | None, gen: int, nxt: int | None) -> AfterCommit:
         if nxt is None:

@@ -1,0 +1,375 @@
+"""The `tiered` command: exact output, error exits, and a fast start."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import tiered
+from tiered.cli import main, map_ranges, parse_size
+
+G = 64 << 10
+# 16 whole chunks and a partial one, so the last range is clipped to the size.
+SIZE = 16 * G + 1000
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> str:
+    path = str(tmp_path / "store")
+    with tiered.open(path, sync=False) as store:
+        vol = store.create_volume("vda", size=SIZE, granularity=G, strategy="hybrid")
+        vol.checkpoint("base")
+        vol.mark(0, 100)  # chunk 0
+        vol.mark(3 * G + 5, 10)  # chunk 3
+        vol.checkpoint("next")
+        vol.mark(10 * G, 2 * G)  # chunks 10 and 11
+        vol.mark(16 * G, 1)  # the partial last chunk
+        store.create_volume("empty", size=1 << 30, strategy="one-bit")
+    # Closed here: LMDB allows one environment per path per process.
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def lines(text: str) -> str:
+    return textwrap.dedent(text).lstrip("\n")
+
+
+def python(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+# -- changed ---------------------------------------------------------------
+
+
+def test_changed_since_maps_the_whole_volume(store_path, capsys):
+    code, out, err = run(capsys, "changed", store_path, "vda", "base")
+    assert (code, err) == (0, "")
+    assert out == (
+        "         0       65536    1  dirty\n"
+        "     65536      131072    0  clean\n"
+        "    196608       65536    1  dirty\n"
+        "    262144      393216    0  clean\n"
+        "    655360      131072    1  dirty\n"
+        "    786432      262144    0  clean\n"
+        "   1048576        1000    1  dirty\n"
+    )
+
+
+def test_changed_between_ends_with_the_clean_tail(store_path, capsys):
+    code, out, err = run(capsys, "changed", store_path, "vda", "base", "--to", "next")
+    assert (code, err) == (0, "")
+    assert out == (
+        "         0       65536    1  dirty\n"
+        "     65536      131072    0  clean\n"
+        "    196608       65536    1  dirty\n"
+        "    262144      787432    0  clean\n"
+    )
+
+
+def test_changed_region_is_clipped_at_both_ends(store_path, capsys):
+    code, out, err = run(
+        capsys, "changed", store_path, "vda", "base", "--offset", "100", "--length", "200K"
+    )
+    assert (code, err) == (0, "")
+    assert out == (
+        "       100       65436    1  dirty\n"
+        "     65536      131072    0  clean\n"
+        "    196608        8292    1  dirty\n"
+    )
+
+
+def test_changed_offset_alone_runs_to_the_end(store_path, capsys):
+    code, out, _ = run(capsys, "changed", store_path, "vda", "next", "--offset", "12KiB")
+    assert code == 0
+    assert out == (
+        "     12288      643072    0  clean\n"
+        "    655360      131072    1  dirty\n"
+        "    786432      262144    0  clean\n"
+        "   1048576        1000    1  dirty\n"
+    )
+
+
+def test_changed_with_nothing_written_is_one_clean_line(store_path, capsys):
+    code, out, _ = run(capsys, "changed", store_path, "vda", "next", "--length", "64K")
+    assert (code, out) == (0, "         0       65536    0  clean\n")
+
+
+def test_changed_empty_region_prints_nothing(store_path, capsys):
+    argv = ["changed", store_path, "vda", "base", "--offset", "1M", "--length", "0"]
+    assert run(capsys, *argv) == (0, "", "")
+
+
+def test_changed_json(store_path, capsys):
+    code, out, err = run(capsys, "changed", store_path, "vda", "base", "--to", "next", "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out) == {
+        "volume": "vda",
+        "since": "base",
+        "until": "next",
+        "offset": 0,
+        "length": SIZE,
+        "unclean_shutdown": False,
+        "granularity": G,
+        "exact": True,
+        "total_bytes": 2 * G,
+        "extents": [{"offset": 0, "length": G}, {"offset": 3 * G, "length": G}],
+    }
+
+
+def test_changed_after_unclean_shutdown_warns(tmp_path, capsys):
+    path = str(tmp_path / "store")
+    # A process that marks a write and dies without closing the store.
+    crash = python(
+        "-c",
+        "import os, tiered\n"
+        f"store = tiered.open({path!r}, sync=False)\n"
+        "vol = store.create_volume('vda', size=1 << 20, granularity=65536, strategy='one-bit')\n"
+        "vol.checkpoint('base')\n"
+        "vol.mark(0, 100)\n"
+        "os._exit(0)\n",
+    )
+    assert crash.returncode == 0, crash.stderr
+    code, out, err = run(capsys, "changed", path, "vda", "base")
+    assert code == 0
+    assert out == "         0     1048576    1  dirty\n"
+    assert err.startswith("tiered: warning: volume 'vda' was not closed cleanly")
+    assert len(err.splitlines()) == 1
+
+
+def test_changed_notes_an_inexact_map(tmp_path, capsys):
+    path = str(tmp_path / "store")
+    with tiered.open(path, sync=False) as store:
+        vol = store.create_volume("vda", size=1 << 20, granularity=G, strategy="hybrid")
+        # Enough checkpoints for hybrid to fold old writesets into its
+        # generation array, where answers between checkpoints are supersets.
+        for i in range(20):
+            vol.checkpoint(f"c{i}")
+            vol.mark(0, 1)
+            vol.mark(G * (i % 15 + 1), 1)
+        exact = vol.changed_between("c0", "c1").exact
+    code, _, err = run(capsys, "changed", path, "vda", "c0", "--to", "c1")
+    assert code == 0
+    note = "tiered: warning: the map may include chunks that were not written (exact=false)\n"
+    assert err == ("" if exact else note)
+    code, out, _ = run(capsys, "changed", path, "vda", "c0", "--to", "c1", "--json")
+    assert json.loads(out)["exact"] is exact
+
+
+# -- other commands --------------------------------------------------------
+
+
+def test_volumes(store_path, capsys):
+    code, out, err = run(capsys, "volumes", store_path)
+    assert (code, err) == (0, "")
+    assert out == lines(
+        """
+        NAME   SIZE     GRANULARITY  MODE     CHECKPOINTS
+        empty  1G       64K          one-bit  0
+        vda    1049576  64K          hybrid   2
+        """
+    )
+
+
+def test_volumes_json(store_path, capsys):
+    code, out, _ = run(capsys, "volumes", store_path, "--json")
+    assert code == 0
+    assert json.loads(out) == [
+        {"name": "empty", "size": 1 << 30, "granularity": G, "mode": "one-bit", "checkpoints": 0},
+        {"name": "vda", "size": SIZE, "granularity": G, "mode": "hybrid", "checkpoints": 2},
+    ]
+
+
+def test_checkpoints_oldest_first_in_utc(store_path, capsys):
+    with tiered.open(store_path, readonly=True) as store:
+        created = [c.created for c in store.volume("vda").checkpoints()]
+    stamps = [
+        datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        for t in created
+    ]
+    code, out, _ = run(capsys, "checkpoints", store_path, "vda")
+    assert code == 0
+    assert out == f"NAME  CREATED\nbase  {stamps[0]}\nnext  {stamps[1]}\n"
+
+    code, out, _ = run(capsys, "checkpoints", store_path, "vda", "--json")
+    assert code == 0
+    assert json.loads(out) == [
+        {"name": "base", "created": stamps[0], "created_unix": created[0]},
+        {"name": "next", "created": stamps[1], "created_unix": created[1]},
+    ]
+
+
+def test_stats(store_path, capsys):
+    code, out, _ = run(capsys, "stats", store_path, "vda", "--json")
+    assert code == 0
+    stats = json.loads(out)
+    assert {k: stats[k] for k in ("volume", "mode", "size", "granularity", "checkpoints")} == {
+        "volume": "vda",
+        "mode": "hybrid",
+        "size": SIZE,
+        "granularity": G,
+        "checkpoints": 2,
+    }
+    assert stats["unclean_shutdown"] is False
+
+    code, out, _ = run(capsys, "stats", store_path, "vda")
+    assert code == 0
+    assert "mode:               hybrid" in out.splitlines()
+    assert "unclean_shutdown:   false" in out.splitlines()
+
+
+def test_store_is_not_modified(store_path, capsys):
+    data = Path(store_path, "data.mdb")
+    before = data.read_bytes()
+    for argv in (
+        ["volumes", store_path],
+        ["checkpoints", store_path, "vda"],
+        ["changed", store_path, "vda", "base"],
+        ["stats", store_path, "vda"],
+    ):
+        assert run(capsys, *argv)[0] == 0
+    assert data.read_bytes() == before
+
+
+# -- errors ----------------------------------------------------------------
+
+
+def assert_one_line_error(err: str, *fragments: str) -> None:
+    assert err.startswith("tiered: error: ")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err
+
+
+@pytest.mark.parametrize(
+    "argv, fragments",
+    [
+        (["changed", "{store}", "nope", "base"], ["'nope'"]),
+        (["checkpoints", "{store}", "nope"], ["'nope'"]),
+        (["stats", "{store}", "nope"], ["'nope'"]),
+        (["changed", "{store}", "vda", "gone"], ["'gone'"]),
+        (["changed", "{store}", "vda", "base", "--to", "gone"], ["'gone'"]),
+        (["changed", "{store}", "vda", "next", "--to", "base"], ["'next'", "'base'"]),
+        (["changed", "{store}", "vda", "base", "--offset", "2M"], ["outside"]),
+        (["changed", "{store}", "vda", "base", "--offset", "1M", "--length", "1M"], ["outside"]),
+        (["volumes", "{store}/missing"], ["missing"]),
+    ],
+)
+def test_runtime_errors_exit_1(store_path, capsys, argv, fragments):
+    code, out, err = run(capsys, *(a.format(store=store_path) for a in argv))
+    assert (code, out) == (1, "")
+    assert_one_line_error(err, *fragments)
+
+
+@pytest.mark.parametrize(
+    "argv, fragments",
+    [
+        (["changed", "{store}", "vda", "base", "--offset", "12Q"], ["--offset", "'12Q'"]),
+        (["changed", "{store}", "vda", "base", "--length", "1.5M"], ["--length", "'1.5M'"]),
+        (["changed", "{store}", "vda"], ["CHECKPOINT"]),
+        (["frobnicate", "{store}"], ["frobnicate"]),
+        ([], ["COMMAND"]),
+    ],
+)
+def test_usage_errors_exit_2(store_path, capsys, argv, fragments):
+    code, out, err = run(capsys, *(a.format(store=store_path) for a in argv))
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, *fragments)
+
+
+def test_help_returns_0(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    for name in ("volumes", "checkpoints", "changed", "stats"):
+        assert name in out
+
+
+# -- helpers ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("0", 0),
+        ("4096", 4096),
+        ("64K", 64 << 10),
+        ("64k", 64 << 10),
+        ("64KiB", 64 << 10),
+        ("1M", 1 << 20),
+        ("2MiB", 2 << 20),
+        ("1G", 1 << 30),
+        ("1T", 1 << 40),
+        ("1P", 1 << 50),
+    ],
+)
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "K", "-1", "1.5M", "0x10", "12Q", "1KB", "1 M", "1Ki"])
+def test_parse_size_rejects(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="invalid size"):
+        parse_size(text)
+
+
+def test_map_ranges_merges_adjacent_extents():
+    assert list(map_ranges([(0, 10), (10, 5), (20, 5)], 0, 30)) == [
+        (0, 15, 1),
+        (15, 5, 0),
+        (20, 5, 1),
+        (25, 5, 0),
+    ]
+    assert list(map_ranges([], 5, 9)) == [(5, 4, 0)]
+    assert list(map_ranges([], 5, 5)) == []
+
+
+# -- start-up --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", ["tiered", "tiered.cli"])
+def test_python_m_help(module):
+    result = python("-m", module, "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: tiered ")
+
+
+def test_cli_import_leaves_the_engine_unloaded():
+    result = python(
+        "-c",
+        "import sys, tiered.cli\n"
+        "print(sorted(m for m in ('numba', 'numpy', 'lmdb', 'tiered.store', 'tiered.volume')"
+        " if m in sys.modules))",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "[]\n"
+
+
+def test_lazy_package_still_exports_every_name():
+    result = python(
+        "-c",
+        "import tiered\n"
+        "assert tiered.__all__ == sorted(tiered.__all__)\n"
+        "from tiered.store import open as store_open\n"
+        "assert tiered.open is store_open\n"
+        "from tiered import *\n"
+        "missing = [n for n in tiered.__all__ if n not in globals()]\n"
+        "print(missing, set(tiered.__all__) <= set(dir(tiered)))",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "[] True\n"

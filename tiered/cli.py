@@ -1,0 +1,424 @@
+"""The ``tiered`` command: inspect a change-tracking store from the shell.
+
+    tiered volumes STORE
+    tiered checkpoints STORE VOLUME
+    tiered changed STORE VOLUME CHECKPOINT [--to NEWER] [--offset N] [--length N]
+    tiered stats STORE VOLUME
+
+Every command opens the store read-only and is a thin layer over the public
+API.  ``changed`` prints the same map as ``nbdinfo --map=qemu:dirty-bitmap:X``
+so that scripts written against qemu dirty bitmaps read it unchanged.
+
+Only the standard library is imported at module level: the engine (numpy,
+numba, lmdb) is imported inside the handlers, so ``tiered --help`` and usage
+errors answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import re
+import sys
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NoReturn
+
+if TYPE_CHECKING:
+    from .extents import Extents
+    from .store import Store
+
+PROG = "tiered"
+
+# Exit codes: argparse already uses 2 for usage errors; 1 is for anything the
+# store itself rejects (missing store, unknown name, region out of range...).
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# nbdinfo's type numbers for qemu:dirty-bitmap contexts.
+CLEAN, DIRTY = 0, 1
+_DESCRIPTION = {CLEAN: "clean", DIRTY: "dirty"}
+
+
+# -- sizes ---------------------------------------------------------------
+
+# Binary multiples, as in qemu-img and nbdkit: disk geometry is never decimal.
+_UNITS = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40, "P": 50, "E": 60}
+_SIZE_RE = re.compile(r"(\d+)([KMGTPE](?:iB)?)?", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``4096``, ``64K``, ``1M``, ``64KiB``... (binary units)."""
+    match = _SIZE_RE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid size {text!r}: expected a number of bytes, optionally "
+            "followed by K, M, G, T, P or E (or KiB, MiB...)"
+        )
+    digits, unit = match.groups()
+    return int(digits) << _UNITS[(unit or "")[:1].upper()]
+
+
+def format_size(n: int) -> str:
+    """The shortest exact spelling, so that what we print parses back."""
+    for unit, shift in sorted(_UNITS.items(), key=lambda item: -item[1]):
+        if shift and n and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return str(n)
+
+
+def iso_utc(timestamp: float) -> str:
+    return (
+        datetime.datetime.fromtimestamp(timestamp, tz=datetime.timezone.utc)
+        .isoformat(timespec="seconds")
+        .replace("+00:00", "Z")
+    )
+
+
+# -- output --------------------------------------------------------------
+
+
+def write_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, indent=2) + "\n")
+
+
+def write_table(header: tuple[str, ...], rows: Iterable[tuple[Any, ...]]) -> None:
+    """Left-aligned text columns, wide enough for their longest cell."""
+    cells = [tuple(str(c) for c in row) for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths))
+        sys.stdout.write(line.rstrip() + "\n")
+
+
+def warn(message: str) -> None:
+    sys.stderr.write(f"{PROG}: warning: {message}\n")
+
+
+def map_ranges(extents: Iterable[tuple[int, int]], lo: int, hi: int) -> Iterator[tuple[int, int, int]]:
+    """(offset, length, type) covering [lo, hi): dirty extents and the clean gaps."""
+    return _coalesce(_pieces(extents, lo, hi))
+
+
+def _pieces(extents: Iterable[tuple[int, int]], lo: int, hi: int) -> Iterator[tuple[int, int, int]]:
+    # (start, end, type), possibly empty; _coalesce drops and merges them.
+    position = lo
+    for offset, length in extents:
+        yield position, offset, CLEAN
+        yield offset, offset + length, DIRTY
+        position = offset + length
+    yield position, hi, CLEAN
+
+
+def _coalesce(pieces: Iterable[tuple[int, int, int]]) -> Iterator[tuple[int, int, int]]:
+    # nbdinfo merges adjacent ranges of one type, so the map strictly
+    # alternates; do the same rather than rely on the extents being coalesced.
+    current: tuple[int, int, int] | None = None
+    for start, end, kind in pieces:
+        if end <= start:
+            continue
+        if current is not None and current[2] == kind and current[1] == start:
+            current = (current[0], end, kind)
+            continue
+        if current is not None:
+            yield current[0], current[1] - current[0], current[2]
+        current = (start, end, kind)
+    if current is not None:
+        yield current[0], current[1] - current[0], current[2]
+
+
+def format_map_line(offset: int, length: int, kind: int) -> str:
+    # nbdinfo's layout: "%10" PRIu64 "  %10" PRIu64 "  %3" PRIu32 "  %s".
+    return f"{offset:10d}  {length:10d}  {kind:3d}  {_DESCRIPTION[kind]}\n"
+
+
+# -- subcommands ---------------------------------------------------------
+#
+# Each subcommand is an `add_<name>_arguments` function that declares its
+# options and a `cmd_<name>` function that runs it and returns an exit code;
+# COMMANDS below lists them.  To add one (`demo`, `compare`...), write those
+# two functions and append a Command to COMMANDS: main() needs no change.
+# Handlers import the engine themselves (see the module docstring).
+
+
+def open_store(path: str) -> "Store":
+    import tiered
+
+    # Read-only: inspecting a store must never change it, and must work on a
+    # store that a backup or VM process has open for writing.
+    return tiered.open(path, readonly=True)
+
+
+def add_store_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("store", metavar="STORE", help="directory of the store")
+
+
+def add_volume_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("volume", metavar="VOLUME", help="volume name")
+
+
+def add_json_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def add_volumes_arguments(parser: argparse.ArgumentParser) -> None:
+    add_store_argument(parser)
+    add_json_argument(parser)
+
+
+def cmd_volumes(args: argparse.Namespace) -> int:
+    rows: list[dict[str, Any]] = []
+    with open_store(args.store) as store:
+        for name in store.volumes():
+            vol = store.volume(name)
+            rows.append(
+                {
+                    "name": name,
+                    "size": vol.size,
+                    "granularity": vol.granularity,
+                    "mode": vol.strategy.mode,
+                    "checkpoints": len(vol.checkpoints()),
+                }
+            )
+            # Opening a volume loads its history into RAM; release it before
+            # the next one so listing a large store stays within one volume.
+            vol.close()
+    if args.json:
+        write_json(rows)
+    else:
+        write_table(
+            ("NAME", "SIZE", "GRANULARITY", "MODE", "CHECKPOINTS"),
+            (
+                (row["name"], format_size(row["size"]), format_size(row["granularity"]),
+                 row["mode"], row["checkpoints"])
+                for row in rows
+            ),
+        )
+    return EXIT_OK
+
+
+def add_checkpoints_arguments(parser: argparse.ArgumentParser) -> None:
+    add_store_argument(parser)
+    add_volume_argument(parser)
+    add_json_argument(parser)
+
+
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    with open_store(args.store) as store:
+        checkpoints = store.volume(args.volume).checkpoints()
+    if args.json:
+        # ISO-8601 for people and jq, the raw float for exact comparisons.
+        write_json(
+            [
+                {"name": c.name, "created": iso_utc(c.created), "created_unix": c.created}
+                for c in checkpoints
+            ]
+        )
+    else:
+        write_table(("NAME", "CREATED"), ((c.name, iso_utc(c.created)) for c in checkpoints))
+    return EXIT_OK
+
+
+def add_changed_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = "Sizes are bytes, or take a binary suffix: 64K, 1M, 1G, 1T, 64KiB..."
+    add_store_argument(parser)
+    add_volume_argument(parser)
+    parser.add_argument(
+        "checkpoint", metavar="CHECKPOINT", help="report writes made after this checkpoint"
+    )
+    parser.add_argument(
+        "--to", metavar="NEWER", help="stop at this later checkpoint instead of the present"
+    )
+    parser.add_argument(
+        "--offset", type=parse_size, default=0, metavar="N", help="start of the region (default 0)"
+    )
+    parser.add_argument(
+        "--length", type=parse_size, metavar="N", help="length of the region (default: to the end)"
+    )
+    add_json_argument(parser)
+
+
+def query_changes(args: argparse.Namespace) -> tuple["Extents", int, int, bool]:
+    """The dirty extents, the queried region [lo, hi) and the unclean flag."""
+    with open_store(args.store) as store:
+        vol = store.volume(args.volume)
+        if args.to is None:
+            extents = vol.changed_since(args.checkpoint, args.offset, args.length)
+        else:
+            extents = vol.changed_between(args.checkpoint, args.to, args.offset, args.length)
+        # The query above validated the region, so [offset, hi) lies in the volume.
+        hi = vol.size if args.length is None else args.offset + args.length
+        return extents, args.offset, hi, vol.unclean_shutdown
+
+
+def cmd_changed(args: argparse.Namespace) -> int:
+    extents, lo, hi, unclean = query_changes(args)
+    if unclean:
+        # The engine cannot tell a crash from a writer that is still running
+        # with marks in RAM: both leave the volume flagged, so say both.
+        warn(
+            f"volume {args.volume!r} was not closed cleanly, or is open for writing "
+            "elsewhere; since checkpoints taken before that, the whole region is "
+            "reported as changed"
+        )
+    if args.json:
+        write_json(
+            {
+                "volume": args.volume,
+                "since": args.checkpoint,
+                "until": args.to,
+                "offset": lo,
+                "length": hi - lo,
+                "unclean_shutdown": unclean,
+                **extents.to_dict(),
+            }
+        )
+        return EXIT_OK
+    if not extents.exact and not unclean:
+        # The text map cannot say so itself (JSON carries it as "exact"); after
+        # an unclean shutdown the warning above already explains it.
+        warn("the map may include chunks that were not written (exact=false)")
+    # One write per batch of lines: a map can hold millions of ranges.
+    lines: list[str] = []
+    for piece in map_ranges(extents, lo, hi):
+        lines.append(format_map_line(*piece))
+        if len(lines) >= 4096:
+            sys.stdout.writelines(lines)
+            lines.clear()
+    sys.stdout.writelines(lines)
+    return EXIT_OK
+
+
+def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
+    add_store_argument(parser)
+    add_volume_argument(parser)
+    add_json_argument(parser)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with open_store(args.store) as store:
+        stats = store.volume(args.volume).stats()
+    if args.json:
+        write_json(stats)
+    else:
+        width = max(map(len, stats), default=0)
+        for key, value in stats.items():
+            shown = value if isinstance(value, str) else json.dumps(value)
+            sys.stdout.write(f"{key + ':':<{width + 1}} {shown}\n")
+    return EXIT_OK
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoints", type=int, default=30, help="checkpoints to create (default: 30)")
+    parser.add_argument(
+        "--writes", type=int, default=100_000, help="random 4 KiB writes between checkpoints (default: 100000)"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="workload seed (default: 1)")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    if args.checkpoints < 1 or args.writes < 1:
+        raise ValueError("--checkpoints and --writes must be at least 1")
+    from . import demo  # the engine: imported only when the command runs
+
+    return demo.run(sys.stdout, checkpoints=args.checkpoints, writes_per_checkpoint=args.writes, seed=args.seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, its one-line help and its two functions."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# The subcommand registry, in the order `tiered --help` lists them.
+COMMANDS: tuple[Command, ...] = (
+    Command("volumes", "list the volumes of a store", add_volumes_arguments, cmd_volumes),
+    Command(
+        "checkpoints",
+        "list the checkpoints of a volume, oldest first",
+        add_checkpoints_arguments,
+        cmd_checkpoints,
+    ),
+    Command("changed", "map the ranges written since a checkpoint", add_changed_arguments, cmd_changed),
+    Command("stats", "show the costs and counters of a volume", add_stats_arguments, cmd_stats),
+    Command(
+        "demo",
+        "replay a built-in workload through every strategy in a temporary store and compare costs",
+        add_demo_arguments,
+        cmd_demo,
+    ),
+)
+
+
+# -- entry point ---------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error of this command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(
+        prog=PROG,
+        description="Change-block tracking: inspect a tiered store (read-only), or run the demo.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(sub)
+        sub.set_defaults(run=command.run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command, turning expected failures into one-line errors."""
+    # Imported here, not at module level, to keep this module's import free
+    # of the package's modules: several of them pull in the engine.
+    from .errors import TieredError
+
+    try:
+        code = args.run(args)
+        # Flush inside the try: a short output sits in the buffer, and a
+        # closed pipe would otherwise surface at interpreter exit.
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # The reader (`| head`) went away: stop quietly.  Point stdout at
+        # /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILURE
+    except (TieredError, OSError, ValueError) as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return EXIT_FAILURE
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        # --help, --version and usage errors: return their code, so that
+        # main() always returns rather than exiting under a caller.
+        code = exc.code
+        return code if isinstance(code, int) else EXIT_OK if code is None else EXIT_USAGE
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
