@@ -253,16 +253,6 @@ def mark_gens(index, pool, n_top, offsets, lengths, start, shift, value):
     return n
 
 
-@njit(**_jit)
-def mark_one(index, pool, n_top, offset, length, shift, value, is_bits):
-    """The single-write path: avoids building two arrays for one write."""
-    if length == 0:
-        return True
-    c0 = np.int64(offset >> shift)
-    c1 = np.int64((offset + length - 1) >> shift)
-    return set_range(index, pool, n_top, c0, c1, value, is_bits)
-
-
 # --------------------------------------------------------------------------
 # span lists
 # --------------------------------------------------------------------------

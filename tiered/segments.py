@@ -145,8 +145,8 @@ class SegmentTable:
         self._until_done(step, len(offsets))
 
     def mark(self, offset: int, length: int, shift: int, value: int) -> None:
-        while not K.mark_one(self.index, self.pool, self.n_top, offset, length, shift, value, self.is_bits):
-            self._grow()
+        """Mark one validated byte range (a convenience: batches are the fast path)."""
+        self.mark_many(np.array([offset], np.int64), np.array([length], np.int64), shift, value)
 
     def set_chunks(self, c0: int, c1: int, value: int) -> None:
         """Give chunks c0..c1 (inclusive) the value."""

@@ -187,7 +187,7 @@ class Store:
             self._storage.write(body)
             vol = self._open.pop(name, None)
             if vol is not None:
-                vol._closed = True
+                vol._detach()
             del self._ids[name]
 
     def _forget(self, name: str) -> None:

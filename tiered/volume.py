@@ -12,6 +12,7 @@ import dataclasses
 import operator
 import threading
 import time
+from array import array
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
@@ -35,6 +36,9 @@ from .strategies import gens_dtype, make_history
 
 if TYPE_CHECKING:
     from .store import Store
+
+# Single marks buffered before one kernel call applies them all.
+PENDING_MARKS = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +107,9 @@ class Volume:
         self._dirty: bool = record["dirty"]
         self._closed = False
         self._lock = threading.Lock()
+        self._marking = False
+        self._pending_offsets = array("q")
+        self._pending_lengths = array("q")
         self._io = PageIO(self._storage, self._id, strategy.cache_bytes, gens_dtype(strategy))
         self._io.load_catalog(txn)
         self._history = make_history(strategy, self._io, self._n_chunks)
@@ -156,6 +163,7 @@ class Volume:
         ``build`` stages writes and returns what to do in RAM once they have
         committed; the volume record is rewritten in the same transaction.
         """
+        self._drain()
         staged: dict[str, Any] = {}
 
         def body(txn: Any) -> None:
@@ -178,29 +186,56 @@ class Volume:
         self._gen = self._record["generation"]
         self._lost = self._record["lost_generation"]
         self._dirty = self._record["dirty"]
+        self._update_marking()
 
     def _note_dirty(self) -> None:
         # Persist "RAM is ahead of the disk" before the first unflushed mark,
         # so an unclean shutdown is detected on reopen.
         self._transact(lambda batch: (lambda: None), dirty=True)
+        self._update_marking()
 
     # -- write path -----------------------------------------------------
 
+    def _update_marking(self) -> None:
+        """Recompute whether mark() may take its fast path."""
+        self._marking = (
+            not self._closed and not self._storage.readonly and bool(self._checkpoints) and self._dirty
+        )
+
+    def _drain(self) -> None:
+        """Apply the single marks buffered by mark(); call under the lock."""
+        if self._pending_offsets:
+            offsets = np.frombuffer(self._pending_offsets, np.int64)
+            lengths = np.frombuffer(self._pending_lengths, np.int64)
+            self._history.mark_many(offsets, lengths, self._shift, self._gen)
+            # New buffers: numpy still views the old ones until the kernel is done.
+            self._pending_offsets = array("q")
+            self._pending_lengths = array("q")
+
     def mark(self, offset: int, length: int) -> None:
         """Mark every chunk that the write [offset, offset + length) touches."""
-        offset = _as_int(offset, "offset")
-        length = _as_int(length, "length")
-        if offset < 0 or length < 0 or offset > self.size or length > self.size - offset:
+        # Every statement here is on the per-write path: keep it short.
+        if type(offset) is not int or type(length) is not int:
+            offset = _as_int(offset, "offset")
+            length = _as_int(length, "length")
+        if offset < 0 or length < 0 or offset + length > self.size:
             raise OutOfRangeError(
                 f"write [{offset}, {offset}+{length}) lies outside volume {self.name!r} of size {self.size}"
             )
         with self._lock:
-            self._check_writable()
-            if not self._checkpoints or not length:
-                return  # no checkpoint can ask about this write, or it is empty
-            if not self._dirty:
+            if not self._marking:
+                self._check_writable()
+                if not self._checkpoints or not length:
+                    return  # no checkpoint can ask about this write, or it is empty
                 self._note_dirty()
-            self._history.mark(offset, length, self._shift, self._gen)
+            if length:
+                # One numba call costs more than the whole budget of a single
+                # mark, so single marks are buffered and applied as a batch.
+                pending = self._pending_offsets
+                pending.append(offset)
+                self._pending_lengths.append(length)
+                if len(pending) >= PENDING_MARKS:
+                    self._drain()
 
     def mark_many(self, offsets: Sequence[int] | np.ndarray, lengths: Sequence[int] | np.ndarray) -> None:
         """Mark a batch of writes: all of them, or none if any is invalid."""
@@ -256,10 +291,12 @@ class Volume:
             )
             self._checkpoints.append(new)
             self._by_name[name] = new
+            self._update_marking()
             return new
 
     def _renumber(self) -> None:
         """Renumber generations compactly when the counter would overflow."""
+        self._drain()  # buffered marks carry the old numbering
         live = np.array([c.generation for c in self._checkpoints], np.int64)
         limit = self._history.max_generation
         if len(live) + 1 > limit:
@@ -336,6 +373,7 @@ class Volume:
             self._checkpoints = remaining
             del self._by_name[name]
             self.unclean_shutdown = bool(lost)
+            self._update_marking()
 
     # -- queries --------------------------------------------------------
 
@@ -355,6 +393,7 @@ class Volume:
     def _answer(self, since: Checkpoint, until: Checkpoint | None, lo: int, hi: int) -> Extents:
         if hi <= lo:
             return Extents(np.empty(0), np.empty(0), granularity=self.granularity)
+        self._drain()
         if since.generation <= self._lost:
             # Tracking was lost in an unclean shutdown: everything may have changed.
             return Extents(np.array([lo]), np.array([hi - lo]), granularity=self.granularity, exact=False)
@@ -401,6 +440,7 @@ class Volume:
         """Honest costs: bitmap RAM (active, arrays, cache), bytes in LMDB, cache counters."""
         with self._lock:
             self._check_open()
+            self._drain()
             with self._storage.reading() as txn:
                 disk = self._io.disk_bytes(txn)
                 for db, prefix in ((self._storage.checkpoints, volume_key(self._id)),):
@@ -416,7 +456,7 @@ class Volume:
                 "chunks": self._n_chunks,
                 "checkpoints": len(self._checkpoints),
                 "generation": self._gen,
-                "ram_bytes": self._history.ram_bytes() + cache.nbytes,
+                "ram_bytes": self._history.ram_bytes() + cache.nbytes + PENDING_MARKS * 16,
                 "history_ram_bytes": self._history.ram_bytes(),
                 "cache_bytes": cache.nbytes,
                 "cache_budget_bytes": cache.max_bytes,
@@ -435,7 +475,14 @@ class Volume:
             if not self._storage.readonly:
                 self._transact(self._history.flush, dirty=False)
             self._closed = True
+            self._update_marking()
             self._store._forget(self.name)
+
+    def _detach(self) -> None:
+        """The volume was removed from its store: refuse any further use."""
+        with self._lock:
+            self._closed = True
+            self._update_marking()
 
     def __repr__(self) -> str:
         return (

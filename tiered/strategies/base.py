@@ -56,10 +56,6 @@ class History(ABC):
     def mark_many(self, offsets: np.ndarray, lengths: np.ndarray, shift: int, gen: int) -> None:
         """Mark validated int64 byte ranges written in period ``gen``."""
 
-    @abstractmethod
-    def mark(self, offset: int, length: int, shift: int, gen: int) -> None:
-        """Mark one validated byte range written in period ``gen``."""
-
     # -- changes of history ---------------------------------------------
 
     @abstractmethod

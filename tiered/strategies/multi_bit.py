@@ -39,9 +39,6 @@ class MultiBitHistory(History):
     def mark_many(self, offsets: np.ndarray, lengths: np.ndarray, shift: int, gen: int) -> None:
         self.array.mark_many(offsets, lengths, shift, gen)
 
-    def mark(self, offset: int, length: int, shift: int, gen: int) -> None:
-        self.array.mark(offset, length, shift, gen)
-
     def seal(self, batch: Batch, current: int) -> AfterCommit:
         return nothing
 

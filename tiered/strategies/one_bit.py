@@ -42,9 +42,6 @@ class OneBitHistory(History):
     def mark_many(self, offsets: np.ndarray, lengths: np.ndarray, shift: int, gen: int) -> None:
         self.active.mark_many(offsets, lengths, shift, 1)
 
-    def mark(self, offset: int, length: int, shift: int, gen: int) -> None:
-        self.active.mark(offset, length, shift, 1)
-
     # -- sealed writesets ------------------------------------------------
 
     def writesets(self, lo: int, hi: int | None = None) -> list[int]:
