@@ -420,81 +420,86 @@ def load_spans(index, pool, n_top, first, count, ref, rows, start, is_bits):
     return first.shape[0]
 
 
-@njit(**_jit)
-def span_runs(first, count, ref, rows, c_lo, c_hi):
-    """Runs of set chunks of a bitmap span list, clipped to [c_lo, c_hi).
+@njit(inline="always", **_jit)
+def _ctz(x):
+    """Trailing zeros of a non-zero word."""
+    return _popcount((x & (~x + np.uint64(1))) - np.uint64(1))
 
-    Returns (starts, lengths) in chunks, coalesced across segments.
+
+@njit(**_jit)
+def span_runs(first, count, ref, rows, c_lo, c_hi, shift, lo, hi):
+    """Runs of set chunks of a bitmap span list inside chunks [c_lo, c_hi).
+
+    Runs are coalesced across segments and returned as (offsets, lengths),
+    uint64, in units of ``2**shift`` per chunk (0: chunks; the granularity's
+    log2: bytes) and clipped to [lo, hi) in those units.
     """
+    offsets = np.empty(0, np.uint64)
+    lengths = np.empty(0, np.uint64)
     n = 0
-    starts = np.empty(0, np.int64)
-    lengths = np.empty(0, np.int64)
     for phase in range(2):
         if phase == 1:
-            starts = np.empty(n, np.int64)
-            lengths = np.empty(n, np.int64)
+            offsets = np.empty(n, np.uint64)
+            lengths = np.empty(n, np.uint64)
         n = 0
-        run_start = -1
-        run_end = -1  # exclusive
+        run_start = np.int64(-1)
+        run_end = np.int64(-1)  # exclusive, in chunks
         for i in range(first.shape[0]):
             base = first[i] << SEG_SHIFT
+            seg_end = (first[i] + count[i]) << SEG_SHIFT
+            if seg_end <= c_lo or base >= c_hi:
+                continue
             r = ref[i]
-            if r < 0:
-                a = max(base, c_lo)
-                b = min((first[i] + count[i]) << SEG_SHIFT, c_hi)
-                if a < b:
+            for w in range(SEG_WORDS if r >= 0 else 1):
+                if r < 0:
+                    a = max(base, c_lo)
+                    z = min(seg_end, c_hi)
+                else:
+                    wbase = base + w * 64
+                    x = rows[r, w]
+                    if x == 0 or wbase + 64 <= c_lo or wbase >= c_hi:
+                        continue
+                    if wbase < c_lo:
+                        x &= ALL_ONES << np.uint64(c_lo - wbase)
+                    if wbase + 64 > c_hi:
+                        x &= ALL_ONES >> np.uint64(wbase + 64 - c_hi)
+                    b = 0
+                    a = np.int64(-1)
+                    z = np.int64(-1)
+                # A uniform span is one run; a word yields its runs one by one.
+                while True:
+                    if r >= 0:
+                        if b >= 64:
+                            break
+                        y = x >> np.uint64(b)
+                        if y == 0:
+                            break
+                        b += _ctz(y)
+                        ones = ~(x >> np.uint64(b))  # bits above 63 - b read as ones
+                        length = _ctz(ones)
+                        a = wbase + b
+                        z = a + length
+                        b += length
                     if a == run_end:
-                        run_end = b
+                        run_end = z
                     else:
                         if run_start >= 0:
                             if phase == 1:
-                                starts[n] = run_start
-                                lengths[n] = run_end - run_start
+                                o = max(run_start << shift, lo)
+                                offsets[n] = o
+                                lengths[n] = min(run_end << shift, hi) - o
                             n += 1
                         run_start = a
-                        run_end = b
-                continue
-            for w in range(SEG_WORDS):
-                word = rows[r, w]
-                if word == 0:
-                    continue
-                wbase = base + w * 64
-                if wbase + 64 <= c_lo or wbase >= c_hi:
-                    continue
-                b = 0
-                while b < 64:
-                    if (word >> np.uint64(b)) & np.uint64(1):
-                        e = b
-                        while e < 64 and (word >> np.uint64(e)) & np.uint64(1):
-                            e += 1
-                        a = max(wbase + b, c_lo)
-                        z = min(wbase + e, c_hi)
-                        if a < z:
-                            if a == run_end:
-                                run_end = z
-                            else:
-                                if run_start >= 0:
-                                    if phase == 1:
-                                        starts[n] = run_start
-                                        lengths[n] = run_end - run_start
-                                    n += 1
-                                run_start = a
-                                run_end = z
-                        b = e
-                    else:
-                        # skip the zero bits below the next set bit at once
-                        rest = word >> np.uint64(b)
-                        if rest == 0:
-                            break
-                        while not (rest & np.uint64(1)):
-                            rest >>= np.uint64(1)
-                            b += 1
+                        run_end = z
+                    if r < 0:
+                        break
         if run_start >= 0:
             if phase == 1:
-                starts[n] = run_start
-                lengths[n] = run_end - run_start
+                o = max(run_start << shift, lo)
+                offsets[n] = o
+                lengths[n] = min(run_end << shift, hi) - o
             n += 1
-    return starts, lengths
+    return offsets, lengths
 
 
 @njit(**_jit)
@@ -507,12 +512,7 @@ def count_span_bits(first, count, ref, rows):
             total += count[i] * SEG_CHUNKS
             continue
         for w in range(SEG_WORDS):
-            x = rows[r, w]
-            # popcount by the SWAR method: numba has no portable intrinsic
-            x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
-            x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
-            x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
-            total += np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+            total += _popcount(rows[r, w])
     return total
 
 
@@ -586,35 +586,27 @@ def _get_varint(buf, p, end):
     return v, -1
 
 
+@njit(inline="always", **_jit)
+def _popcount(x):
+    # SWAR popcount: numba exposes no portable intrinsic.
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
 @njit(**_jit)
-def _bit_sizes(row):
-    """Body sizes of a bitmap row as positions and as runs."""
-    npos = 0
-    pos_size = 0
-    nruns = 0
-    runs_size = 0
-    prev = -1
-    run_end = 0
-    in_run = False
-    run_start = 0
-    for k in range(SEG_CHUNKS):
-        bit = (row[k >> 6] >> np.uint64(k & 63)) & np.uint64(1)
-        if bit:
-            pos_size += _varint_size(k - prev - 1)
-            prev = k
-            npos += 1
-            if not in_run:
-                in_run = True
-                run_start = k
-        elif in_run:
-            in_run = False
-            runs_size += _varint_size(run_start - run_end) + _varint_size(k - run_start - 1)
-            run_end = k
-            nruns += 1
-    if in_run:
-        runs_size += _varint_size(run_start - run_end) + _varint_size(SEG_CHUNKS - run_start - 1)
-        nruns += 1
-    return npos, pos_size + _varint_size(npos), nruns, runs_size + _varint_size(nruns)
+def _row_positions(rows, r, out):
+    """Write the set bit positions of a bitmap row into ``out``; return how many."""
+    n = 0
+    for w in range(SEG_WORDS):
+        word = rows[r, w]
+        while word:
+            low = word & (~word + np.uint64(1))
+            out[n] = w * 64 + _popcount(low - np.uint64(1))
+            n += 1
+            word ^= low
+    return n
 
 
 @njit(**_jit)
@@ -623,6 +615,7 @@ def encode_bit_spans(first, count, ref, rows, page, out):
 
     ``out`` must hold ``16 + len(first) * (24 + 8 * SEG_WORDS)`` bytes.
     """
+    pos = np.empty(SEG_CHUNKS, np.int64)
     p = _put_varint(out, 0, first.shape[0])
     prev_end = page << PAGE_SHIFT
     for i in range(first.shape[0]):
@@ -634,40 +627,57 @@ def encode_bit_spans(first, count, ref, rows, page, out):
             out[p] = KIND_FULL
             p += 1
             continue
-        row = rows[r]
-        npos, pos_size, nruns, runs_size = _bit_sizes(row)
-        raw_size = 8 * SEG_WORDS
+        npos = _row_positions(rows, r, pos)
         if npos == SEG_CHUNKS:
             out[p] = KIND_FULL
             p += 1
-        elif pos_size <= runs_size and pos_size < raw_size:
+            continue
+        # Size the two sparse encodings from the positions, then keep the
+        # smallest of positions, runs and raw bits.
+        pos_size = _varint_size(npos)
+        runs_size = 0
+        nruns = 0
+        prev = -1
+        for j in range(npos):
+            pos_size += _varint_size(pos[j] - prev - 1)
+            prev = pos[j]
+        j = 0
+        run_end = 0
+        while j < npos:
+            s = pos[j]
+            while j + 1 < npos and pos[j + 1] == pos[j] + 1:
+                j += 1
+            runs_size += _varint_size(s - run_end) + _varint_size(pos[j] - s)
+            run_end = pos[j] + 1
+            nruns += 1
+            j += 1
+        runs_size += _varint_size(nruns)
+        raw_size = 8 * SEG_WORDS
+        if pos_size <= runs_size and pos_size < raw_size:
             out[p] = KIND_POS
             p = _put_varint(out, p + 1, npos)
             prev = -1
-            for k in range(SEG_CHUNKS):
-                if (row[k >> 6] >> np.uint64(k & 63)) & np.uint64(1):
-                    p = _put_varint(out, p, k - prev - 1)
-                    prev = k
+            for j in range(npos):
+                p = _put_varint(out, p, pos[j] - prev - 1)
+                prev = pos[j]
         elif runs_size < raw_size:
             out[p] = KIND_RUNS
             p = _put_varint(out, p + 1, nruns)
+            j = 0
             run_end = 0
-            k = 0
-            while k < SEG_CHUNKS:
-                if (row[k >> 6] >> np.uint64(k & 63)) & np.uint64(1):
-                    s = k
-                    while k < SEG_CHUNKS and (row[k >> 6] >> np.uint64(k & 63)) & np.uint64(1):
-                        k += 1
-                    p = _put_varint(out, p, s - run_end)
-                    p = _put_varint(out, p, k - s - 1)
-                    run_end = k
-                else:
-                    k += 1
+            while j < npos:
+                s = pos[j]
+                while j + 1 < npos and pos[j + 1] == pos[j] + 1:
+                    j += 1
+                p = _put_varint(out, p, s - run_end)
+                p = _put_varint(out, p, pos[j] - s)
+                run_end = pos[j] + 1
+                j += 1
         else:
             out[p] = KIND_RAW
             p += 1
             for w in range(SEG_WORDS):
-                x = row[w]
+                x = rows[r, w]
                 for b in range(8):
                     out[p] = (x >> np.uint64(8 * b)) & np.uint64(255)
                     p += 1

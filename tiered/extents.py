@@ -26,24 +26,6 @@ class Extents:
         self.granularity = granularity
         self.exact = exact
 
-    @classmethod
-    def from_chunk_runs(
-        cls,
-        starts: np.ndarray,
-        counts: np.ndarray,
-        *,
-        granularity: int,
-        lo: int,
-        hi: int,
-        exact: bool = True,
-    ) -> "Extents":
-        """Byte ranges of chunk runs, clipped to the byte region [lo, hi)."""
-        begin = np.maximum(starts.astype(np.int64) * granularity, lo)
-        end = np.minimum((starts + counts).astype(np.int64) * granularity, hi)
-        keep = end > begin
-        begin, end = begin[keep], end[keep]
-        return cls(begin, end - begin, granularity=granularity, exact=exact)
-
     @property
     def total_bytes(self) -> int:
         """Bytes covered by all ranges."""

@@ -40,9 +40,13 @@ class Spans(NamedTuple):
         lo, hi = np.searchsorted(self.first, [page << PAGE_SHIFT, (page + 1) << PAGE_SHIFT])
         return Spans(self.first[lo:hi], self.count[lo:hi], self.ref[lo:hi], self.rows)
 
-    def runs(self, c_lo: int, c_hi: int) -> tuple[np.ndarray, np.ndarray]:
-        """Runs of set chunks (bitmap spans only), clipped to [c_lo, c_hi)."""
-        return K.span_runs(self.first, self.count, self.ref, self.rows, c_lo, c_hi)
+    def runs(self, c_lo: int, c_hi: int, shift: int = 0, lo: int | None = None, hi: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Runs of set chunks (bitmap spans only) inside chunks [c_lo, c_hi),
+        as uint64 (offsets, lengths) in units of ``2**shift`` per chunk,
+        clipped to [lo, hi) in those units (default: the chunk range)."""
+        lo = c_lo << shift if lo is None else lo
+        hi = c_hi << shift if hi is None else hi
+        return K.span_runs(self.first, self.count, self.ref, self.rows, c_lo, c_hi, shift, lo, hi)
 
     def count_bits(self) -> int:
         return int(K.count_span_bits(self.first, self.count, self.ref, self.rows))

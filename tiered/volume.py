@@ -402,10 +402,8 @@ class Volume:
         spans, exact = self._history.changed(
             since.generation, None if until is None else until.generation, c_lo, c_hi
         )
-        starts, counts = spans.runs(c_lo, c_hi)
-        return Extents.from_chunk_runs(
-            starts, counts, granularity=self.granularity, lo=lo, hi=hi, exact=exact
-        )
+        offsets, lengths = spans.runs(c_lo, c_hi, self._shift, lo, hi)
+        return Extents(offsets, lengths, granularity=self.granularity, exact=exact)
 
     def changed_since(self, name: str, offset: int = 0, length: int | None = None) -> Extents:
         """Byte ranges written after checkpoint ``name`` was created."""
