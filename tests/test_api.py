@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 import tiered
+from tiered import codec
 from tiered.config import PAGE_CHUNKS
 
 from naive import ReferenceVolume
@@ -352,3 +357,64 @@ def test_page_sized_writes_use_no_rows(store):
     assert list(vol.changed_since("a")) == [(0, 1 << 44)]
     assert vol.stats()["disk_bytes"] < 1 << 20
     assert PAGE_CHUNKS  # geometry import guards against silent renames
+
+
+# -- several processes ------------------------------------------------------
+
+
+def _in_child(code: str) -> subprocess.CompletedProcess:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run(
+        [sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=root),
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_second_writer_process_is_refused(tmp_path):
+    path = str(tmp_path / "s")
+    with tiered.open(path, sync=False) as s:
+        s.create_volume("v", size=1 << 20)
+        child = _in_child(f"import tiered\ntry:\n    tiered.open({path!r})\nexcept tiered.StoreBusyError as e:\n    print('busy:', e)")
+        assert "busy:" in child.stdout and "another process" in child.stdout
+        reader = _in_child(f"import tiered\nwith tiered.open({path!r}, readonly=True) as s:\n    print(s.volumes())")
+        assert reader.stdout.strip() == "['v']", reader.stderr
+
+
+def test_readonly_open_checks_the_format(tmp_path):
+    path = str(tmp_path / "s")
+    with tiered.open(path, sync=False) as s:
+        s._storage.write(lambda txn: txn.put(b"format", codec.pack_json({"format": 99}), db=s._storage.meta))
+    with pytest.raises(tiered.CorruptionError, match="format 99"):
+        tiered.open(path, readonly=True)
+
+
+def test_reader_sees_one_snapshot_while_a_writer_runs(tmp_path):
+    path = str(tmp_path / "s")
+    with tiered.open(path, sync=False) as s:
+        v = s.create_volume("v", size=1 << 30, strategy=tiered.Strategy("hybrid", recent=1))
+        for i in range(6):
+            v.checkpoint(f"c{i}")
+            v.mark(i << 20, 1)
+        v.flush()
+    # a reader's snapshot outlives a writer that folds and deletes pages
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import tiered, sys\n"
+         f"with tiered.open({path!r}, readonly=True) as s:\n"
+         "    v = s.volume('v', strategy=tiered.Strategy('hybrid', recent=1, cache_bytes=0))\n"
+         "    first = list(v.changed_since('c0'))\n"
+         "    print('ready', flush=True)\n"
+         "    sys.stdin.readline()\n"
+         "    print(first == list(v.changed_since('c0')), len(first), flush=True)\n"],
+        env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert child.stdout.readline().strip() == "ready"
+    with tiered.open(path, sync=False) as s:
+        v = s.volume("v")
+        for i in range(6, 20):  # seals, folds and deletes the pages the reader listed
+            v.checkpoint(f"c{i}")
+            v.mark(i << 20, 1)
+        v.remove_checkpoint("c1")
+    out, _ = child.communicate("go\n", timeout=60)
+    assert out.split() == ["True", "6"]

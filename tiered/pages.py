@@ -102,6 +102,9 @@ class PageIO:
         self.vol_id = vol_id
         self.gens_dtype = np.dtype(gens_dtype)
         self.cache = PageCache(cache_bytes)
+        #: A read-only volume reads every page from the snapshot it was
+        #: loaded from; a writer owns the store and reads the latest state.
+        self.snapshot: lmdb.Transaction | None = None
         self.catalog: dict[Key, np.ndarray] = {}
         # Generations per tag, kept sorted so range lookups stay logarithmic
         # with tens of thousands of sealed periods.
@@ -138,6 +141,8 @@ class PageIO:
         spans = self.cache.get(key)
         if spans is not None:
             return spans
+        if txn is None:
+            txn = self.snapshot
         if txn is None:
             with self.storage.reading() as own:
                 value = own.get(page_key(self.vol_id, tag, gen, page), db=self.storage.pages)

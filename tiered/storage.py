@@ -18,6 +18,7 @@ names may take 1023.  Storage knows keys and bytes, never strategies.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import struct
 import threading
@@ -39,6 +40,7 @@ TAG_ACTIVE = b"A"
 TAG_GENS = b"G"
 
 INITIAL_MAP_SIZE = 64 << 20
+WRITER_LOCK = "writer.lock"
 MAX_DBS = 4
 
 # One Environment per path per process: LMDB forbids opening the same
@@ -80,28 +82,24 @@ class Storage:
                     f"store {self.path!r} is already open in this process; share the open store"
                 )
             _open_paths.add(self.path)
+        self._writer_lock: int | None = None
         try:
             if not readonly:
                 os.makedirs(self.path, exist_ok=True)
+                self._writer_lock = self._lock_writer()
             elif not os.path.isdir(self.path):
                 raise TieredError(f"no store at {self.path!r}")
-            size = max(map_size or 0, INITIAL_MAP_SIZE)
-            if readonly:
-                size = 0  # a reader uses whatever size the writer set
             try:
-                self.env = lmdb.open(
-                    self.path,
-                    subdir=True,
-                    readonly=readonly,
-                    map_size=size or INITIAL_MAP_SIZE,
-                    max_dbs=MAX_DBS,
-                    sync=sync,
-                    metasync=sync,
-                    lock=not readonly,
-                    max_readers=126,
-                )
+                self.env = self._open_env(readonly, sync, max(map_size or 0, INITIAL_MAP_SIZE), lock=True)
             except lmdb.Error as exc:
-                raise TieredError(f"cannot open store {self.path!r}: {exc}") from None
+                if not readonly:
+                    raise TieredError(f"cannot open store {self.path!r}: {exc}") from None
+                # A store on read-only media cannot take the reader lock; read
+                # it without (safe only while no writer runs).
+                try:
+                    self.env = self._open_env(readonly, sync, INITIAL_MAP_SIZE, lock=False)
+                except lmdb.Error as exc2:
+                    raise TieredError(f"cannot open store {self.path!r}: {exc2}") from None
             create = not readonly
             try:
                 self.meta = self.env.open_db(b"meta", create=create)
@@ -112,16 +110,54 @@ class Storage:
                 self.env.close()
                 raise TieredError(f"{self.path!r} is not a tiered store: {exc}") from None
         except BaseException:
+            self._unlock_writer()
             with _open_paths_lock:
                 _open_paths.discard(self.path)
             raise
         self._closed = False
+
+    def _lock_writer(self) -> int:
+        """Take the store's single-writer lock, or fail at once.
+
+        The active state of a volume lives in the RAM of the process that
+        marks it: two writers would each seal their own half of the writes.
+        """
+        fd = os.open(os.path.join(self.path, WRITER_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreBusyError(
+                f"store {self.path!r} is open for writing in another process; open it readonly=True"
+            ) from None
+        return fd
+
+    def _unlock_writer(self) -> None:
+        if self._writer_lock is not None:
+            os.close(self._writer_lock)  # closing the descriptor releases the lock
+            self._writer_lock = None
+
+    def _open_env(self, readonly: bool, sync: bool, map_size: int, lock: bool) -> lmdb.Environment:
+        # A reader's map_size is only a starting point: LMDB adopts the
+        # writer's larger size when it opens the environment.
+        return lmdb.open(
+            self.path,
+            subdir=True,
+            readonly=readonly,
+            map_size=map_size,
+            max_dbs=MAX_DBS,
+            sync=sync,
+            metasync=sync,
+            lock=lock,
+            max_readers=126,
+        )
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self.env.close()
+        self._unlock_writer()
         with _open_paths_lock:
             _open_paths.discard(self.path)
 
@@ -170,9 +206,8 @@ class Storage:
         removed = 0
         if not cursor.set_range(prefix):
             return 0
+        # delete() moves the cursor to the next key (b"" past the end)
         while cursor.key().startswith(prefix):
             cursor.delete()
             removed += 1
-            if not cursor.key():
-                break
         return removed

@@ -43,7 +43,10 @@ class Store:
         self._open: dict[str, Volume] = {}
         self._closed = False
         try:
-            if not readonly:
+            if readonly:
+                with self._storage.reading() as txn:
+                    self._check_format(txn.get(b"format", db=self._storage.meta))
+            else:
                 self._storage.write(self._init_meta)
             self._ids = self._load_names()
         except BaseException:
@@ -64,6 +67,11 @@ class Store:
             txn.put(b"format", pack_json({"format": FORMAT}), db=self._storage.meta)
             txn.put(b"next_volume", pack_json({"id": 1}), db=self._storage.meta)
             return
+        self._check_format(value)
+
+    def _check_format(self, value: bytes | None) -> None:
+        if value is None:
+            raise CorruptionError(f"{self.path!r} holds no tiered format record")
         fmt = unpack_json(value, "store format record").get("format")
         if fmt != FORMAT:
             raise CorruptionError(f"store format {fmt}, this tiered reads format {FORMAT}")
@@ -157,7 +165,11 @@ class Store:
             return self._open_volume(name, None if strategy is None else Strategy.coerce(strategy))
 
     def _open_volume(self, name: str, strategy: Strategy | None) -> Volume:
-        with self._storage.reading() as txn:
+        # A reader keeps the transaction it loaded the volume in, so that its
+        # catalog and the pages it reads later come from one snapshot even
+        # while another process writes.
+        txn = self._storage.env.begin(write=False)
+        try:
             value = txn.get(volume_key(self._ids[name]), db=self._storage.volumes)
             record = unpack_json(value, f"volume record of {name!r}")
             stored = record["strategy"]
@@ -166,6 +178,13 @@ class Store:
             else:
                 strategy.check_compatible(stored, name)
             vol = Volume(self, record, strategy, txn)
+        except BaseException:
+            txn.abort()
+            raise
+        if self.readonly:
+            vol._io.snapshot = txn
+        else:
+            txn.abort()
         self._open[name] = vol
         return vol
 

@@ -470,7 +470,11 @@ class Volume:
         with self._lock:
             if self._closed:
                 return
-            if not self._storage.readonly:
+            if self._storage.readonly:
+                if self._io.snapshot is not None:
+                    self._io.snapshot.abort()
+                    self._io.snapshot = None
+            else:
                 self._transact(self._history.flush, dirty=False)
             self._closed = True
             self._update_marking()
