@@ -824,11 +824,18 @@ def encode_gen_spans(first, count, ref, rows, page, out):
 
 
 @njit(**_jit)
-def decode_gen_spans(buf, page, rows_like):
-    """Inverse of encode_gen_spans; rows get the dtype of ``rows_like``."""
+def decode_gen_spans(buf, page, rows_like, index, pool, n_top, at_least):
+    """Inverse of encode_gen_spans; rows get the dtype of ``rows_like``.
+
+    With ``at_least > 0`` the page is not kept: each segment is decoded into
+    one scratch row and its chunks ``>= at_least`` are ORed into the bitmap
+    table (index, pool), which must have room for a page and a page's rows.
+    Queries use this to read a generation array without holding it decoded.
+    """
     end = buf.shape[0]
     width = rows_like.itemsize
     maxval = (np.int64(1) << (8 * width)) - 1
+    stream = at_least > 0
     n, p = _get_varint(buf, 0, end)
     if p < 0 or n > PAGE_SEGMENTS:
         n = 0
@@ -836,7 +843,7 @@ def decode_gen_spans(buf, page, rows_like):
     first = np.empty(n, np.int64)
     count = np.empty(n, np.int64)
     ref = np.empty(n, np.int64)
-    rows = np.zeros((n, SEG_CHUNKS), rows_like.dtype)
+    rows = np.zeros((1 if stream else n, SEG_CHUNKS), rows_like.dtype)
     if p < 0:
         return False, first, count, ref, rows
     nrows = 0
@@ -859,12 +866,19 @@ def decode_gen_spans(buf, page, rows_like):
             if p < 0 or v > maxval:
                 return False, first, count, ref, rows
             ref[i] = uniform_entry(v)
+            if stream:
+                threshold_spans(index, pool, n_top, first[i : i + 1], count[i : i + 1], ref[i : i + 1], rows, at_least, 0)
             continue
         if c != 1:
             return False, first, count, ref, rows
-        row = rows[nrows]
-        ref[i] = nrows
-        nrows += 1
+        if stream:
+            row = rows[0]
+            row[:] = 0
+            ref[i] = 0
+        else:
+            row = rows[nrows]
+            ref[i] = nrows
+            nrows += 1
         if kind == KIND_SPARSE:
             k, p = _get_varint(buf, p, end)
             prev = -1
@@ -893,9 +907,11 @@ def decode_gen_spans(buf, page, rows_like):
             return False, first, count, ref, rows
         if p < 0:
             return False, first, count, ref, rows
+        if stream:
+            threshold_spans(index, pool, n_top, first[i : i + 1], count[i : i + 1], ref[i : i + 1], rows, at_least, 0)
     if p != end:
         return False, first, count, ref, rows
-    if nrows < n:
+    if nrows < n and not stream:
         return True, first, count, ref, rows[:nrows].copy()
     return True, first, count, ref, rows
 

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from . import _kernels as K
-from .config import SEG_CHUNKS, SEG_WORDS
+from .config import PAGE_SEGMENTS, SEG_CHUNKS, SEG_WORDS
 from .errors import CorruptionError
-from .segments import Spans
+from .segments import SegmentTable, Spans
 
 MAGIC = b"TD"
 FORMAT_VERSION = 1
@@ -109,11 +109,29 @@ def encode_gens_page(spans: Spans, page: int) -> bytes:
     return wrap(KIND_GENS_PAGE, out[: n + 1].tobytes())
 
 
-def decode_gens_page(value: bytes, page: int, dtype: np.dtype, what: str) -> Spans:
+def _gens_payload(value: bytes, dtype: np.dtype, what: str) -> np.ndarray:
     buf = np.frombuffer(unwrap(value, KIND_GENS_PAGE, what), np.uint8)
     if len(buf) < 1 or buf[0] != np.dtype(dtype).itemsize:
         raise CorruptionError(f"{what}: generation width does not match the volume")
-    ok, first, count, ref, rows = K.decode_gen_spans(buf[1:], page, np.empty((0, 0), dtype))
+    return buf[1:]
+
+
+def decode_gens_page(value: bytes, page: int, dtype: np.dtype, what: str) -> Spans:
+    no_table = np.empty(0, np.int32)
+    ok, first, count, ref, rows = K.decode_gen_spans(
+        _gens_payload(value, dtype, what), page, np.empty((0, 0), dtype),
+        no_table, np.empty((0, SEG_WORDS), np.uint64), 0, 0,
+    )
     if not ok:
         raise CorruptionError(f"{what}: malformed generation page")
     return Spans(first, count, ref, rows)
+
+
+def or_gens_page_at_least(value: bytes, page: int, dtype: np.dtype, what: str, table: SegmentTable, at_least: int) -> None:
+    """OR into a bitmap table the chunks of a stored generation page >= at_least,
+    decoding one segment at a time instead of the whole page."""
+    payload = _gens_payload(value, dtype, what)
+    table.reserve(rows=PAGE_SEGMENTS, pages=1)
+    ok = K.decode_gen_spans(payload, page, np.empty((0, 0), dtype), table.index, table.pool, table.n_top, at_least)[0]
+    if not ok:
+        raise CorruptionError(f"{what}: malformed generation page")

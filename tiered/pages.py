@@ -158,6 +158,29 @@ class PageIO:
         self.cache.put(key, spans)
         return spans
 
+    def or_at_least(self, tag: bytes, gen: int, page_range: range, table: SegmentTable, at_least: int) -> None:
+        """OR into a bitmap table the chunks ``>= at_least`` of a stored
+        generation table, streaming each page instead of caching it decoded
+        (a decoded generation page costs 4 bytes per chunk)."""
+        pages = self.pages(tag, gen, page_range)
+        if not pages:
+            return
+        own = None
+        txn = self.snapshot
+        if txn is None:
+            # buffers=True reads straight from the map: no copy of the page
+            txn = own = self.storage.env.begin(write=False, buffers=True)
+        try:
+            for page in pages:
+                what = f"volume {self.vol_id} page {tag.decode()}/{gen}/{page}"
+                value = txn.get(page_key(self.vol_id, tag, gen, page), db=self.storage.pages)
+                if value is None:
+                    raise CorruptionError(f"{what}: listed in the catalog but missing from the store")
+                codec.or_gens_page_at_least(value, page, self.gens_dtype, what, table, at_least)
+        finally:
+            if own is not None:
+                own.abort()
+
     def read_table(
         self, tag: bytes, gen: int, page_range: range | None = None, txn: lmdb.Transaction | None = None
     ) -> Iterable[Spans]:

@@ -109,18 +109,19 @@ class SegmentTable:
     def is_empty(self) -> bool:
         return not np.any(self.index[K.HEADER : K.HEADER + self.n_top] != K.ABSENT)
 
-    def _grow(self) -> None:
-        """Make room for at least one more page and one more row."""
+    def _grow(self, force: bool = False) -> None:
+        """Make room for at least one more page and one more row (``force``:
+        grow both even if not full)."""
         idx = self.index
         pages_cap = int(idx[K.PAGES_CAP])
-        if idx[K.PAGES_USED] == pages_cap:
+        if (force or idx[K.PAGES_USED] == pages_cap) and pages_cap < self.n_top:
             new_cap = min(self.n_top, max(4, 2 * pages_cap))
             grown = np.empty(K.HEADER + self.n_top + new_cap * PAGE_SEGMENTS, np.int32)
             grown[: len(idx)] = idx
             grown[K.PAGES_CAP] = new_cap
             self.index = idx = grown
         slots_cap = int(idx[K.SLOTS_CAP])
-        if idx[K.SLOTS_USED] == slots_cap:
+        if force or idx[K.SLOTS_USED] == slots_cap:
             # Doubling: few Python round trips, and untouched capacity costs
             # address space, not resident memory.
             new_cap = max(64, 2 * slots_cap)
@@ -128,6 +129,13 @@ class SegmentTable:
             pool[:slots_cap] = self.pool
             self.pool = pool
             idx[K.SLOTS_CAP] = new_cap
+
+    def reserve(self, rows: int, pages: int) -> None:
+        """Make room for ``rows`` more rows and ``pages`` more pages."""
+        while self.index[K.SLOTS_CAP] - self.index[K.SLOTS_USED] < rows or (
+            self.index[K.PAGES_CAP] - self.index[K.PAGES_USED] < min(pages, self.n_top - self.index[K.PAGES_USED])
+        ):
+            self._grow(force=True)
 
     def _until_done(self, step: Callable[[int], int], total: int) -> None:
         """Run a resumable kernel, growing whenever it stops short."""

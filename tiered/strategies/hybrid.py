@@ -112,13 +112,12 @@ class HybridHistory(OneBitHistory):
             return super().changed(since, until, c_lo, c_hi)
         acc = SegmentTable(self.n_chunks)
         pages = chunk_page_range(c_lo, c_hi)
+        self.io.or_at_least(TAG_GENS, ARRAY_GEN, pages, acc, since)
         exact = True
-        for spans in self.io.read_table(TAG_GENS, ARRAY_GEN, pages):
-            acc.or_at_least(spans, since)
-            if until is not None and until <= self.folded_through and exact:
-                probe = SegmentTable(self.n_chunks)
-                probe.or_at_least(spans, until)
-                exact = probe.is_empty()
+        if until is not None and until <= self.folded_through:
+            probe = SegmentTable(self.n_chunks)
+            self.io.or_at_least(TAG_GENS, ARRAY_GEN, pages, probe, until)
+            exact = probe.is_empty()
         self._union_writesets(acc, self.writesets(since, until), c_lo, c_hi)
         if until is None:
             acc.or_spans(self._region_spans(self.active, c_lo, c_hi))
