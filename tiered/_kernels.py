@@ -300,27 +300,49 @@ def table_spans(index, n_top, seg_lo, seg_hi):
     return first, count, ref
 
 
+NO_ROOM = -1
+NOTHING_TO_DO = -2
+NEVER = np.int64(1) << 40  # no directory entry equals this
+
+
+@njit(**_jit)
+def _set_span(index, pool, n_top, first, count, value, is_bits):
+    """Give the value to every chunk of ``count`` segments from ``first``."""
+    return set_range(index, pool, n_top, first << SEG_SHIFT, ((first + count) << SEG_SHIFT) - 1, value, is_bits)
+
+
+@njit(**_jit)
+def _writable_row(index, pool, n_top, seg, is_bits, done_entry):
+    """The row of ``seg``, materialised if needed.
+
+    Returns NO_ROOM when the table must grow, NOTHING_TO_DO when the entry
+    already is ``done_entry`` (a full segment, say).
+    """
+    pos = _entry_pos(index, n_top, seg)
+    if pos < 0:
+        return NO_ROOM
+    e = index[pos]
+    if e == done_entry:
+        return NOTHING_TO_DO
+    if e < 0:
+        e = _materialise(index, pool, pos, is_bits)
+    return e
+
+
 @njit(**_jit)
 def or_spans(index, pool, n_top, first, count, ref, rows, start):
     """OR a bitmap span list into a bitmap table.  Returns spans done."""
     for i in range(start, first.shape[0]):
         r = ref[i]
         if r < 0:
-            c0 = first[i] << SEG_SHIFT
-            c1 = ((first[i] + count[i]) << SEG_SHIFT) - 1
-            if not set_range(index, pool, n_top, c0, c1, 1, True):
+            if not _set_span(index, pool, n_top, first[i], count[i], 1, True):
                 return i
             continue
-        pos = _entry_pos(index, n_top, first[i])
-        if pos < 0:
+        e = _writable_row(index, pool, n_top, first[i], True, FULL_ENTRY)
+        if e == NO_ROOM:
             return i
-        e = index[pos]
-        if e == FULL_ENTRY:
+        if e == NOTHING_TO_DO:
             continue
-        if e < 0:
-            e = _materialise(index, pool, pos, True)
-            if e < 0:
-                return i
         for w in range(SEG_WORDS):
             pool[e, w] |= rows[r, w]
     return first.shape[0]
@@ -332,34 +354,25 @@ def threshold_spans(index, pool, n_top, first, count, ref, rows, gen, start):
     for i in range(start, first.shape[0]):
         r = ref[i]
         if r < 0:
-            if uniform_value(r) >= gen:
-                c0 = first[i] << SEG_SHIFT
-                c1 = ((first[i] + count[i]) << SEG_SHIFT) - 1
-                if not set_range(index, pool, n_top, c0, c1, 1, True):
-                    return i
+            if uniform_value(r) >= gen and not _set_span(index, pool, n_top, first[i], count[i], 1, True):
+                return i
             continue
-        row = rows[r]
         hit = False
         for k in range(SEG_CHUNKS):
-            if row[k] >= gen:
+            if rows[r, k] >= gen:
                 hit = True
                 break
         if not hit:
             continue
-        pos = _entry_pos(index, n_top, first[i])
-        if pos < 0:
+        e = _writable_row(index, pool, n_top, first[i], True, FULL_ENTRY)
+        if e == NO_ROOM:
             return i
-        e = index[pos]
-        if e == FULL_ENTRY:
+        if e == NOTHING_TO_DO:
             continue
-        if e < 0:
-            e = _materialise(index, pool, pos, True)
-            if e < 0:
-                return i
         for w in range(SEG_WORDS):
             word = np.uint64(0)
             for b in range(64):
-                if row[w * 64 + b] >= gen:
+                if rows[r, w * 64 + b] >= gen:
                     word |= np.uint64(1) << np.uint64(b)
             pool[e, w] |= word
     return first.shape[0]
@@ -371,28 +384,20 @@ def assign_spans(index, pool, n_top, first, count, ref, rows, gen, start):
     for i in range(start, first.shape[0]):
         r = ref[i]
         if r < 0:
-            c0 = first[i] << SEG_SHIFT
-            c1 = ((first[i] + count[i]) << SEG_SHIFT) - 1
-            if not set_range(index, pool, n_top, c0, c1, gen, False):
+            if not _set_span(index, pool, n_top, first[i], count[i], gen, False):
                 return i
             continue
-        pos = _entry_pos(index, n_top, first[i])
-        if pos < 0:
+        e = _writable_row(index, pool, n_top, first[i], False, uniform_entry(gen))
+        if e == NO_ROOM:
             return i
-        e = index[pos]
-        if e == uniform_entry(gen):
+        if e == NOTHING_TO_DO:
             continue
-        if e < 0:
-            e = _materialise(index, pool, pos, False)
-            if e < 0:
-                return i
         for w in range(SEG_WORDS):
             word = rows[r, w]
-            if word == 0:
-                continue
-            for b in range(64):
-                if (word >> np.uint64(b)) & np.uint64(1):
-                    pool[e, w * 64 + b] = gen
+            while word:
+                low = word & (~word + np.uint64(1))
+                pool[e, w * 64 + _popcount(low - np.uint64(1))] = gen
+                word ^= low
     return first.shape[0]
 
 
@@ -402,19 +407,12 @@ def load_spans(index, pool, n_top, first, count, ref, rows, start, is_bits):
     for i in range(start, first.shape[0]):
         r = ref[i]
         if r < 0:
-            c0 = first[i] << SEG_SHIFT
-            c1 = ((first[i] + count[i]) << SEG_SHIFT) - 1
-            if not set_range(index, pool, n_top, c0, c1, uniform_value(r), is_bits):
+            if not _set_span(index, pool, n_top, first[i], count[i], uniform_value(r), is_bits):
                 return i
             continue
-        pos = _entry_pos(index, n_top, first[i])
-        if pos < 0:
+        e = _writable_row(index, pool, n_top, first[i], is_bits, NEVER)
+        if e == NO_ROOM:
             return i
-        e = index[pos]
-        if e < 0:
-            e = _materialise(index, pool, pos, is_bits)
-            if e < 0:
-                return i
         for k in range(pool.shape[1]):
             pool[e, k] = rows[r, k]
     return first.shape[0]
@@ -572,6 +570,12 @@ def _put_varint(buf, p, v):
 
 
 @njit(inline="always", **_jit)
+def _put_record_header(out, p, gap, count):
+    """Write a record's segment gap and count; the caller writes the kind."""
+    return _put_varint(out, _put_varint(out, p, gap), count)
+
+
+@njit(inline="always", **_jit)
 def _get_varint(buf, p, end):
     """Returns (value, new position); position -1 on truncated input."""
     v = np.int64(0)
@@ -619,8 +623,7 @@ def encode_bit_spans(first, count, ref, rows, page, out):
     p = _put_varint(out, 0, first.shape[0])
     prev_end = page << PAGE_SHIFT
     for i in range(first.shape[0]):
-        p = _put_varint(out, p, first[i] - prev_end)
-        p = _put_varint(out, p, count[i])
+        p = _put_record_header(out, p, first[i] - prev_end, count[i])
         prev_end = first[i] + count[i]
         r = ref[i]
         if r < 0:
@@ -685,13 +688,38 @@ def encode_bit_spans(first, count, ref, rows, page, out):
 
 
 @njit(**_jit)
+def _page_records(buf):
+    """Number of records a page payload announces, and where they start.
+
+    Returns (0, -1) when the count is unreadable or impossible.
+    """
+    n, p = _get_varint(buf, 0, buf.shape[0])
+    if p < 0 or n > PAGE_SEGMENTS:
+        return 0, -1
+    return n, p
+
+
+@njit(**_jit)
+def _record_header(buf, p, prev_end, page_end):
+    """Read a record header: (first segment, count, kind, position after).
+
+    The position is -1 when the header is truncated or leaves the page.
+    """
+    end = buf.shape[0]
+    gap, p = _get_varint(buf, p, end)
+    if p < 0:
+        return 0, 0, 0, -1
+    c, p = _get_varint(buf, p, end)
+    if p < 0 or p >= end or c < 1 or prev_end + gap + c > page_end:
+        return 0, 0, 0, -1
+    return prev_end + gap, c, np.int64(buf[p]), p + 1
+
+
+@njit(**_jit)
 def decode_bit_spans(buf, page):
     """Inverse of encode_bit_spans.  Returns (ok, first, count, ref, rows)."""
     end = buf.shape[0]
-    n, p = _get_varint(buf, 0, end)
-    if p < 0 or n > PAGE_SEGMENTS:
-        n = 0
-        p = -1
+    n, p = _page_records(buf)
     first = np.empty(n, np.int64)
     count = np.empty(n, np.int64)
     ref = np.empty(n, np.int64)
@@ -702,17 +730,11 @@ def decode_bit_spans(buf, page):
     prev_end = page << PAGE_SHIFT
     page_end = prev_end + PAGE_SEGMENTS
     for i in range(n):
-        gap, p = _get_varint(buf, p, end)
+        first[i], c, kind, p = _record_header(buf, p, prev_end, page_end)
         if p < 0:
             return False, first, count, ref, rows
-        c, p = _get_varint(buf, p, end)
-        if p < 0 or p >= end or c < 1 or prev_end + gap + c > page_end:
-            return False, first, count, ref, rows
-        first[i] = prev_end + gap
         count[i] = c
         prev_end = first[i] + c
-        kind = buf[p]
-        p += 1
         if kind == KIND_FULL:
             ref[i] = FULL_ENTRY
             continue
@@ -777,8 +799,7 @@ def encode_gen_spans(first, count, ref, rows, page, out):
     p = _put_varint(out, 0, first.shape[0])
     prev_end = page << PAGE_SHIFT
     for i in range(first.shape[0]):
-        p = _put_varint(out, p, first[i] - prev_end)
-        p = _put_varint(out, p, count[i])
+        p = _put_record_header(out, p, first[i] - prev_end, count[i])
         prev_end = first[i] + count[i]
         r = ref[i]
         if r < 0:
@@ -836,10 +857,7 @@ def decode_gen_spans(buf, page, rows_like, index, pool, n_top, at_least):
     width = rows_like.itemsize
     maxval = (np.int64(1) << (8 * width)) - 1
     stream = at_least > 0
-    n, p = _get_varint(buf, 0, end)
-    if p < 0 or n > PAGE_SEGMENTS:
-        n = 0
-        p = -1
+    n, p = _page_records(buf)
     first = np.empty(n, np.int64)
     count = np.empty(n, np.int64)
     ref = np.empty(n, np.int64)
@@ -850,17 +868,11 @@ def decode_gen_spans(buf, page, rows_like, index, pool, n_top, at_least):
     prev_end = page << PAGE_SHIFT
     page_end = prev_end + PAGE_SEGMENTS
     for i in range(n):
-        gap, p = _get_varint(buf, p, end)
+        first[i], c, kind, p = _record_header(buf, p, prev_end, page_end)
         if p < 0:
             return False, first, count, ref, rows
-        c, p = _get_varint(buf, p, end)
-        if p < 0 or p >= end or c < 1 or prev_end + gap + c > page_end:
-            return False, first, count, ref, rows
-        first[i] = prev_end + gap
         count[i] = c
         prev_end = first[i] + c
-        kind = buf[p]
-        p += 1
         if kind == KIND_UNIFORM:
             v, p = _get_varint(buf, p, end)
             if p < 0 or v > maxval:

@@ -108,5 +108,5 @@ class Strategy:
         if diffs:
             raise StrategyMismatchError(
                 f"volume {volume!r} was created with different settings: " + ", ".join(diffs)
-                + "; open it with strategy=None to use the stored settings, or convert it"
+                + "; open it with strategy=None to use the stored settings"
             )

@@ -13,7 +13,14 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from . import _kernels as K
-from .config import PAGE_CHUNKS, PAGE_SEGMENTS, PAGE_SHIFT, SEG_CHUNKS, SEG_SHIFT, SEG_WORDS
+from .config import (
+    PAGE_CHUNKS,
+    PAGE_SEGMENTS,
+    PAGE_SHIFT,
+    SEG_CHUNKS,
+    SEG_SHIFT,
+    SEG_WORDS,
+)
 
 
 class Spans(NamedTuple):

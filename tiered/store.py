@@ -7,12 +7,13 @@ import time
 from typing import Any
 
 from .codec import pack_json, unpack_json
-from .config import MAX_GRANULARITY, MAX_SIZE, MIN_GRANULARITY, PAGE_CHUNKS, Strategy
+from .config import MAX_GRANULARITY, MAX_SIZE, MIN_GRANULARITY, Strategy
 from .errors import (
     AlreadyExistsError,
     ClosedError,
     CorruptionError,
     InvalidArgumentError,
+    ReadOnlyError,
     VolumeNotFoundError,
 )
 from .storage import Storage, volume_key
@@ -122,8 +123,6 @@ class Store:
         with self._lock:
             self._check_open()
             if self._storage.readonly:
-                from .errors import ReadOnlyError
-
                 raise ReadOnlyError(f"store {self.path!r} is open read-only")
             if name in self._ids:
                 raise AlreadyExistsError(f"store already has a volume {name!r}")

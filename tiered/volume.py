@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from . import _kernels as K
+from .codec import pack_json, unpack_json
 from .config import MAX_NAME_BYTES, Strategy
 from .errors import (
     AlreadyExistsError,
@@ -30,9 +31,9 @@ from .errors import (
 )
 from .extents import Extents
 from .pages import Batch, PageIO
-from .storage import checkpoint_key, volume_key
-from .codec import pack_json
+from .storage import checkpoint_key, checkpoint_key_gen, volume_key
 from .strategies import gens_dtype, make_history
+from .strategies.base import nothing
 
 if TYPE_CHECKING:
     from .store import Store
@@ -116,9 +117,6 @@ class Volume:
         self._history.load(txn, record)
         self._checkpoints: list[Checkpoint] = []
         prefix = volume_key(self._id)
-        from .codec import unpack_json
-        from .storage import checkpoint_key_gen
-
         for key, value in self._storage.scan_prefix(txn, self._storage.checkpoints, prefix):
             rec = unpack_json(value, f"checkpoint of volume {self.name!r}")
             self._checkpoints.append(Checkpoint(rec["name"], rec["created"], checkpoint_key_gen(key)))
@@ -131,7 +129,7 @@ class Volume:
             self._lost = self._gen
             self._dirty = False
             if not self._storage.readonly:
-                self._transact(lambda batch: (lambda: None))
+                self._transact(lambda batch: nothing)
         elif self._lost and any(c.generation <= self._lost for c in self._checkpoints):
             self.unclean_shutdown = True
 
@@ -191,7 +189,7 @@ class Volume:
     def _note_dirty(self) -> None:
         # Persist "RAM is ahead of the disk" before the first unflushed mark,
         # so an unclean shutdown is detected on reopen.
-        self._transact(lambda batch: (lambda: None), dirty=True)
+        self._transact(lambda batch: nothing, dirty=True)
         self._update_marking()
 
     # -- write path -----------------------------------------------------
@@ -278,7 +276,7 @@ class Volume:
             flushed = not tracking or history.seal_flushes
 
             def build(batch: Batch) -> Callable[[], None]:
-                after = history.seal(batch, self._gen) if tracking else (lambda: None)
+                after = history.seal(batch, self._gen) if tracking else nothing
                 batch.txn.put(
                     checkpoint_key(self._id, new.generation),
                     pack_json({"name": name, "created": new.created}),

@@ -22,7 +22,7 @@ from ..config import MAX_GEN_32
 from ..pages import Batch
 from ..segments import SegmentTable, Spans, chunk_page_range
 from ..storage import TAG_GENS, TAG_WRITESET
-from .base import AfterCommit
+from .base import AfterCommit, nothing
 from .one_bit import OneBitHistory
 
 # The generation array is a single table; its pages are keyed by this gen.
@@ -51,7 +51,7 @@ class HybridHistory(OneBitHistory):
         """Fold every writeset of a period <= upto into the generation array."""
         gens = self.writesets(0, upto + 1)
         if not gens:
-            return lambda: None
+            return nothing
         txn = batch.txn
         touched = sorted({p for g in gens for p in self.io.pages(TAG_WRITESET, g)})
         work = SegmentTable(self.n_chunks, GENS_DTYPE)
@@ -76,7 +76,7 @@ class HybridHistory(OneBitHistory):
         cleared = super().seal(batch, current)
         # Count the writeset being sealed, which the catalog does not show yet.
         pending = self.writesets(0) + [current]
-        folded = lambda: None
+        folded = nothing
         if len(pending) > 2 * self.recent:
             keep_from = pending[-self.recent]
             folded = self._fold(batch, keep_from - 1)
@@ -94,7 +94,7 @@ class HybridHistory(OneBitHistory):
         # these (and any older one-bit writeset) there too, with their own
         # generations, which are all >= prev.
         if not gens:
-            return lambda: None
+            return nothing
         return self._fold(batch, max(gens))
 
     def reset(self, batch: Batch) -> AfterCommit:

@@ -17,7 +17,7 @@ from ..errors import TieredError
 from ..pages import Batch
 from ..segments import SegmentTable, Spans
 from ..storage import TAG_ACTIVE, TAG_WRITESET
-from .base import AfterCommit, History
+from .base import AfterCommit, History, nothing
 
 # The flush snapshot of the active writeset has no period of its own.
 SNAPSHOT_GEN = 0
@@ -69,7 +69,7 @@ class OneBitHistory(History):
             # the newest with a single active writeset again.
             gens = self.writesets(prev, gen)
             if not gens:
-                return lambda: None
+                return nothing
             merged = self._merged(gens, batch.txn, base=self.active)
             for g in gens:
                 batch.delete(TAG_WRITESET, g)
@@ -84,18 +84,18 @@ class OneBitHistory(History):
         if prev is None:
             for g in mine:
                 batch.delete(TAG_WRITESET, g)
-            return lambda: None
+            return nothing
         return self._merge_into_predecessor(batch, prev, mine)
 
     def _merge_into_predecessor(self, batch: Batch, prev: int, gens: list[int]) -> AfterCommit:
         if not gens:
-            return lambda: None
+            return nothing
         merged = self._merged([prev, *gens], batch.txn)
         for g in gens:
             batch.delete(TAG_WRITESET, g)
         batch.delete(TAG_WRITESET, prev)
         batch.put_table(TAG_WRITESET, prev, merged)
-        return lambda: None
+        return nothing
 
     def reset(self, batch: Batch) -> AfterCommit:
         for tag, gen in list(self.io.catalog):
@@ -105,7 +105,7 @@ class OneBitHistory(History):
     def flush(self, batch: Batch) -> AfterCommit:
         batch.delete(TAG_ACTIVE, SNAPSHOT_GEN)
         batch.put_table(TAG_ACTIVE, SNAPSHOT_GEN, self.active)
-        return lambda: None
+        return nothing
 
     # -- queries --------------------------------------------------------
 
