@@ -8,12 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+from naive import ReferenceVolume
 
 import tiered
 from tiered import codec
 from tiered.config import PAGE_CHUNKS
-
-from naive import ReferenceVolume
 
 MODES = ["one-bit", "multi-bit", "hybrid"]
 
@@ -418,3 +417,42 @@ def test_reader_sees_one_snapshot_while_a_writer_runs(tmp_path):
         v.remove_checkpoint("c1")
     out, _ = child.communicate("go\n", timeout=60)
     assert out.split() == ["True", "6"]
+
+
+def test_reader_follows_volumes_added_and_removed_by_the_writer(tmp_path):
+    path = str(tmp_path / "s")
+    with tiered.open(path, sync=False) as s:
+        s.create_volume("old", size=1 << 20)
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import tiered, sys\n"
+         f"r = tiered.open({path!r}, readonly=True)\n"
+         "print(r.volumes(), flush=True)\n"
+         "sys.stdin.readline()\n"
+         "print(r.volumes())\n"
+         "try:\n    r.volume('old')\nexcept tiered.VolumeNotFoundError:\n    print('gone')\n"],
+        env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert child.stdout.readline().strip() == "['old']"
+    with tiered.open(path, sync=False) as s:
+        s.remove_volume("old")
+        s.create_volume("new", size=1 << 20)
+    out, _ = child.communicate("go\n", timeout=60)
+    assert out.split("\n")[:2] == ["['new']", "gone"]
+
+
+def test_same_store_through_a_symlink_is_the_same_store(tmp_path):
+    path = tmp_path / "s"
+    with tiered.open(str(path), sync=False):
+        (tmp_path / "link").symlink_to(path)
+        with pytest.raises(tiered.StoreBusyError, match="this process"):
+            tiered.open(str(tmp_path / "link"))
+
+
+def test_settings_a_mode_does_not_use_are_not_enforced(tmp_path):
+    path = str(tmp_path / "s")
+    with tiered.open(path, sync=False) as s:
+        s.create_volume("v", size=1 << 20, strategy="one-bit")
+    with tiered.open(path, sync=False) as s:
+        assert s.volume("v", strategy=tiered.Strategy("one-bit", recent=4, width=8)).strategy.mode == "one-bit"

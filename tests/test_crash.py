@@ -15,10 +15,9 @@ import textwrap
 import time
 
 import pytest
+from naive import ReferenceVolume, covers
 
 import tiered
-
-from naive import ReferenceVolume, covers
 
 MODES = ["one-bit", "multi-bit", "hybrid"]
 SIZE = 1 << 30

@@ -14,12 +14,17 @@ import tempfile
 import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, settings
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+from naive import ReferenceVolume, covers
 
 import tiered
 from tiered.config import PAGE_CHUNKS, SEG_CHUNKS
-
-from naive import ReferenceVolume, covers
 
 # (granularity, size): a tiny volume with a ragged end, one spanning a few
 # segments, and one spanning three pages so page-level paths are exercised.

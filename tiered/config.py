@@ -99,12 +99,22 @@ class Strategy:
         )
 
     def fixed(self) -> dict[str, Any]:
-        """The settings that shape stored data and must not change on reopen."""
-        return {"mode": self.mode, "width": self.width, "recent": self.recent}
+        """The settings that shape stored data and must not change on reopen:
+        the mode, and the one setting that mode uses."""
+        extra = {"multi-bit": "width", "hybrid": "recent"}.get(self.mode)
+        fields = {"mode": self.mode}
+        if extra:
+            fields[extra] = getattr(self, extra)
+        return fields
 
     def check_compatible(self, stored: dict[str, Any], volume: str) -> None:
         mine = self.fixed()
-        diffs = [f"{k}={mine[k]!r} (stored {stored[k]!r})" for k in mine if stored.get(k) != mine[k]]
+        defaults = Strategy(mode=stored["mode"]).fixed() if stored.get("mode") in MODES else {}
+        diffs = [
+            f"{k}={mine[k]!r} (stored {stored.get(k, defaults.get(k))!r})"
+            for k in mine
+            if stored.get(k, defaults.get(k)) != mine[k]
+        ]
         if diffs:
             raise StrategyMismatchError(
                 f"volume {volume!r} was created with different settings: " + ", ".join(diffs)

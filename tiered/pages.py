@@ -169,7 +169,7 @@ class PageIO:
         txn = self.snapshot
         if txn is None:
             # buffers=True reads straight from the map: no copy of the page
-            txn = own = self.storage.env.begin(write=False, buffers=True)
+            txn = own = self.storage.begin_read(buffers=True)
         try:
             for page in pages:
                 what = f"volume {self.vol_id} page {tag.decode()}/{gen}/{page}"

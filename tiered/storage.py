@@ -74,7 +74,8 @@ class Storage:
     """An LMDB environment that grows its map by itself."""
 
     def __init__(self, path: str, *, readonly: bool, sync: bool, map_size: int | None) -> None:
-        self.path = os.path.abspath(path)
+        # realpath: the same store reached through a symlink is the same store
+        self.path = os.path.realpath(path)
         self.readonly = readonly
         with _open_paths_lock:
             if self.path in _open_paths:
@@ -161,10 +162,26 @@ class Storage:
         with _open_paths_lock:
             _open_paths.discard(self.path)
 
+    def begin_read(self, buffers: bool = False) -> lmdb.Transaction:
+        """A read transaction, adopting a map the writer has grown meanwhile."""
+        try:
+            try:
+                return self.env.begin(write=False, buffers=buffers)
+            except lmdb.MapResizedError:
+                self.env.set_mapsize(0)  # 0: take the size the writer set
+                return self.env.begin(write=False, buffers=buffers)
+        except lmdb.ReadersFullError:
+            raise TieredError(
+                f"store {self.path!r} has no free reader slot: close some read-only volumes or stores"
+            ) from None
+
     @contextmanager
     def reading(self) -> Iterator[lmdb.Transaction]:
-        with self.env.begin(write=False, buffers=False) as txn:
+        txn = self.begin_read()
+        try:
             yield txn
+        finally:
+            txn.abort()
 
     def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
         """Run ``fn`` in one write transaction and commit it.

@@ -91,10 +91,16 @@ class Store:
 
     # -- volumes --------------------------------------------------------
 
+    def _refresh_names(self) -> None:
+        # A writer may add or remove volumes under a reader at any time.
+        if self.readonly:
+            self._ids = self._load_names()
+
     def volumes(self) -> list[str]:
         """Names of the volumes in the store, sorted."""
         with self._lock:
             self._check_open()
+            self._refresh_names()
             return sorted(self._ids)
 
     def create_volume(
@@ -154,6 +160,8 @@ class Store:
         check_name(name, "volume")
         with self._lock:
             self._check_open()
+            if name not in self._open:
+                self._refresh_names()
             if name not in self._ids:
                 raise VolumeNotFoundError(f"store has no volume {name!r}")
             vol = self._open.get(name)
@@ -167,9 +175,11 @@ class Store:
         # A reader keeps the transaction it loaded the volume in, so that its
         # catalog and the pages it reads later come from one snapshot even
         # while another process writes.
-        txn = self._storage.env.begin(write=False)
+        txn = self._storage.begin_read()
         try:
             value = txn.get(volume_key(self._ids[name]), db=self._storage.volumes)
+            if value is None:  # removed by the writer since this reader listed it
+                raise VolumeNotFoundError(f"store has no volume {name!r}")
             record = unpack_json(value, f"volume record of {name!r}")
             stored = record["strategy"]
             if strategy is None:

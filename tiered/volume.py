@@ -8,12 +8,13 @@ how history is kept to its strategy (``tiered.strategies``).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import operator
 import threading
 import time
 from array import array
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -432,12 +433,21 @@ class Volume:
             self._check_writable()
             self._transact(self._history.flush, dirty=False)
 
+    @contextlib.contextmanager
+    def _snapshot_or_latest(self) -> Iterator[Any]:
+        if self._io.snapshot is not None:
+            yield self._io.snapshot
+        else:
+            with self._storage.reading() as txn:
+                yield txn
+
     def stats(self) -> dict[str, Any]:
         """Honest costs: bitmap RAM (active, arrays, cache), bytes in LMDB, cache counters."""
         with self._lock:
             self._check_open()
             self._drain()
-            with self._storage.reading() as txn:
+            # A reader measures its own snapshot, like everything else it reports.
+            with self._snapshot_or_latest() as txn:
                 disk = self._io.disk_bytes(txn)
                 for db, prefix in ((self._storage.checkpoints, volume_key(self._id)),):
                     disk += sum(len(k) + len(v) for k, v in self._storage.scan_prefix(txn, db, prefix))

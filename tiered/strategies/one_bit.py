@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import TieredError
 from ..pages import Batch
 from ..segments import SegmentTable, Spans
 from ..storage import TAG_ACTIVE, TAG_WRITESET
@@ -122,6 +121,3 @@ class OneBitHistory(History):
     def ram_bytes(self) -> int:
         return self.active.nbytes
 
-
-def internal_error(message: str) -> TieredError:
-    return TieredError(f"internal error: {message}; please report it")
