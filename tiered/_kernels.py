@@ -207,6 +207,9 @@ def mark_bits(index, pool, n_top, offsets, lengths, start, shift):
                 if slot >= 0:
                     row = np.uint64(slot)
                     a = c0 & _USEG_MASK
+                    if c0 == c1:  # the usual small write: one chunk, one bit
+                        pool[row, a >> _U6] |= np.uint64(1) << (a & _U63)
+                        continue
                     b = c1 & _USEG_MASK
                     w0 = a >> _U6
                     w1 = b >> _U6
@@ -245,6 +248,9 @@ def mark_gens(index, pool, n_top, offsets, lengths, start, shift, value):
                 slot = index[pages_base + np.uint64(page) * _UPAGE_SEGS + (seg & _UPAGE_MASK)]
                 if slot >= 0:
                     row = np.uint64(slot)
+                    if c0 == c1:
+                        pool[row, c0 & _USEG_MASK] = gen
+                        continue
                     for k in range(c0 & _USEG_MASK, (c1 & _USEG_MASK) + np.uint64(1)):
                         pool[row, k] = gen
                     continue
@@ -929,11 +935,14 @@ def decode_gen_spans(buf, page, rows_like, index, pool, n_top, at_least):
 
 
 @njit(**_jit)
-def first_bad_write(offsets, lengths, size):
-    """Index of the first write outside [0, size), or -1 if all are inside."""
+def check_writes(offsets, lengths, size):
+    """(index of the first write outside [0, size) or -1, whether any write
+    is non-empty), in one pass."""
+    any_data = False
     for i in range(offsets.shape[0]):
         off = offsets[i]
         length = lengths[i]
         if off < 0 or length < 0 or off > size or length > size - off:
-            return i
-    return -1
+            return i, any_data
+        any_data |= length > 0
+    return -1, any_data

@@ -246,7 +246,7 @@ class Volume:
             )
         offs64 = np.ascontiguousarray(offs, dtype=np.int64)
         lens64 = np.ascontiguousarray(lens, dtype=np.int64)
-        bad = K.first_bad_write(offs64, lens64, self.size)
+        bad, any_data = K.check_writes(offs64, lens64, self.size)
         if bad >= 0:
             raise OutOfRangeError(
                 f"write {bad} of the batch, [{offs[bad]}, {offs[bad]}+{lens[bad]}), lies outside "
@@ -254,7 +254,7 @@ class Volume:
             )
         with self._lock:
             self._check_writable()
-            if not self._checkpoints or not lens64.any():
+            if not self._checkpoints or not any_data:
                 return
             if not self._dirty:
                 self._note_dirty()
