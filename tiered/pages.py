@@ -136,7 +136,11 @@ class PageIO:
             pages = pages[(pages >= page_range.start) & (pages < page_range.stop)]
         return pages.tolist()
 
-    def read(self, tag: bytes, gen: int, page: int, txn: lmdb.Transaction | None = None) -> Spans:
+    def read(
+        self, tag: bytes, gen: int, page: int, txn: lmdb.Transaction | None = None, keep: bool = True
+    ) -> Spans:
+        """A decoded page, through the cache; ``keep=False`` for a page about
+        to be rewritten, which would only push useful pages out."""
         key = (tag, gen, page)
         spans = self.cache.get(key)
         if spans is not None:
@@ -155,7 +159,8 @@ class PageIO:
             spans = codec.decode_gens_page(value, page, self.gens_dtype, what)
         else:
             spans = codec.decode_bits_page(value, page, what)
-        self.cache.put(key, spans)
+        if keep:
+            self.cache.put(key, spans)
         return spans
 
     def or_at_least(self, tag: bytes, gen: int, page_range: range, table: SegmentTable, at_least: int) -> None:
@@ -182,10 +187,15 @@ class PageIO:
                 own.abort()
 
     def read_table(
-        self, tag: bytes, gen: int, page_range: range | None = None, txn: lmdb.Transaction | None = None
+        self,
+        tag: bytes,
+        gen: int,
+        page_range: range | None = None,
+        txn: lmdb.Transaction | None = None,
+        keep: bool = True,
     ) -> Iterable[Spans]:
         for page in self.pages(tag, gen, page_range):
-            yield self.read(tag, gen, page, txn)
+            yield self.read(tag, gen, page, txn, keep)
 
     def batch(self, txn: lmdb.Transaction) -> Batch:
         return Batch(self, txn)

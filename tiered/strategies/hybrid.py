@@ -53,13 +53,15 @@ class HybridHistory(OneBitHistory):
         if not gens:
             return nothing
         txn = batch.txn
-        touched = sorted({p for g in gens for p in self.io.pages(TAG_WRITESET, g)})
+        touched = {p for g in gens for p in self.io.pages(TAG_WRITESET, g)}
         work = SegmentTable(self.n_chunks, GENS_DTYPE)
-        for page in touched:
-            if page in self.io.pages(TAG_GENS, ARRAY_GEN, range(page, page + 1)):
-                work.load(self.io.read(TAG_GENS, ARRAY_GEN, page, txn))
+        # Pages read here are rewritten or deleted by this fold: keeping them
+        # in the cache would only evict pages that queries will want.
+        for page in self.io.pages(TAG_GENS, ARRAY_GEN):
+            if page in touched:
+                work.load(self.io.read(TAG_GENS, ARRAY_GEN, page, txn, keep=False))
         for g in gens:
-            for spans in self.io.read_table(TAG_WRITESET, g, txn=txn):
+            for spans in self.io.read_table(TAG_WRITESET, g, txn=txn, keep=False):
                 work.assign(spans, g)
         batch.put_table(TAG_GENS, ARRAY_GEN, work)
         for g in gens:
