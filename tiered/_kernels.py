@@ -431,6 +431,49 @@ def _ctz(x):
 
 
 @njit(**_jit)
+def _clipped_word(rows, r, w, wbase, c_lo, c_hi):
+    """Word ``w`` of row ``r`` with the chunks outside [c_lo, c_hi) cleared."""
+    if wbase + 64 <= c_lo or wbase >= c_hi:
+        return np.uint64(0)
+    x = rows[r, w]
+    if wbase < c_lo:
+        x &= ALL_ONES << np.uint64(c_lo - wbase)
+    if wbase + 64 > c_hi:
+        x &= ALL_ONES >> np.uint64(wbase + 64 - c_hi)
+    return x
+
+
+@njit(**_jit)
+def _count_runs(first, count, ref, rows, c_lo, c_hi):
+    """How many runs span_runs will emit, counted a word at a time."""
+    n = 0
+    run_end = np.int64(-1)  # end of the last set chunk seen, if a run may go on
+    for i in range(first.shape[0]):
+        base = first[i] << SEG_SHIFT
+        seg_end = (first[i] + count[i]) << SEG_SHIFT
+        if seg_end <= c_lo or base >= c_hi:
+            continue
+        r = ref[i]
+        if r < 0:
+            a = max(base, c_lo)
+            if a != run_end:
+                n += 1
+            run_end = min(seg_end, c_hi)
+            continue
+        for w in range(SEG_WORDS):
+            wbase = base + w * 64
+            x = _clipped_word(rows, r, w, wbase, c_lo, c_hi)
+            if x == 0:
+                continue
+            # run starts: set bits whose lower neighbour is clear
+            n += _popcount(x & ~(x << np.uint64(1)))
+            if (x & np.uint64(1)) and run_end == wbase:
+                n -= 1  # continues the run that reached this word
+            run_end = wbase + 64 if x >> _U63 else np.int64(-1)
+    return n
+
+
+@njit(**_jit)
 def span_runs(first, count, ref, rows, c_lo, c_hi, shift, lo, hi):
     """Runs of set chunks of a bitmap span list inside chunks [c_lo, c_hi).
 
@@ -438,71 +481,67 @@ def span_runs(first, count, ref, rows, c_lo, c_hi, shift, lo, hi):
     uint64, in units of ``2**shift`` per chunk (0: chunks; the granularity's
     log2: bytes) and clipped to [lo, hi) in those units.
     """
-    offsets = np.empty(0, np.uint64)
-    lengths = np.empty(0, np.uint64)
+    n = _count_runs(first, count, ref, rows, c_lo, c_hi)
+    offsets = np.empty(n, np.uint64)
+    lengths = np.empty(n, np.uint64)
     n = 0
-    for phase in range(2):
-        if phase == 1:
-            offsets = np.empty(n, np.uint64)
-            lengths = np.empty(n, np.uint64)
-        n = 0
-        run_start = np.int64(-1)
-        run_end = np.int64(-1)  # exclusive, in chunks
-        for i in range(first.shape[0]):
-            base = first[i] << SEG_SHIFT
-            seg_end = (first[i] + count[i]) << SEG_SHIFT
-            if seg_end <= c_lo or base >= c_hi:
-                continue
-            r = ref[i]
-            for w in range(SEG_WORDS if r >= 0 else 1):
-                if r < 0:
-                    a = max(base, c_lo)
-                    z = min(seg_end, c_hi)
-                else:
-                    wbase = base + w * 64
-                    x = rows[r, w]
-                    if x == 0 or wbase + 64 <= c_lo or wbase >= c_hi:
-                        continue
-                    if wbase < c_lo:
-                        x &= ALL_ONES << np.uint64(c_lo - wbase)
-                    if wbase + 64 > c_hi:
-                        x &= ALL_ONES >> np.uint64(wbase + 64 - c_hi)
-                    b = 0
-                    a = np.int64(-1)
-                    z = np.int64(-1)
-                # A uniform span is one run; a word yields its runs one by one.
-                while True:
-                    if r >= 0:
-                        if b >= 64:
-                            break
-                        y = x >> np.uint64(b)
-                        if y == 0:
-                            break
-                        b += _ctz(y)
-                        ones = ~(x >> np.uint64(b))  # bits above 63 - b read as ones
-                        length = _ctz(ones)
-                        a = wbase + b
-                        z = a + length
-                        b += length
-                    if a == run_end:
-                        run_end = z
-                    else:
-                        if run_start >= 0:
-                            if phase == 1:
-                                o = max(run_start << shift, lo)
-                                offsets[n] = o
-                                lengths[n] = min(run_end << shift, hi) - o
-                            n += 1
-                        run_start = a
-                        run_end = z
-                    if r < 0:
+    run_start = np.int64(-1)
+    run_end = np.int64(-1)  # exclusive, in chunks
+    for i in range(first.shape[0]):
+        base = first[i] << SEG_SHIFT
+        seg_end = (first[i] + count[i]) << SEG_SHIFT
+        if seg_end <= c_lo or base >= c_hi:
+            continue
+        r = ref[i]
+        for w in range(SEG_WORDS if r >= 0 else 1):
+            if r < 0:
+                a = max(base, c_lo)
+                z = min(seg_end, c_hi)
+            else:
+                wbase = base + w * 64
+                x = _clipped_word(rows, r, w, wbase, c_lo, c_hi)
+                if x == 0:
+                    continue
+                b = 0
+                a = np.int64(-1)
+                z = np.int64(-1)
+            # A uniform span is one run; a word yields its runs one by one.
+            while True:
+                if r >= 0:
+                    if b >= 64:
                         break
-        if run_start >= 0:
-            if phase == 1:
-                o = max(run_start << shift, lo)
-                offsets[n] = o
-                lengths[n] = min(run_end << shift, hi) - o
-            n += 1
+                    y = x >> np.uint64(b)
+                    if y == 0:
+                        break
+                    b += _ctz(y)
+                    ones = ~(x >> np.uint64(b))  # bits above 63 - b read as ones
+                    length = _ctz(ones)
+                    a = wbase + b
+                    z = a + length
+                    b += length
+                if a == run_end:
+                    run_end = z
+                else:
+                    if run_start >= 0:
+                        if n == offsets.shape[0]:
+                            raise AssertionError("span_runs: more runs than counted")
+                        o = max(run_start << shift, lo)
+                        offsets[n] = o
+                        lengths[n] = min(run_end << shift, hi) - o
+                        n += 1
+                    run_start = a
+                    run_end = z
+                if r < 0:
+                    break
+    if run_start >= 0:
+        n += 1
+        if n != offsets.shape[0]:
+            raise AssertionError("span_runs: run count mismatch")
+        o = max(run_start << shift, lo)
+        offsets[n - 1] = o
+        lengths[n - 1] = min(run_end << shift, hi) - o
+    elif n != offsets.shape[0]:
+        raise AssertionError("span_runs: run count mismatch")
     return offsets, lengths
 
 
