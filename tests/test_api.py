@@ -456,3 +456,37 @@ def test_settings_a_mode_does_not_use_are_not_enforced(tmp_path):
         s.create_volume("v", size=1 << 20, strategy="one-bit")
     with tiered.open(path, sync=False) as s:
         assert s.volume("v", strategy=tiered.Strategy("one-bit", recent=4, width=8)).strategy.mode == "one-bit"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ram_bytes_matches_memory_the_volume_holds(store, mode):
+    """stats()['ram_bytes'] against what tracemalloc sees numpy allocate."""
+    import gc
+    import tracemalloc
+
+    rng = np.random.default_rng(9)
+    offsets = rng.integers(0, (1 << 40) // 4096, 200_000).astype(np.int64) * 4096
+    lengths = np.full(len(offsets), 4096, np.int64)
+    warm = store.create_volume("warm", size=1 << 30, strategy=mode)  # compile outside the trace
+    warm.checkpoint("a")
+    warm.mark_many(offsets[:10] % (1 << 30), lengths[:10])
+    warm.checkpoint("b")
+    warm.changed_since("a")
+    warm.close()
+    tracemalloc.start()
+    try:
+        gc.collect()
+        base = tracemalloc.get_traced_memory()[0]
+        vol = store.create_volume("v", size=1 << 40, strategy=mode)
+        vol.checkpoint("a")
+        for i in range(12):
+            vol.mark_many(offsets[i::12], lengths[i::12])
+            vol.checkpoint(f"c{i}")
+        vol.mark_many(offsets[:1000], lengths[:1000])
+        vol.changed_since("a")
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    reported = vol.stats()["ram_bytes"]
+    assert abs(held - reported) <= 0.05 * reported + (256 << 10), (held, reported)
