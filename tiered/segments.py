@@ -59,11 +59,6 @@ class Spans(NamedTuple):
         return int(K.count_span_bits(self.first, self.count, self.ref, self.rows))
 
 
-def empty_spans(row_dtype: np.dtype, row_len: int) -> Spans:
-    z = np.empty(0, np.int64)
-    return Spans(z, z, z, np.empty((0, row_len), row_dtype))
-
-
 class SegmentTable:
     """A bitmap (``dtype=None``) or generation array over ``n_chunks`` chunks."""
 
@@ -211,11 +206,6 @@ class SegmentTable:
             seg_hi = self.n_segments
         first, count, ref = K.table_spans(self.index, self.n_top, seg_lo, seg_hi)
         return Spans(first, count, ref, self.pool)
-
-    def pages(self) -> np.ndarray:
-        """Pages that hold anything, ascending."""
-        top = self.index[K.HEADER : K.HEADER + self.n_top]
-        return np.flatnonzero(top != K.ABSENT)
 
 
 def chunk_page_range(c_lo: int, c_hi: int) -> range:

@@ -191,7 +191,6 @@ class Volume:
         # Persist "RAM is ahead of the disk" before the first unflushed mark,
         # so an unclean shutdown is detected on reopen.
         self._transact(lambda batch: nothing, dirty=True)
-        self._update_marking()
 
     # -- write path -----------------------------------------------------
 
