@@ -890,19 +890,25 @@ def encode_gen_spans(first, count, ref, rows, page, out):
             p = _put_varint(out, p + 1, uniform_value(r))
             continue
         row = rows[r]
+        # A branch-free pass first: most rows are either uniform or dense
+        # enough that sparse pairs (2 bytes or more each) cannot beat raw,
+        # and those need no exact sparse size.
         nz = 0
-        sparse = 0
-        prev = -1
-        uniform = True
+        same = 0
+        v0 = row[0]
         for k in range(SEG_CHUNKS):
-            v = np.int64(row[k])
-            if v != row[0]:
-                uniform = False
-            if v != 0:
-                sparse += _varint_size(k - prev - 1) + _varint_size(v)
-                prev = k
-                nz += 1
-        sparse += _varint_size(nz)
+            nz += row[k] != 0
+            same += row[k] == v0
+        uniform = same == SEG_CHUNKS
+        sparse = width * SEG_CHUNKS  # "no better than raw" unless computed
+        if not uniform and 2 * nz < width * SEG_CHUNKS:
+            sparse = _varint_size(nz)
+            prev = -1
+            for k in range(SEG_CHUNKS):
+                v = np.int64(row[k])
+                if v != 0:
+                    sparse += _varint_size(k - prev - 1) + _varint_size(v)
+                    prev = k
         if uniform:
             out[p] = KIND_UNIFORM
             p = _put_varint(out, p + 1, np.int64(row[0]))
