@@ -596,6 +596,7 @@ KIND_RAW = 4
 KIND_UNIFORM = 5
 KIND_SPARSE = 6
 KIND_GRAW = 7
+KIND_PACKED = 8
 
 
 @njit(inline="always", **_jit)
@@ -875,6 +876,57 @@ def _get_raw_generations(buf, p, row, width):
 
 
 @njit(**_jit)
+def _put_packed_generations(out, p, row, vb):
+    """A bitmap of the non-zero chunks, then their values in ``vb`` bytes each.
+
+    Values are written unconditionally and the cursor advances only past
+    non-zero ones: no data-dependent branch, which matters on rows where
+    about half the chunks are set.  The caller leaves ``vb`` bytes of slack.
+    """
+    q = p + 8 * SEG_WORDS
+    for w in range(SEG_WORDS):
+        word = np.uint64(0)
+        for b in range(64):
+            v = np.int64(row[w * 64 + b])
+            nonzero = v != 0
+            word |= np.uint64(nonzero) << np.uint64(b)
+            for byte in range(vb):
+                out[q + byte] = (v >> (8 * byte)) & 255
+            q += nonzero * vb
+        for byte in range(8):
+            out[p + 8 * w + byte] = (word >> np.uint64(8 * byte)) & np.uint64(255)
+    return q
+
+
+@njit(**_jit)
+def _get_packed_generations(buf, p, end, row, vb, maxval):
+    """Inverse of _put_packed_generations; returns the position after, or -1."""
+    if vb != 1 and vb != 2 and vb != 4:
+        return -1
+    q = p + 8 * SEG_WORDS
+    if q > end:
+        return -1
+    for w in range(SEG_WORDS):
+        word = np.uint64(0)
+        for byte in range(8):
+            word |= np.uint64(buf[p + 8 * w + byte]) << np.uint64(8 * byte)
+        while word:
+            low = word & (~word + np.uint64(1))
+            k = w * 64 + _popcount(low - np.uint64(1))
+            word ^= low
+            if q + vb > end:
+                return -1
+            v = np.int64(0)
+            for byte in range(vb):
+                v |= np.int64(buf[q + byte]) << (8 * byte)
+            if v == 0 or v > maxval:
+                return -1
+            row[k] = v
+            q += vb
+    return q
+
+
+@njit(**_jit)
 def encode_gen_spans(first, count, ref, rows, page, out):
     """Encode one page of generation spans; ``out`` as for bitmaps but with
     ``4 * SEG_CHUNKS`` bytes of room per row."""
@@ -890,18 +942,24 @@ def encode_gen_spans(first, count, ref, rows, page, out):
             p = _put_varint(out, p + 1, uniform_value(r))
             continue
         row = rows[r]
-        # A branch-free pass first: most rows are either uniform or dense
-        # enough that sparse pairs (2 bytes or more each) cannot beat raw,
-        # and those need no exact sparse size.
+        # A branch-free pass first: counts decide between uniform, packed and
+        # raw without touching the data-dependent branches of sparse pairs.
         nz = 0
         same = 0
+        top = np.int64(0)
         v0 = row[0]
         for k in range(SEG_CHUNKS):
-            nz += row[k] != 0
-            same += row[k] == v0
-        uniform = same == SEG_CHUNKS
-        sparse = width * SEG_CHUNKS  # "no better than raw" unless computed
-        if not uniform and 2 * nz < width * SEG_CHUNKS:
+            v = np.int64(row[k])
+            nz += v != 0
+            same += v == v0
+            top = max(top, v)
+        vb = 1 if top < 256 else (2 if top < 65536 else 4)
+        packed = 1 + 8 * SEG_WORDS + nz * vb
+        best = min(packed, width * SEG_CHUNKS)
+        sparse = best
+        if same != SEG_CHUNKS and 2 * nz < best:
+            # sparse pairs take at least 2 bytes each: size them only when
+            # they can win
             sparse = _varint_size(nz)
             prev = -1
             for k in range(SEG_CHUNKS):
@@ -909,10 +967,10 @@ def encode_gen_spans(first, count, ref, rows, page, out):
                 if v != 0:
                     sparse += _varint_size(k - prev - 1) + _varint_size(v)
                     prev = k
-        if uniform:
+        if same == SEG_CHUNKS:
             out[p] = KIND_UNIFORM
-            p = _put_varint(out, p + 1, np.int64(row[0]))
-        elif sparse < width * SEG_CHUNKS:
+            p = _put_varint(out, p + 1, np.int64(v0))
+        elif sparse < best:
             out[p] = KIND_SPARSE
             p = _put_varint(out, p + 1, nz)
             prev = -1
@@ -922,6 +980,10 @@ def encode_gen_spans(first, count, ref, rows, page, out):
                     p = _put_varint(out, p, k - prev - 1)
                     p = _put_varint(out, p, v)
                     prev = k
+        elif packed < width * SEG_CHUNKS:
+            out[p] = KIND_PACKED
+            out[p + 1] = vb
+            p = _put_packed_generations(out, p + 2, row, vb)
         else:
             out[p] = KIND_GRAW
             p += 1
@@ -977,7 +1039,11 @@ def decode_gen_spans(buf, page, rows_like, index, pool, n_top, at_least):
             row = rows[nrows]
             ref[i] = nrows
             nrows += 1
-        if kind == KIND_SPARSE:
+        if kind == KIND_PACKED:
+            if p >= end:
+                return False, first, count, ref, rows
+            p = _get_packed_generations(buf, p + 1, end, row, np.int64(buf[p]), maxval)
+        elif kind == KIND_SPARSE:
             k, p = _get_varint(buf, p, end)
             prev = -1
             for _ in range(k):
