@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         StoreBusyError,
         StrategyMismatchError,
         TieredError,
+        TraceFormatError,
         VolumeNotFoundError,
     )
     from .extents import Extents
@@ -56,6 +57,7 @@ __all__ = [
     "Strategy",
     "StrategyMismatchError",
     "TieredError",
+    "TraceFormatError",
     "Volume",
     "VolumeNotFoundError",
     "open",
@@ -81,6 +83,7 @@ _EXPORTS: dict[str, str] = {
     "Strategy": "config",
     "StrategyMismatchError": "errors",
     "TieredError": "errors",
+    "TraceFormatError": "errors",
     "Volume": "volume",
     "VolumeNotFoundError": "errors",
     "open": "store",

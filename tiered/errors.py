@@ -24,6 +24,10 @@ class OutOfRangeError(InvalidArgumentError):
     """An offset, length or region lies outside the volume."""
 
 
+class TraceFormatError(InvalidArgumentError):
+    """A block trace whose format is unknown or that holds a malformed line."""
+
+
 class NotFoundError(TieredError, KeyError):
     """A volume or checkpoint name that does not exist."""
 

@@ -1,0 +1,280 @@
+"""Streaming block-trace readers: formats, batching, errors, and a real fio log."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tiered
+from tiered.errors import InvalidArgumentError, TraceFormatError
+from tiered.traces import WriteBatch, read_trace
+
+FIO_V2 = """\
+fio version 2 iolog
+/dev/vdb add
+/dev/vdb open
+/dev/vdb write 4096 8192
+/dev/vdb read 0 4096
+/dev/vdb sync 0 0
+/dev/vdb trim 65536 4096
+/dev/vdb wait 0 100
+/dev/vdb write 1048576 512
+/dev/vdb close
+"""
+
+FIO_V3 = """\
+fio version 3 iolog
+15 F add
+103 F open
+108 F write 61440 4096
+132 F read 880640 4096
+2000108 F trim 0 4096
+2500000 F datasync 0 0
+3000000 F write 585728 4096
+3000010 F close
+"""
+
+BLKPARSE = """\
+  8,0    3        1     0.000000000   697  Q  WS 223490 + 8 [kjournald]
+  8,0    3        2     0.000001000   697  G  WS 223490 + 8 [kjournald]
+  8,0    3        3     0.000002000   697  I  WS 223490 + 8 [kjournald]
+  8,0    3        4     0.000003000   697  D  WS 223490 + 8 [kjournald]
+  8,0    3        5     0.000100000     0  C  WS 223490 + 8 [0]
+  8,0    1        6     0.500000000  1234  Q   R 1000 + 16 [cat]
+  8,0    1        7     0.600000000  1234  C   R 1000 + 16 [0]
+  8,0    0        8     1.000000000   321  Q   D 2048 + 4096 [fstrim]
+  8,0    0        9     1.000000500   321  Q FWS [kworker/0:1H]
+  8,0    0       10     1.250000000   321  Q  WM 8 + 8 [jbd2/sda1-8]
+  8,0    0        0     1.300000000     0  m   N cfq321 insert_request
+
+CPU0 (8,0):
+ Reads Queued:           1,        8KiB\t Writes Queued:           3,      12KiB
+ Read Dispatches:        0,        0KiB\t Write Dispatches:        0,        0KiB
+Total (8,0):
+ Reads Queued:           1,        8KiB\t Writes Queued:           3,      12KiB
+
+Throughput (R/W): 0KiB/s / 0KiB/s
+Events (8,0): 11 entries
+Skips: 0 forward (0 -   0.0%)
+"""
+
+MSR_ROWS = """\
+128166372003061629,hm,1,Read,7014609920,24576,41286
+128166372016382155,hm,1,Write,1317441536,8192,1331
+128166372026382245,hm,1,Write,2436440064,4096,1234
+128166372036382245,hm,0,Read,0,4096,1000
+128166372046382245,hm,0,Write,512,512,1000
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "trace") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def collect(reader) -> tuple[list[WriteBatch], np.ndarray, np.ndarray, np.ndarray | None]:
+    batches = list(reader)
+    offs = np.concatenate([b.offsets for b in batches]) if batches else np.empty(0, np.int64)
+    lens = np.concatenate([b.lengths for b in batches]) if batches else np.empty(0, np.int64)
+    times = None
+    if batches and batches[0].times is not None:
+        times = np.concatenate([b.times for b in batches])
+    return batches, offs, lens, times
+
+
+def test_fio_v2(tmp_path: Path) -> None:
+    reader = read_trace(write(tmp_path, FIO_V2), batch=3)
+    assert reader.format == "fio"
+    batches, offs, lens, times = collect(reader)
+    assert offs.tolist() == [4096, 65536, 1048576]  # the read, sync and wait are skipped
+    assert lens.tolist() == [8192, 4096, 512]
+    assert times is None and all(b.times is None for b in batches)
+    assert offs.dtype == np.int64 and lens.dtype == np.int64
+    assert reader.lines == 10 and reader.writes == 3 and reader.skipped == 0
+
+
+def test_fio_v3_times_in_microseconds(tmp_path: Path) -> None:
+    reader = read_trace(write(tmp_path, FIO_V3))
+    _, offs, lens, times = collect(reader)
+    assert offs.tolist() == [61440, 0, 585728]
+    assert lens.tolist() == [4096, 4096, 4096]
+    assert times is not None and times.dtype == np.float64
+    np.testing.assert_allclose(times, [108e-6, 2.000108, 3.0])
+
+
+def test_blkparse_counts_queue_events_and_skips_summary(tmp_path: Path) -> None:
+    reader = read_trace(write(tmp_path, BLKPARSE), batch=2)
+    assert reader.format == "blkparse"
+    batches, offs, lens, times = collect(reader)
+    # One entry per I/O (Q only), the read skipped, the discard kept, the
+    # empty flush (no sectors) passed over.
+    assert offs.tolist() == [223490 * 512, 2048 * 512, 8 * 512]
+    assert lens.tolist() == [8 * 512, 4096 * 512, 8 * 512]
+    np.testing.assert_allclose(times, [0.0, 1.0, 1.25])
+    assert [len(b) for b in batches] == [2, 1]
+    assert reader.skipped == 0
+
+
+def test_blkparse_completions_only(tmp_path: Path) -> None:
+    text = "".join(line + "\n" for line in BLKPARSE.splitlines() if " C " in line)
+    _, offs, lens, _ = collect(read_trace(write(tmp_path, text)))
+    assert offs.tolist() == [223490 * 512]
+    assert lens.tolist() == [8 * 512]
+
+
+@pytest.mark.parametrize("header", ["", "Timestamp,Hostname,DiskNumber,Type,Offset,Size,ResponseTime\n"])
+def test_msr(tmp_path: Path, header: str) -> None:
+    reader = read_trace(write(tmp_path, header + MSR_ROWS), batch=3)
+    assert reader.format == "msr"
+    batches, offs, lens, times = collect(reader)
+    assert offs.tolist() == [1317441536, 2436440064, 512]
+    assert lens.tolist() == [8192, 4096, 512]
+    # 100 ns ticks, counted from the first record (a read).
+    np.testing.assert_allclose(times, [1.3320526, 2.3320616, 4.3320616])
+    assert [len(b) for b in batches] == [3]
+
+
+def test_batches_split_and_are_independent(tmp_path: Path) -> None:
+    lines = ["fio version 2 iolog"] + [f"f write {i * 4096} 4096" for i in range(7)]
+    batches = list(read_trace(write(tmp_path, "\n".join(lines) + "\n"), batch=3))
+    assert [len(b) for b in batches] == [3, 3, 1]
+    # Each yielded batch owns its arrays: later batches do not overwrite it.
+    assert batches[0].offsets.tolist() == [0, 4096, 8192]
+    assert batches[1].offsets.tolist() == [12288, 16384, 20480]
+    with pytest.raises(dataclasses_frozen_error()):
+        batches[0].offsets = np.empty(0, np.int64)  # type: ignore[misc]
+
+
+def dataclasses_frozen_error() -> type[Exception]:
+    import dataclasses
+
+    return dataclasses.FrozenInstanceError
+
+
+@pytest.mark.parametrize(
+    ("fmt", "text", "line", "what"),
+    [
+        ("fio", "fio version 2 iolog\nf write 0 4096\nf write x 4096\n", 3, "offset"),
+        ("fio", "fio version 2 iolog\nf scribble 0 4096\n", 2, "unknown action"),
+        ("fio", "fio version 3 iolog\n1 f write 0\n", 2, "expected"),
+        ("blkparse", "  8,0 0 1 0.1 5 Q W 12x + 8 [a]\n", 1, "sector + count"),
+        ("blkparse", "  8,0 0 1 0.1 Q\n", 1, "event line"),
+        ("msr", "1,h,0,Write,0,512,1\n2,h,0,Write,0\n", 2, "7 comma-separated"),
+        ("msr", "1,h,0,Flush,0,512,1\n", 1, "neither Read nor Write"),
+    ],
+)
+def test_malformed_line_names_file_and_line(tmp_path: Path, fmt: str, text: str, line: int, what: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(TraceFormatError, match=re.escape(what)) as info:
+        list(read_trace(path, format=fmt))
+    assert f"{path}:{line}:" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_skip_bad_counts(tmp_path: Path) -> None:
+    text = "fio version 2 iolog\nf write 0 4096\nf write x 4096\ngarbage\nf write 8192 4096\n"
+    reader = read_trace(write(tmp_path, text), skip_bad=True)
+    _, offs, _, _ = collect(reader)
+    assert offs.tolist() == [0, 8192]
+    assert reader.skipped == 2 and reader.lines == 5
+    list(reader)  # iterating again re-reads and resets the counts
+    assert reader.skipped == 2
+
+
+def test_autodetect_and_unknown_format(tmp_path: Path) -> None:
+    assert read_trace(write(tmp_path, "\n\n" + FIO_V3, "a")).format == "fio"
+    assert read_trace(write(tmp_path, BLKPARSE, "b")).format == "blkparse"
+    assert read_trace(write(tmp_path, MSR_ROWS, "c")).format == "msr"
+    for name, text in [("d", "hello world\n"), ("e", ""), ("f", "fio version 1 iolog\n")]:
+        path = write(tmp_path, text, name)
+        with pytest.raises(TraceFormatError) as info:
+            read_trace(path)
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    path = write(tmp_path, FIO_V2)
+    with pytest.raises(FileNotFoundError):
+        read_trace(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError):
+        read_trace(tmp_path / "missing", format="msr")
+    with pytest.raises(InvalidArgumentError):
+        read_trace(path, format="csv")
+    with pytest.raises(InvalidArgumentError):
+        read_trace(path, batch=0)
+    with pytest.raises(TraceFormatError, match="header"):
+        list(read_trace(write(tmp_path, MSR_ROWS, "m"), format="fio"))
+
+
+def test_big_trace_streams_in_batches(tmp_path: Path) -> None:
+    n = 300_000
+    path = tmp_path / "big.csv"
+    with path.open("w") as f:
+        for i in range(n):
+            kind = "Read" if i % 3 == 0 else "Write"
+            f.write(f"{128166372003061629 + i * 10},h,0,{kind},{i * 512},{512 + (i % 8) * 512},5\n")
+    reader = read_trace(path, batch=65536)
+    total = count = batches = 0
+    for b in reader:
+        assert len(b) <= 65536
+        batches += 1
+        count += len(b)
+        total += int(b.lengths.sum())
+    writes = [i for i in range(n) if i % 3]
+    assert count == len(writes) == reader.writes
+    assert total == sum(512 + (i % 8) * 512 for i in writes)
+    assert batches == -(-len(writes) // 65536)
+    assert reader.lines == n
+
+
+def test_replay_into_volume(tmp_path: Path) -> None:
+    with tiered.open(str(tmp_path / "store"), sync=False) as store:
+        vol = store.create_volume("v", size=1 << 30, granularity=4096, strategy="hybrid")
+        vol.checkpoint("before")
+        for b in read_trace(write(tmp_path, BLKPARSE)):
+            vol.mark_many(b.offsets, b.lengths)
+        changed = vol.changed_since("before")
+        # Sector 223490 is not 4 KiB aligned: its 4 KiB write spans two chunks.
+        assert list(changed) == [(4096, 4096), (1 << 20, 2 << 20), (223490 * 512 // 4096 * 4096, 8192)]
+
+
+@pytest.mark.parametrize("strategy", ["one-bit", "multi-bit", "hybrid"])
+def test_real_fio_log_matches_changed_bytes(tmp_path: Path, strategy: str) -> None:
+    fio = shutil.which("fio")
+    if fio is None:
+        pytest.skip("fio is not installed")
+    size, chunk = 64 << 20, 4096
+    data, log = tmp_path / "data", tmp_path / "iolog"
+    rng = np.random.default_rng(7)
+    before = rng.integers(0, 256, size, dtype=np.uint8)
+    before.tofile(data)  # pre-filled at full size, so fio does not lay the file out
+    # Zero buffers over random bytes: every written 4 KiB chunk visibly changes.
+    subprocess.run(
+        [fio, "--name=t", f"--filename={data}", "--rw=randwrite", "--bs=4k", "--size=64M",
+         "--io_size=2M", "--ioengine=psync", f"--write_iolog={log}", "--randrepeat=1",
+         "--randseed=7", "--zero_buffers", "--output=/dev/null"],
+        check=True, capture_output=True,
+    )
+    after = np.fromfile(data, dtype=np.uint8)
+    differs = (before.reshape(-1, chunk) != after.reshape(-1, chunk)).any(axis=1)
+    expected = set(np.flatnonzero(differs).tolist())
+    assert len(expected) == (2 << 20) // chunk
+
+    reader = read_trace(log)
+    assert reader.format == "fio"
+    with tiered.open(str(tmp_path / "store"), sync=False) as store:
+        vol = store.create_volume("f", size=size, granularity=chunk, strategy=strategy)
+        vol.checkpoint("before")
+        for b in reader:
+            vol.mark_many(b.offsets, b.lengths)
+        got: set[int] = set()
+        for offset, length in vol.changed_since("before"):
+            got.update(range(offset // chunk, (offset + length) // chunk))
+    assert got == expected
