@@ -17,7 +17,8 @@ from .errors import (
     VolumeNotFoundError,
 )
 from .storage import Storage, volume_key
-from .volume import Volume, _as_int, check_name
+from .checks import as_int
+from .volume import Volume, check_name
 
 FORMAT = 1
 # The directory keeps one int32 per page of the volume (see segments.py);
@@ -112,8 +113,8 @@ class Store:
     ) -> Volume:
         """Create a volume of ``size`` bytes tracked in chunks of ``granularity`` bytes."""
         check_name(name, "volume")
-        size = _as_int(size, "size")
-        granularity = _as_int(granularity, "granularity")
+        size = as_int(size, "size")
+        granularity = as_int(granularity, "granularity")
         chosen = Strategy.coerce(strategy)
         if not MIN_GRANULARITY <= granularity <= MAX_GRANULARITY or granularity & (granularity - 1):
             raise InvalidArgumentError(

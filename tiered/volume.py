@@ -10,7 +10,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import dataclasses
-import operator
 import threading
 import time
 from array import array
@@ -21,6 +20,7 @@ import numpy as np
 from . import _kernels as K
 from .codec import pack_json, unpack_json
 from .config import MAX_NAME_BYTES, Strategy
+from .checks import as_int
 from .errors import (
     AlreadyExistsError,
     CheckpointLimitError,
@@ -68,15 +68,6 @@ def check_name(name: object, what: str) -> str:
             f"{what} name is {size} bytes in UTF-8; the limit is {MAX_NAME_BYTES}"
         )
     return name
-
-
-def _as_int(value: object, what: str) -> int:
-    if isinstance(value, bool):
-        raise InvalidArgumentError(f"{what} must be an integer, got bool")
-    try:
-        return operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise InvalidArgumentError(f"{what} must be an integer, got {type(value).__name__}") from None
 
 
 def _as_int_array(values: object, what: str) -> np.ndarray:
@@ -214,8 +205,8 @@ class Volume:
         """Mark every chunk that the write [offset, offset + length) touches."""
         # Every statement here is on the per-write path: keep it short.
         if type(offset) is not int or type(length) is not int:
-            offset = _as_int(offset, "offset")
-            length = _as_int(length, "length")
+            offset = as_int(offset, "offset")
+            length = as_int(length, "length")
         if offset < 0 or length < 0 or offset + length > self.size:
             raise OutOfRangeError(
                 f"write [{offset}, {offset}+{length}) lies outside volume {self.name!r} of size {self.size}"
@@ -376,12 +367,12 @@ class Volume:
     # -- queries --------------------------------------------------------
 
     def _region(self, offset: object, length: object) -> tuple[int, int]:
-        start = _as_int(offset, "offset")
+        start = as_int(offset, "offset")
         if start < 0 or start > self.size:
             raise OutOfRangeError(f"offset {start} lies outside volume {self.name!r} of size {self.size}")
         if length is None:
             return start, self.size
-        span = _as_int(length, "length")
+        span = as_int(length, "length")
         if span < 0 or span > self.size - start:
             raise OutOfRangeError(
                 f"region [{start}, {start}+{span}) lies outside volume {self.name!r} of size {self.size}"

@@ -22,13 +22,13 @@ the description: changing it changes how random numbers are drawn.
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from .batches import WriteBatch
+from .checks import as_int
 from .errors import InvalidArgumentError
 
 __all__ = ["KINDS", "CheckpointMark", "Event", "Workload", "WriteBatch", "generate"]
@@ -98,7 +98,7 @@ class Workload:
             raise InvalidArgumentError(f"kind must be one of {', '.join(KINDS)}; got {self.kind!r}")
         for name in ("volume_size", "writes", "align", "batch"):
             _positive_int(getattr(self, name), name)
-        if _as_int(self.seed, "seed") < 0:
+        if as_int(self.seed, "seed") < 0:
             raise InvalidArgumentError(f"seed must be non-negative, got {self.seed}")
         self._check_sizes()
         self._check_clock()
@@ -385,17 +385,8 @@ def _mixed(log: Placer, data: Placer, log_fraction: float) -> Placer:
 # -- argument helpers -------------------------------------------------------
 
 
-def _as_int(value: object, what: str) -> int:
-    if isinstance(value, bool):
-        raise InvalidArgumentError(f"{what} must be an integer, got bool")
-    try:
-        return operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise InvalidArgumentError(f"{what} must be an integer, got {type(value).__name__}") from None
-
-
 def _positive_int(value: object, what: str) -> int:
-    v = _as_int(value, what)
+    v = as_int(value, what)
     if v <= 0:
         raise InvalidArgumentError(f"{what} must be positive, got {v}")
     return v
