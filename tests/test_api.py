@@ -361,11 +361,20 @@ def test_page_sized_writes_use_no_rows(store):
 # -- several processes ------------------------------------------------------
 
 
+# Children import this checkout's tiered, whatever the current directory.
+CHILD_ENV = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 def _in_child(code: str) -> subprocess.CompletedProcess:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return subprocess.run(
-        [sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=root),
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", code], env=CHILD_ENV, capture_output=True, text=True, timeout=120
+    )
+
+
+def _interactive_child(code: str) -> subprocess.Popen:
+    """A child that reads our stdin and writes to a pipe, for step-by-step tests."""
+    return subprocess.Popen(
+        [sys.executable, "-c", code], env=CHILD_ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
 
 
@@ -396,17 +405,14 @@ def test_reader_sees_one_snapshot_while_a_writer_runs(tmp_path):
             v.mark(i << 20, 1)
         v.flush()
     # a reader's snapshot outlives a writer that folds and deletes pages
-    child = subprocess.Popen(
-        [sys.executable, "-c",
-         "import tiered, sys\n"
-         f"with tiered.open({path!r}, readonly=True) as s:\n"
-         "    v = s.volume('v', strategy=tiered.Strategy('hybrid', recent=1, cache_bytes=0))\n"
-         "    first = list(v.changed_since('c0'))\n"
-         "    print('ready', flush=True)\n"
-         "    sys.stdin.readline()\n"
-         "    print(first == list(v.changed_since('c0')), len(first), flush=True)\n"],
-        env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    child = _interactive_child(
+        "import tiered, sys\n"
+        f"with tiered.open({path!r}, readonly=True) as s:\n"
+        "    v = s.volume('v', strategy=tiered.Strategy('hybrid', recent=1, cache_bytes=0))\n"
+        "    first = list(v.changed_since('c0'))\n"
+        "    print('ready', flush=True)\n"
+        "    sys.stdin.readline()\n"
+        "    print(first == list(v.changed_since('c0')), len(first), flush=True)\n"
     )
     assert child.stdout.readline().strip() == "ready"
     with tiered.open(path, sync=False) as s:
@@ -423,16 +429,13 @@ def test_reader_follows_volumes_added_and_removed_by_the_writer(tmp_path):
     path = str(tmp_path / "s")
     with tiered.open(path, sync=False) as s:
         s.create_volume("old", size=1 << 20)
-    child = subprocess.Popen(
-        [sys.executable, "-c",
-         "import tiered, sys\n"
-         f"r = tiered.open({path!r}, readonly=True)\n"
-         "print(r.volumes(), flush=True)\n"
-         "sys.stdin.readline()\n"
-         "print(r.volumes())\n"
-         "try:\n    r.volume('old')\nexcept tiered.VolumeNotFoundError:\n    print('gone')\n"],
-        env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    child = _interactive_child(
+        "import tiered, sys\n"
+        f"r = tiered.open({path!r}, readonly=True)\n"
+        "print(r.volumes(), flush=True)\n"
+        "sys.stdin.readline()\n"
+        "print(r.volumes())\n"
+        "try:\n    r.volume('old')\nexcept tiered.VolumeNotFoundError:\n    print('gone')\n"
     )
     assert child.stdout.readline().strip() == "['old']"
     with tiered.open(path, sync=False) as s:

@@ -200,7 +200,8 @@ def cmd_volumes(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_checkpoints_arguments(parser: argparse.ArgumentParser) -> None:
+def add_volume_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """STORE VOLUME [--json]: the arguments of the per-volume listings."""
     add_store_argument(parser)
     add_volume_argument(parser)
     add_json_argument(parser)
@@ -292,12 +293,6 @@ def cmd_changed(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
-    add_store_argument(parser)
-    add_volume_argument(parser)
-    add_json_argument(parser)
-
-
 def cmd_stats(args: argparse.Namespace) -> int:
     with open_store(args.store) as store:
         stats = store.volume(args.volume).stats()
@@ -343,11 +338,11 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "checkpoints",
         "list the checkpoints of a volume, oldest first",
-        add_checkpoints_arguments,
+        add_volume_report_arguments,
         cmd_checkpoints,
     ),
     Command("changed", "map the ranges written since a checkpoint", add_changed_arguments, cmd_changed),
-    Command("stats", "show the costs and counters of a volume", add_stats_arguments, cmd_stats),
+    Command("stats", "show the costs and counters of a volume", add_volume_report_arguments, cmd_stats),
     Command(
         "demo",
         "replay a built-in workload through every strategy in a temporary store and compare costs",
