@@ -90,6 +90,10 @@ def test_mark_gens_and_threshold_match_naive(batches, dtype):
         bits = SegmentTable(N_CHUNKS)
         bits.or_at_least(table.spans(), at_least)
         assert table_bits(bits) == {c for c, g in expected.items() if g >= at_least}
+        for below in range(at_least, len(batches) + 2):
+            band = SegmentTable(N_CHUNKS)
+            band.or_at_least(table.spans(), at_least, below)
+            assert table_bits(band) == {c for c, g in expected.items() if at_least <= g < below}
 
 
 @settings(max_examples=40, deadline=None)

@@ -39,6 +39,7 @@ SLOTS_USED = 2
 SLOTS_CAP = 3
 ABSENT = -1
 FULL_ENTRY = -3  # uniform value 1: the entry of a full bitmap segment or page
+NO_LIMIT = 1 << 62  # above every generation any table can hold
 
 ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -357,22 +358,25 @@ def or_spans(index, pool, n_top, first, count, ref, rows, start):
 
 
 @njit(**_jit)
-def threshold_spans(index, pool, n_top, first, count, ref, rows, gen, start):
-    """OR into a bitmap table the chunks of a generation span list >= gen."""
+def threshold_spans(index, pool, n_top, first, count, ref, rows, gen, below, start):
+    """OR into a bitmap table the chunks of a generation span list with
+    ``gen <= generation < below``."""
     bits = np.empty(SEG_WORDS, np.uint64)
     for i in range(start, first.shape[0]):
         r = ref[i]
         if r < 0:
-            if uniform_value(r) >= gen and not _set_span(index, pool, n_top, first[i], count[i], 1, True):
+            v = uniform_value(r)
+            if gen <= v < below and not _set_span(index, pool, n_top, first[i], count[i], 1, True):
                 return i
             continue
         # One branch-free pass builds the segment's bits; only a segment
-        # with some chunk >= gen gets a row.
+        # with some chunk in the band gets a row.
         hit = np.uint64(0)
         for w in range(SEG_WORDS):
             word = np.uint64(0)
             for b in range(64):
-                word |= np.uint64(rows[r, w * 64 + b] >= gen) << np.uint64(b)
+                v = rows[r, w * 64 + b]
+                word |= np.uint64((v >= gen) & (v < below)) << np.uint64(b)
             bits[w] = word
             hit |= word
         if not hit:
@@ -1027,7 +1031,7 @@ def decode_gen_spans(buf, page, rows_like, index, pool, n_top, at_least):
                 return False, first, count, ref, rows
             ref[i] = uniform_entry(v)
             if stream:
-                threshold_spans(index, pool, n_top, first[i : i + 1], count[i : i + 1], ref[i : i + 1], rows, at_least, 0)
+                threshold_spans(index, pool, n_top, first[i : i + 1], count[i : i + 1], ref[i : i + 1], rows, at_least, NO_LIMIT, 0)
             continue
         if c != 1:
             return False, first, count, ref, rows
@@ -1068,7 +1072,7 @@ def decode_gen_spans(buf, page, rows_like, index, pool, n_top, at_least):
         if p < 0:
             return False, first, count, ref, rows
         if stream:
-            threshold_spans(index, pool, n_top, first[i : i + 1], count[i : i + 1], ref[i : i + 1], rows, at_least, 0)
+            threshold_spans(index, pool, n_top, first[i : i + 1], count[i : i + 1], ref[i : i + 1], rows, at_least, NO_LIMIT, 0)
     if p != end:
         return False, first, count, ref, rows
     if nrows < n and not stream:

@@ -173,10 +173,11 @@ class SegmentTable:
             lambda start: K.or_spans(self.index, self.pool, self.n_top, *spans, start), len(spans)
         )
 
-    def or_at_least(self, spans: Spans, gen: int) -> None:
-        """OR into this bitmap the chunks of a generation span list >= gen."""
+    def or_at_least(self, spans: Spans, gen: int, below: int = K.NO_LIMIT) -> None:
+        """OR into this bitmap the chunks of a generation span list with
+        ``gen <= generation < below``."""
         self._until_done(
-            lambda start: K.threshold_spans(self.index, self.pool, self.n_top, *spans, gen, start),
+            lambda start: K.threshold_spans(self.index, self.pool, self.n_top, *spans, gen, below, start),
             len(spans),
         )
 

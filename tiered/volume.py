@@ -19,7 +19,7 @@ import numpy as np
 
 from . import _kernels as K
 from .codec import pack_json, unpack_json
-from .config import MAX_NAME_BYTES, Strategy
+from .config import MAX_GEN_32, MAX_NAME_BYTES, Strategy
 from .checks import as_int
 from .errors import (
     AlreadyExistsError,
@@ -31,7 +31,7 @@ from .errors import (
     ReadOnlyError,
 )
 from .extents import Extents
-from .pages import Batch, PageIO
+from .pages import Batch, PageCache, PageIO
 from .storage import checkpoint_key, checkpoint_key_gen, volume_key
 from .strategies import gens_dtype, make_history
 from .strategies.base import nothing
@@ -68,6 +68,10 @@ def check_name(name: object, what: str) -> str:
             f"{what} name is {size} bytes in UTF-8; the limit is {MAX_NAME_BYTES}"
         )
     return name
+
+
+def _width_note(strategy: Strategy) -> str:
+    return f" of width {strategy.width}" if strategy.mode == "multi-bit" else ""
 
 
 def _as_int_array(values: object, what: str) -> np.ndarray:
@@ -308,16 +312,20 @@ class Volume:
         history = self._history
 
         def build(batch: Batch) -> Callable[[], None]:
-            self._storage.delete_prefix(batch.txn, self._storage.checkpoints, volume_key(self._id))
-            for c in self._checkpoints:
-                batch.txn.put(
-                    checkpoint_key(self._id, c.generation),
-                    pack_json({"name": c.name, "created": c.created}),
-                    db=self._storage.checkpoints,
-                )
+            self._put_checkpoints(batch.txn, self._checkpoints)
             return history.flush(batch)
 
         self._transact(build, dirty=False)
+
+    def _put_checkpoints(self, txn: Any, checkpoints: list[Checkpoint]) -> None:
+        """Replace the stored checkpoints (after renumbering)."""
+        self._storage.delete_prefix(txn, self._storage.checkpoints, volume_key(self._id))
+        for c in checkpoints:
+            txn.put(
+                checkpoint_key(self._id, c.generation),
+                pack_json({"name": c.name, "created": c.created}),
+                db=self._storage.checkpoints,
+            )
 
     def checkpoints(self) -> list[Checkpoint]:
         """Live checkpoints, oldest first."""
@@ -414,6 +422,72 @@ class Volume:
                     f"checkpoint {older!r} is not older than {newer!r}; pass the older one first"
                 )
             return self._answer(a, b, lo, hi)
+
+    # -- conversion -------------------------------------------------------
+
+    def convert(self, strategy: Strategy | str) -> None:
+        """Keep this volume's history with another strategy from now on.
+
+        Every checkpoint stays, and every answer keeps every chunk it had:
+        where the old strategy knew only the last period that wrote a chunk
+        (multi-bit, or hybrid's folded periods), the new one knows no more,
+        and answers about those intervals stay supersets (``exact=False``).
+        One transaction, which also persists what RAM holds: a crash leaves
+        the old strategy or the new one, never a mix.
+        """
+        target = Strategy.coerce(strategy)
+        with self._lock:
+            self._check_writable()
+            self._drain()
+            if target.fixed() == self.strategy.fixed():
+                # Only the cache budget, which is not stored, can differ.
+                self._transact(self._history.flush, dirty=False)
+                self._io.cache = PageCache(target.cache_bytes)
+                self.strategy = target
+                return
+            io = PageIO(self._storage, self._id, target.cache_bytes, gens_dtype(target))
+            history = make_history(target, io, self._n_chunks)
+            live = np.array([c.generation for c in self._checkpoints], np.int64)
+            renumber = self._gen > history.max_generation
+            if self._gen > MAX_GEN_32 or (renumber and (target.mode != "multi-bit" or len(live) > history.max_generation)):
+                raise CheckpointLimitError(
+                    f"volume {self.name!r} is at generation {self._gen} with {len(live)} live "
+                    f"checkpoints, more than a {target.mode} strategy{_width_note(target)} can hold"
+                )
+            gen, lost, checkpoints = self._gen, self._lost, self._checkpoints
+            if renumber:
+                gen = len(live)
+                lost = int(np.searchsorted(live, self._lost, side="right"))
+                checkpoints = [dataclasses.replace(c, generation=i) for i, c in enumerate(checkpoints, start=1)]
+            old_fields = self._history.record_fields()
+            staged: dict[str, Any] = {}
+
+            def body(txn: Any) -> None:
+                image = self._history.export(txn, self._gen)
+                old = self._io.batch(txn)
+                for tag, g in list(self._io.catalog):
+                    old.delete(tag, g)
+                new = io.batch(txn)
+                staged["after"] = history.adopt(new, image, live)
+                staged["batch"] = new
+                if renumber:
+                    self._put_checkpoints(txn, checkpoints)
+                record = {k: v for k, v in self._record.items() if k not in old_fields}
+                record.update(
+                    strategy=target.fixed(), generation=gen, lost_generation=lost, dirty=False, **new.record
+                )
+                txn.put(volume_key(self._id), pack_json(record), db=self._storage.volumes)
+                staged["record"] = record
+
+            self._storage.write(body)
+            io.apply(staged["batch"])
+            staged["after"]()
+            self._io, self._history, self.strategy = io, history, target
+            self._record = staged["record"]
+            self._gen, self._lost, self._dirty = gen, lost, False
+            self._checkpoints = checkpoints
+            self._by_name = {c.name: c for c in checkpoints}
+            self._update_marking()
 
     # -- persistence and costs --------------------------------------------
 

@@ -14,6 +14,7 @@ committed, so a failed write leaves RAM and disk as they were.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from typing import Any, Callable
 
@@ -27,6 +28,33 @@ AfterCommit = Callable[[], None]
 
 def nothing() -> None:
     """An after-commit callback with nothing to do."""
+
+
+# The dtype of a history image's last-write table: generations of every
+# strategy fit once the volume has checked them against MAX_GEN_32.
+IMAGE_GENS_DTYPE = np.dtype(np.uint32)
+
+
+@dataclasses.dataclass
+class HistoryImage:
+    """Everything a history knows, in a form every strategy can adopt.
+
+    Periods from ``exact_from`` on are known exactly, one writeset each;
+    of older periods only the last one that wrote each chunk is known.
+    """
+
+    #: The period the active writeset belongs to.
+    current: int
+    #: The first period whose writes are known exactly (0: all of them).
+    exact_from: int
+    #: Per chunk, the last period that wrote it (0: none); None when
+    #: ``exact_from`` is 0.  It covers the exact periods too, so that a
+    #: later write shows that an older one may be hidden.
+    last: SegmentTable | None
+    #: Exact writesets of sealed periods >= ``exact_from``, by generation.
+    writesets: dict[int, SegmentTable]
+    #: Chunks written in period ``current``.
+    active: SegmentTable
 
 
 class History(ABC):
@@ -74,6 +102,15 @@ class History(ABC):
     @abstractmethod
     def flush(self, batch: Batch) -> AfterCommit:
         """Persist the state held in RAM, so that reopening loses nothing."""
+
+    @abstractmethod
+    def export(self, txn: Any, current: int) -> HistoryImage:
+        """Everything this history knows, read inside ``txn``."""
+
+    @abstractmethod
+    def adopt(self, batch: Batch, image: HistoryImage, live: np.ndarray) -> AfterCommit:
+        """Store ``image`` as this (empty) history's state.  ``live`` holds
+        the generations of the live checkpoints, ascending."""
 
     def renumber(self, live: np.ndarray) -> None:
         """Map every generation v to the number of ``live`` generations <= v."""

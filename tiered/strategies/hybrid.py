@@ -21,9 +21,9 @@ import numpy as np
 from ..config import MAX_GEN_32
 from ..pages import Batch
 from ..segments import SegmentTable, Spans, chunk_page_range
-from ..storage import TAG_GENS, TAG_WRITESET
-from .base import AfterCommit, nothing
-from .one_bit import OneBitHistory
+from ..storage import TAG_ACTIVE, TAG_GENS, TAG_WRITESET
+from .base import AfterCommit, HistoryImage, nothing
+from .one_bit import SNAPSHOT_GEN, OneBitHistory
 
 # The generation array is a single table; its pages are keyed by this gen.
 ARRAY_GEN = 0
@@ -45,7 +45,7 @@ class HybridHistory(OneBitHistory):
         self.folded_through = int(record.get("folded_through", 0))
 
     def record_fields(self) -> dict[str, Any]:
-        return {"folded_through": self.folded_through}
+        return {**super().record_fields(), "folded_through": self.folded_through}
 
     def _fold(self, batch: Batch, upto: int) -> AfterCommit:
         """Fold every writeset of a period <= upto into the generation array."""
@@ -109,6 +109,39 @@ class HybridHistory(OneBitHistory):
 
         return done
 
+    def export(self, txn: Any, current: int) -> HistoryImage:
+        if not self.folded_through:
+            return super().export(txn, current)
+        last = SegmentTable(self.n_chunks, GENS_DTYPE)
+        for spans in self.io.read_table(TAG_GENS, ARRAY_GEN, txn=txn, keep=False):
+            last.load(spans)
+        return self._image(txn, current, self.folded_through + 1, last)
+
+    def adopt(self, batch: Batch, image: HistoryImage, live: np.ndarray) -> AfterCommit:
+        gens = sorted(image.writesets)
+        # Leave as many one-bit writesets as a fold would.
+        fold = gens[: -self.recent] if len(gens) > 2 * self.recent else []
+        last = image.last
+        # The generation array stands for every period before exact_from.
+        folded = max(image.exact_from - 1, 0)
+        for gen in fold:
+            if last is None:
+                last = SegmentTable(self.n_chunks, GENS_DTYPE)
+            last.assign(image.writesets[gen].spans(), gen)
+            folded = gen
+        if last is not None:
+            batch.put_table(TAG_GENS, ARRAY_GEN, last)
+        for gen in gens[len(fold) :]:
+            batch.put_table(TAG_WRITESET, gen, image.writesets[gen])
+        batch.put_table(TAG_ACTIVE, SNAPSHOT_GEN, image.active)
+        batch.record.update(folded_through=folded, exact_from=0)
+
+        def done() -> None:
+            self.active = image.active
+            self.folded_through = folded
+
+        return done
+
     def changed(self, since: int, until: int | None, c_lo: int, c_hi: int) -> tuple[Spans, bool]:
         if since > self.folded_through:
             return super().changed(since, until, c_lo, c_hi)
@@ -116,7 +149,10 @@ class HybridHistory(OneBitHistory):
         pages = chunk_page_range(c_lo, c_hi)
         self.io.or_at_least(TAG_GENS, ARRAY_GEN, pages, acc, since)
         exact = True
-        if until is not None and until <= self.folded_through:
+        # A generation >= until hides whether the chunk was also written in
+        # [since, until): then the answer is a superset.  (After a
+        # conversion the array may hold periods past folded_through.)
+        if until is not None:
             probe = SegmentTable(self.n_chunks)
             self.io.or_at_least(TAG_GENS, ARRAY_GEN, pages, probe, until)
             exact = probe.is_empty()

@@ -18,7 +18,7 @@ from ..config import max_generation
 from ..pages import Batch
 from ..segments import SegmentTable, Spans, chunk_seg_range
 from ..storage import TAG_GENS
-from .base import AfterCommit, History, nothing
+from .base import IMAGE_GENS_DTYPE, AfterCommit, History, HistoryImage, nothing
 
 ARRAY_GEN = 0
 
@@ -55,6 +55,32 @@ class MultiBitHistory(History):
         batch.delete(TAG_GENS, ARRAY_GEN)
         batch.put_table(TAG_GENS, ARRAY_GEN, self.array)
         return nothing
+
+    def export(self, txn: Any, current: int) -> HistoryImage:
+        spans = self.array.spans()
+        last = SegmentTable(self.n_chunks, IMAGE_GENS_DTYPE)
+        last.load(Spans(spans.first, spans.count, spans.ref, spans.rows.astype(IMAGE_GENS_DTYPE)))
+        active = SegmentTable(self.n_chunks)
+        active.or_at_least(spans, current)
+        # Of every sealed period, only the last writer of each chunk is known.
+        return HistoryImage(current, current, last, {}, active)
+
+    def adopt(self, batch: Batch, image: HistoryImage, live: np.ndarray) -> AfterCommit:
+        work = image.last if image.last is not None else SegmentTable(self.n_chunks, IMAGE_GENS_DTYPE)
+        for gen in sorted(image.writesets):
+            work.assign(image.writesets[gen].spans(), gen)
+        work.assign(image.active.spans(), image.current)
+        if image.current > self.max_generation:
+            work.remap(live)  # the volume renumbers its checkpoints to match
+        spans = work.spans()
+        array = SegmentTable(self.n_chunks, self.io.gens_dtype)
+        array.load(Spans(spans.first, spans.count, spans.ref, spans.rows.astype(self.io.gens_dtype)))
+        batch.put_table(TAG_GENS, ARRAY_GEN, array)
+
+        def done() -> None:
+            self.array = array
+
+        return done
 
     def renumber(self, live: np.ndarray) -> None:
         self.array.remap(live)

@@ -16,7 +16,7 @@ import numpy as np
 from ..pages import Batch
 from ..segments import SegmentTable, Spans
 from ..storage import TAG_ACTIVE, TAG_WRITESET
-from .base import AfterCommit, History, nothing
+from .base import IMAGE_GENS_DTYPE, AfterCommit, History, HistoryImage, nothing
 
 # The flush snapshot of the active writeset has no period of its own.
 SNAPSHOT_GEN = 0
@@ -30,6 +30,11 @@ class OneBitHistory(History):
     def __init__(self, io, n_chunks: int) -> None:
         super().__init__(io, n_chunks)
         self.active = SegmentTable(n_chunks)
+        #: Writesets of periods before this one hold only the chunks each
+        #: period wrote last (the volume was converted from a strategy that
+        #: knew no more), so an interval starting before it is answered as
+        #: "changed since" its start.  0: every writeset is exact.
+        self.exact_from = 0
 
     def load(self, txn: Any, record: dict[str, Any]) -> None:
         for spans in self.io.read_table(TAG_ACTIVE, SNAPSHOT_GEN, txn=txn):
@@ -37,6 +42,10 @@ class OneBitHistory(History):
         # Snapshot pages are read once at open; keeping them cached would
         # only hold a second copy of the active writeset.
         self.io.cache.clear()
+        self.exact_from = int(record.get("exact_from", 0))
+
+    def record_fields(self) -> dict[str, Any]:
+        return {"exact_from": self.exact_from}
 
     def mark_many(self, offsets: np.ndarray, lengths: np.ndarray, shift: int, gen: int) -> None:
         self.active.mark_many(offsets, lengths, shift, 1)
@@ -106,9 +115,63 @@ class OneBitHistory(History):
         batch.put_table(TAG_ACTIVE, SNAPSHOT_GEN, self.active)
         return nothing
 
+    # -- conversion -------------------------------------------------------
+
+    def export(self, txn: Any, current: int) -> HistoryImage:
+        return self._image(txn, current, self.exact_from, None)
+
+    def _image(self, txn: Any, current: int, exact_from: int, last: SegmentTable | None) -> HistoryImage:
+        """An image of the stored writesets on top of ``last`` (the
+        generation array of the periods before ``exact_from``, if any)."""
+        if exact_from and last is None:
+            last = SegmentTable(self.n_chunks, IMAGE_GENS_DTYPE)
+        writesets: dict[int, SegmentTable] = {}
+        for gen in self.writesets(0):
+            table = SegmentTable(self.n_chunks)
+            for spans in self.io.read_table(TAG_WRITESET, gen, txn=txn, keep=False):
+                table.load(spans)
+            if last is not None:
+                last.assign(table.spans(), gen)
+            if gen >= exact_from:
+                writesets[gen] = table
+        if last is not None:
+            last.assign(self.active.spans(), current)
+        return HistoryImage(current, exact_from, last, writesets, self.active)
+
+    def adopt(self, batch: Batch, image: HistoryImage, live: np.ndarray) -> AfterCommit:
+        # Live intervals that start before exact_from get one writeset each:
+        # the chunks they wrote last.  Intervals starting there need the
+        # "changed since" answer, so exact_from stays while any is live.
+        bounds = [int(g) for g in live if g < image.exact_from]
+        exact_from = image.exact_from if bounds else 0
+        if image.last is not None and bounds:
+            last = image.last.spans()
+            for lo, hi in zip(bounds, bounds[1:] + [image.exact_from]):
+                band = SegmentTable(self.n_chunks)
+                band.or_at_least(last, lo, hi)
+                batch.put_table(TAG_WRITESET, lo, band)
+        for gen, table in image.writesets.items():
+            if len(live) and gen >= live[0]:
+                batch.put_table(TAG_WRITESET, gen, table)
+        batch.put_table(TAG_ACTIVE, SNAPSHOT_GEN, image.active)
+        batch.record["exact_from"] = exact_from
+
+        def done() -> None:
+            self.active = image.active
+            self.exact_from = exact_from
+
+        return done
+
     # -- queries --------------------------------------------------------
 
     def changed(self, since: int, until: int | None, c_lo: int, c_hi: int) -> tuple[Spans, bool]:
+        if until is not None and since < self.exact_from:
+            # A chunk rewritten from ``until`` on may also have been written
+            # in [since, until) without any writeset showing it: answer
+            # everything since, which is exact if nothing was written later.
+            spans, _ = self.changed(since, None, c_lo, c_hi)
+            later, _ = self.changed(until, None, c_lo, c_hi)
+            return spans, not len(later.runs(c_lo, c_hi)[0])
         gens = self.writesets(since, until)
         if not gens and until is None:
             return self._region_spans(self.active, c_lo, c_hi), True
