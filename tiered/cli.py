@@ -139,7 +139,7 @@ def format_map_line(offset: int, length: int, kind: int) -> str:
 #
 # Each subcommand is an `add_<name>_arguments` function that declares its
 # options and a `cmd_<name>` function that runs it and returns an exit code;
-# COMMANDS below lists them.  To add one (`demo`, `compare`...), write those
+# COMMANDS below lists them.  To add one, write those
 # two functions and append a Command to COMMANDS: main() needs no change.
 # Handlers import the engine themselves (see the module docstring).
 
@@ -306,20 +306,161 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoints", type=int, default=30, help="checkpoints to create (default: 30)")
-    parser.add_argument(
-        "--writes", type=int, default=100_000, help="random 4 KiB writes between checkpoints (default: 100000)"
+def parse_size_list(text: str) -> list[int]:
+    """``4K,64K``: one size or a comma-separated sweep."""
+    return [parse_size(part) for part in text.split(",")]
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
+    return value
+
+
+# Kept here so that `tiered compare --help` needs no engine import; a test
+# checks them against tiered.workloads.KINDS and tiered.traces.FORMATS.
+WORKLOAD_KINDS = ("uniform", "zipf", "sequential", "database")
+TRACE_FORMATS = ("fio", "blkparse", "msr")
+DEFAULT_WORKLOAD = "zipf"
+DEFAULT_VOLUME = 1 << 40
+DEFAULT_WRITES = 10_000_000
+DEFAULT_CHECKPOINT_EVERY = 100_000
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "Sizes are bytes or take a binary suffix (64K, 32M, 1T).  Lists are comma-separated and "
+        "swept: every combination of --mode, --granularity and --cache is measured.  Exit status: "
+        "0 with a recommendation, 1 if no configuration meets the limits or answers differ.  "
+        "Example: tiered compare --trace app.iolog --max-ram 32M --max-query-ms 20"
     )
-    parser.add_argument("--seed", type=int, default=1, help="workload seed (default: 1)")
+    source = parser.add_argument_group(
+        "what to replay",
+        f"default: the built-in workload, {DEFAULT_WRITES:,} zipf-skewed 4 KiB writes on a 1 TiB "
+        f"volume with a checkpoint every {DEFAULT_CHECKPOINT_EVERY:,} writes",
+    )
+    which = source.add_mutually_exclusive_group()
+    which.add_argument("--trace", metavar="FILE", help="a block trace: fio iolog (v2, v3), blkparse text or MSR Cambridge CSV")
+    which.add_argument("--workload", choices=WORKLOAD_KINDS, help=f"a synthetic workload (default: {DEFAULT_WORKLOAD})")
+    source.add_argument("--format", choices=TRACE_FORMATS, help="the trace's format (default: detected)")
+    source.add_argument("--skip-bad", action="store_true", help="skip malformed trace lines instead of stopping")
+    source.add_argument("--size", type=parse_size, metavar="SIZE",
+                        help="volume size (default: 1T for a workload, the last byte written for a trace)")
+    source.add_argument("--writes", type=positive_int, default=DEFAULT_WRITES, metavar="N", help="writes of a workload")
+    source.add_argument("--write-size", type=parse_size, metavar="SIZE", help="bytes per write of a workload (default: 4K, 8K for database)")
+    source.add_argument("--seed", type=int, default=1, help="workload seed (default: 1)")
+    source.add_argument("--iops", type=positive_float, metavar="RATE", help="give workload writes Poisson arrival times at this rate")
+    clock = source.add_mutually_exclusive_group()
+    clock.add_argument("--checkpoint-every", type=positive_int, metavar="N",
+                       help=f"writes between checkpoints (default: {DEFAULT_CHECKPOINT_EVERY:,})")
+    clock.add_argument("--checkpoint-seconds", type=positive_float, metavar="S",
+                       help="seconds of trace time between checkpoints (a timed trace, or a workload with --iops)")
+    configs = parser.add_argument_group("what to compare")
+    configs.add_argument("--mode", default="one-bit,multi-bit,hybrid", metavar="MODES",
+                         help="strategies (default: one-bit,multi-bit,hybrid)")
+    configs.add_argument("--granularity", type=parse_size_list, default=[64 << 10], metavar="SIZES",
+                         help="bytes per tracked chunk (default: 64K)")
+    configs.add_argument("--cache", type=parse_size_list, default=[64 << 20], metavar="SIZES",
+                         help="page-cache budget per volume (default: 64M)")
+    configs.add_argument("--width", type=int, choices=(8, 16, 32), default=16, help="multi-bit generation bits (default: 16)")
+    configs.add_argument("--recent", type=positive_int, default=8, metavar="N", help="hybrid's one-bit writesets (default: 8)")
+    limits = parser.add_argument_group("your limits, for the recommendation")
+    limits.add_argument("--max-ram", type=parse_size, metavar="SIZE", help="peak RAM")
+    limits.add_argument("--max-query-ms", type=positive_float, metavar="MS", help="cold changed_since of the oldest checkpoint")
+    limits.add_argument("--max-checkpoint-ms", type=positive_float, metavar="MS", help="the slowest checkpoint")
+    limits.add_argument("--min-writes-per-s", type=positive_float, metavar="RATE", help="mark throughput")
+    output = parser.add_argument_group("output")
+    add_json_argument(output)
+    output.add_argument("--plot", metavar="FILE.png", help="also draw RAM against query latency, and throughput")
+    output.add_argument("--dir", metavar="DIR", help="where the temporary stores go (default: the system's temp dir)")
+    output.add_argument("--no-sync", action="store_true", help="do not fsync at checkpoints (faster, not crash-safe)")
+    output.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    if args.checkpoints < 1 or args.writes < 1:
-        raise ValueError("--checkpoints and --writes must be at least 1")
-    from . import demo  # the engine: imported only when the command runs
+def _compare_recording(args: argparse.Namespace, path: str, progress: bool) -> Any:
+    from . import compare
+    from .workloads import Workload, schedule_checkpoints
 
-    return demo.run(sys.stdout, checkpoints=args.checkpoints, writes_per_checkpoint=args.writes, seed=args.seed)
+    every = args.checkpoint_every
+    if every is None and args.checkpoint_seconds is None:
+        every = DEFAULT_CHECKPOINT_EVERY
+    if args.trace is None:
+        if args.format or args.skip_bad:
+            raise ValueError("--format and --skip-bad apply to --trace only")
+        workload = Workload(
+            args.workload or DEFAULT_WORKLOAD,
+            volume_size=args.size or DEFAULT_VOLUME,
+            writes=args.writes,
+            write_size=args.write_size,
+            seed=args.seed,
+            checkpoint_every=every,
+            checkpoint_seconds=args.checkpoint_seconds,
+            iops=args.iops,
+        )
+        return compare.record_workload(workload, path, progress)
+    if args.iops or args.write_size:
+        raise ValueError("--iops and --write-size apply to workloads, not to --trace")
+    from .traces import read_trace
+
+    reader = read_trace(args.trace, args.format, skip_bad=args.skip_bad)
+    events = schedule_checkpoints(reader, every, args.checkpoint_seconds)
+    rec = compare.record(events, path, args.size, f"trace {args.trace} ({reader.format})", progress)
+    if reader.skipped:
+        warn(f"skipped {reader.skipped:,} malformed lines of {args.trace}")
+    return rec
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
+    from . import advisor, compare, report
+
+    limits = advisor.Limits(args.max_ram, args.max_query_ms, args.max_checkpoint_ms, args.min_writes_per_s)
+    modes = [m.strip() for m in args.mode.split(",")]
+    configs = compare.configurations(modes, args.granularity, args.cache, args.width, args.recent)
+    progress = not args.no_progress
+    workdir = tempfile.mkdtemp(prefix="tiered-compare-", dir=args.dir)
+    try:
+        rec = _compare_recording(args, os.path.join(workdir, "writes.bin"), progress)
+        if not args.json:
+            sys.stdout.write(
+                f"replaying {rec.description}: {rec.writes:,} writes, {len(rec.marks)} checkpoints, "
+                f"volume {format_size(rec.size)}; {len(configs)} configurations, one at a time\n\n"
+            )
+            sys.stdout.flush()
+        results = compare.compare(rec, configs, workdir=workdir, sync=not args.no_sync, progress=progress)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    problems = compare.disagreements(results)
+    advice = advisor.recommend(results, limits)
+    if args.plot:
+        from . import plot
+
+        chosen = None if advice.choice is None else advice.choice.label
+        plot.draw(results, args.plot, limits, rec.description, chosen)
+    if args.json:
+        write_json(report.document(rec, results, limits, advice, problems))
+    else:
+        report.write_table(sys.stdout, results)
+        report.write_verdict(sys.stdout, results, advice, problems)
+        if args.plot:
+            sys.stdout.write(f"\nplot written to {args.plot}\n")
+    return EXIT_FAILURE if problems or advice.choice is None else EXIT_OK
 
 
 @dataclasses.dataclass(frozen=True)
@@ -344,10 +485,10 @@ COMMANDS: tuple[Command, ...] = (
     Command("changed", "map the ranges written since a checkpoint", add_changed_arguments, cmd_changed),
     Command("stats", "show the costs and counters of a volume", add_volume_report_arguments, cmd_stats),
     Command(
-        "demo",
-        "replay a built-in workload through every strategy in a temporary store and compare costs",
-        add_demo_arguments,
-        cmd_demo,
+        "compare",
+        "replay a workload or trace through each strategy, measure the costs, and recommend one",
+        add_compare_arguments,
+        cmd_compare,
     ),
 )
 

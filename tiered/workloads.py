@@ -22,7 +22,7 @@ the description: changing it changes how random numbers are drawn.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +31,7 @@ from .batches import WriteBatch
 from .checks import as_int
 from .errors import InvalidArgumentError
 
-__all__ = ["KINDS", "CheckpointMark", "Event", "Workload", "WriteBatch", "generate"]
+__all__ = ["KINDS", "CheckpointMark", "Event", "Workload", "WriteBatch", "generate", "schedule_checkpoints"]
 
 KINDS = ("uniform", "zipf", "sequential", "database")
 
@@ -233,6 +233,41 @@ def generate(workload: Workload) -> Iterator[Event]:
             if w.checkpoint_every is not None and done % w.checkpoint_every == 0 and done < w.writes:
                 period += 1
                 yield CheckpointMark(period)
+
+
+def schedule_checkpoints(
+    batches: Iterable[WriteBatch], every: int | None = None, seconds: float | None = None
+) -> Iterator[Event]:
+    """Checkpoint marks for a stream without any (a trace): every ``every``
+    writes, or every ``seconds`` of the batches' own clock.  Like
+    :func:`generate`, the stream starts with ``CheckpointMark(0)``."""
+    if (every is None) == (seconds is None):
+        raise InvalidArgumentError("give one of every (writes) or seconds (trace time)")
+    if every is not None:
+        _positive_int(every, "every")
+    elif not (math.isfinite(_as_float(seconds, "seconds")) and seconds > 0):
+        raise InvalidArgumentError(f"seconds must be positive and finite, got {seconds}")
+    yield CheckpointMark(0)
+    done = period = 0
+    for batch in batches:
+        if seconds is not None:
+            if batch.times is None:
+                raise InvalidArgumentError(
+                    "checkpoints every N seconds need timestamps, and these writes have none "
+                    "(fio writes them only in iolog version 3): checkpoint every N writes instead"
+                )
+            period = yield from _split_by_time(batch.offsets, batch.lengths, batch.times, seconds, period)
+            continue
+        start = 0
+        while start < len(batch):
+            if done and done % every == 0:
+                period += 1
+                yield CheckpointMark(period)
+            stop = min(len(batch), start + every - done % every)
+            times = None if batch.times is None else batch.times[start:stop]
+            yield WriteBatch(batch.offsets[start:stop], batch.lengths[start:stop], times)
+            done += stop - start
+            start = stop
 
 
 def _split_by_time(

@@ -1,0 +1,233 @@
+"""`tiered compare`: recording, measuring in child processes, advice, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import tiered
+from tiered import cli
+from tiered.advisor import Limits, recommend, violations
+from tiered.compare import (
+    CheckpointMark,
+    Config,
+    Measurement,
+    compare,
+    configurations,
+    disagreements,
+    read_recording,
+    record,
+    record_workload,
+)
+from tiered.traces import FORMATS
+from tiered.workloads import KINDS, Workload, WriteBatch
+
+SMALL = Workload("zipf", volume_size=1 << 30, writes=30_000, checkpoint_every=3000, seed=3)
+
+
+def events_of(rec) -> list:
+    out = []
+    for ev in read_recording(rec):
+        if isinstance(ev, CheckpointMark):
+            out.append(("mark", ev.index))
+        else:
+            out.extend(zip(ev.offsets.tolist(), ev.lengths.tolist()))
+    return out
+
+
+def batch(offsets, lengths) -> WriteBatch:
+    return WriteBatch(np.array(offsets, np.int64), np.array(lengths, np.int64))
+
+
+def test_recording_replays_the_same_events(tmp_path):
+    events = [CheckpointMark(0), batch([0, 4096], [4096, 10]), CheckpointMark(1), CheckpointMark(2),
+              batch([8192], [512]), CheckpointMark(3)]
+    rec = record(events, str(tmp_path / "w"), None, "test")
+    assert rec.writes == 3 and rec.marks == (0, 2, 2, 3) and rec.size == rec.extent == 8704
+    assert events_of(rec) == [("mark", 0), (0, 4096), (4096, 10), ("mark", 1), ("mark", 2),
+                              (8192, 512), ("mark", 3)]
+
+
+def test_recording_splits_long_batches_and_keeps_order(tmp_path):
+    rec = record_workload(SMALL, str(tmp_path / "w"))
+    expected = []
+    from tiered.workloads import generate
+
+    for ev in generate(SMALL):
+        if isinstance(ev, CheckpointMark):
+            expected.append(("mark", ev.index))
+        else:
+            expected.extend(zip(ev.offsets.tolist(), ev.lengths.tolist()))
+    assert events_of(rec) == expected
+    assert rec.size == SMALL.volume_size and len(rec.marks) == 10
+
+
+def test_recording_rejects_writes_past_the_size(tmp_path):
+    with pytest.raises(tiered.OutOfRangeError, match="past the volume size 4096"):
+        record([CheckpointMark(0), batch([4000], [200])], str(tmp_path / "w"), 4096, "t")
+    with pytest.raises(tiered.InvalidArgumentError, match="no writes"):
+        record([CheckpointMark(0)], str(tmp_path / "w"), None, "t")
+
+
+def test_every_strategy_is_measured_and_answers_agree(tmp_path):
+    rec = record_workload(SMALL, str(tmp_path / "w"))
+    configs = configurations(["one-bit", "multi-bit", "hybrid"], [4096, 65536], [1 << 20], recent=2)
+    results = compare(rec, configs, workdir=str(tmp_path), sync=False, progress=False)
+    assert [m.label for m in results] == [c.label for c in configs]
+    assert disagreements(results) == []
+    for m in results:
+        assert m.ok, m.error
+        assert m.writes == SMALL.writes and m.checkpoints == 10
+        assert m.writes_per_s > 0 and 0 < m.checkpoint_p50_ms <= m.checkpoint_max_ms
+        assert m.query_oldest_ms > 0 and m.reopen_ms > 0
+        assert m.ram_peak_bytes >= m.ram_steady_bytes and m.ram_engine_bytes > 0
+        assert m.disk_bytes > 0 and m.store_file_bytes >= m.disk_bytes and m.cpu_s > 0
+    # The oldest answer is every distinct chunk written (zipf rewrites a hot set).
+    for m in results:
+        same_granularity = [x for x in results if x.granularity == m.granularity]
+        assert {x.digest for x in same_granularity} == {m.digest}
+        assert m.changed_bytes % m.granularity == 0 or m.changed_bytes == SMALL.volume_size
+
+
+def test_a_failing_configuration_is_reported_not_raised(tmp_path):
+    w = Workload("uniform", volume_size=1 << 30, writes=3000, checkpoint_every=10, seed=1)
+    rec = record_workload(w, str(tmp_path / "w"))
+    narrow = Config(tiered.Strategy("multi-bit", width=8), 65536)
+    wide = Config(tiered.Strategy("multi-bit", width=16), 65536)
+    results = compare(rec, [narrow, wide], workdir=str(tmp_path), sync=False, progress=False)
+    assert not results[0].ok and "CheckpointLimitError" in results[0].error
+    assert results[1].ok
+    assert disagreements(results) == []
+
+
+def measurement(label: str, **values) -> Measurement:
+    base = dict(mode="one-bit", width=None, recent=None, granularity=65536, cache_bytes=1 << 20,
+                writes=1, checkpoints=1, writes_per_s=1e7, checkpoint_p50_ms=1.0, checkpoint_max_ms=2.0,
+                query_oldest_ms=10.0, ram_peak_bytes=10 << 20, disk_bytes=1 << 20)
+    base.update(values)
+    return Measurement(label=label, **base)
+
+
+def test_advice_respects_limits_and_explains_itself():
+    lean = measurement("lean", ram_peak_bytes=4 << 20, query_oldest_ms=40.0)
+    fast = measurement("fast", mode="multi-bit", width=16, ram_peak_bytes=40 << 20, query_oldest_ms=5.0)
+    advice = recommend([lean, fast], Limits(max_ram=32 << 20))
+    assert advice.choice is lean and "the only configuration" in advice.reason
+    advice = recommend([lean, fast], Limits(max_query_ms=20))
+    assert advice.choice is fast
+    advice = recommend([lean, fast], Limits(max_ram=1 << 20))
+    assert advice.choice is None
+    assert "closest is lean" in advice.reason and "peak RAM 4.0 MiB > 1.0 MiB" in advice.reason
+    assert violations(fast, Limits(max_ram=32 << 20, max_query_ms=1)) == [
+        "peak RAM 40.0 MiB > 32.0 MiB", "cold query of the oldest checkpoint 5.0 ms > 1.0 ms"]
+
+
+def test_advice_without_limits_balances_every_measure():
+    # Each is best somewhere; "middle" is never more than 2x from the best.
+    a = measurement("a", ram_peak_bytes=1 << 20, query_oldest_ms=100.0)
+    b = measurement("b", ram_peak_bytes=100 << 20, query_oldest_ms=1.0)
+    middle = measurement("middle", ram_peak_bytes=2 << 20, query_oldest_ms=2.0)
+    advice = recommend([a, b, middle], Limits())
+    assert advice.choice is middle
+    assert "no limits were given" in advice.reason and "2.0x" in advice.reason
+    failed = measurement("broken", error="CheckpointLimitError: too many")
+    assert recommend([failed], Limits()).choice is None
+
+
+@pytest.mark.parametrize("bad", [{"max_ram": 0}, {"max_query_ms": -1.0}, {"max_ram": float("inf")},
+                                 {"min_writes_per_s": "fast"}])
+def test_impossible_limits_are_rejected(bad):
+    with pytest.raises(tiered.InvalidArgumentError):
+        Limits(**bad)
+
+
+def test_disagreeing_answers_are_reported():
+    a = measurement("a", digest="x")
+    b = measurement("b", digest="y")
+    other = measurement("c", granularity=4096, digest="z")
+    assert disagreements([a, b, other]) == ["b answered differently from a"]
+
+
+# -- the command ---------------------------------------------------------------
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_lists_match_the_engine():
+    assert cli.WORKLOAD_KINDS == KINDS
+    assert cli.TRACE_FORMATS == FORMATS
+
+
+def test_cli_compare_prints_a_table_and_a_recommendation(tmp_path, capsys):
+    code, out, err = run_cli(
+        capsys, "compare", "--writes", "20000", "--checkpoint-every", "2000", "--size", "1G",
+        "--no-progress", "--no-sync", "--dir", str(tmp_path), "--max-ram", "1G", "--plot", str(tmp_path / "p.png"),
+    )
+    assert code == 0, err
+    assert "CONFIGURATION" in out and "one-bit 64K cache 64M" in out and "hybrid r8" in out
+    assert "All 3 configurations gave the same answers" in out
+    assert "Recommended:" in out and "tiered convert STORE VOLUME" in out
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list(tmp_path.iterdir()) == [tmp_path / "p.png"]  # temporary stores are gone
+
+
+def test_cli_compare_json_from_a_trace(tmp_path, capsys):
+    trace = tmp_path / "t.log"
+    lines = ["fio version 2 iolog", "/dev/x add", "/dev/x open"]
+    lines += [f"/dev/x write {i * 8192} 4096" for i in range(3000)]
+    trace.write_text("\n".join(lines) + "\n")
+    code, out, err = run_cli(
+        capsys, "compare", "--trace", str(trace), "--checkpoint-every", "300", "--mode", "one-bit,multi-bit",
+        "--granularity", "4K,8K", "--json", "--no-progress", "--no-sync",
+    )
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["writes"] == 3000 and doc["checkpoints"] == 10 and doc["volume_size"] == 2999 * 8192 + 4096
+    assert [r["label"] for r in doc["results"]] == [
+        "one-bit 4K cache 64M", "one-bit 8K cache 64M", "multi-bit w16 4K cache 64M", "multi-bit w16 8K cache 64M"]
+    assert doc["answers_agree"] and doc["recommendation"]["apply"].startswith("tiered convert")
+    # Every other 4 KiB block was written: 4K chunks see half, 8K chunks all.
+    by_label = {r["label"]: r for r in doc["results"]}
+    assert by_label["one-bit 4K cache 64M"]["changed_bytes"] == 3000 * 4096
+    assert by_label["one-bit 8K cache 64M"]["changed_bytes"] == 3000 * 8192 - 4096
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--trace", "/nonexistent/trace.log"], "No such file or directory"),
+        (["--max-ram", "0"], "max_ram must be positive"),
+        (["--mode", "two-bit"], "mode"),
+        (["--trace", "TRACE", "--checkpoint-seconds", "1"], "need timestamps"),
+        (["--trace", "TRACE", "--size", "4K"], "past the volume size"),
+    ],
+)
+def test_cli_compare_bad_input_is_one_line(tmp_path, capsys, argv, message):
+    trace = tmp_path / "t.log"
+    trace.write_text("fio version 2 iolog\n/dev/x write 8192 4096\n")
+    argv = [str(trace) if a == "TRACE" else a for a in argv]
+    code, out, err = run_cli(capsys, "compare", "--no-progress", *argv)
+    assert code == 1
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_cli_compare_unmeetable_limits_exit_1(tmp_path, capsys):
+    code, out, err = run_cli(
+        capsys, "compare", "--writes", "5000", "--size", "1G", "--mode", "multi-bit", "--no-progress",
+        "--no-sync", "--max-ram", "1K",
+    )
+    assert code == 1
+    assert "No recommendation: no configuration meets --max-ram 1.0 KiB" in out
+
+
+def test_cli_compare_usage_errors(capsys):
+    code, _, err = run_cli(capsys, "compare", "--format", "pcap")
+    assert code == 2 and "invalid choice" in err
+    code, _, err = run_cli(capsys, "compare", "--trace", "x", "--workload", "zipf")
+    assert code == 2 and "not allowed with" in err

@@ -1,0 +1,441 @@
+"""Replay one workload through several configurations and measure each.
+
+A configuration is a strategy (mode, width or recent, cache budget) and a
+granularity.  The writes are first recorded once to a file, so every
+configuration replays exactly the same input and none pays for generating
+or parsing it.  Each configuration then runs alone in a fresh child process
+with its own temporary store: RAM and CPU are the process's own, measured
+by the kernel, not estimated, and one configuration's leftovers cannot
+inflate the next one's numbers.  Configurations run one after another so
+they never compete for the CPU.
+
+What is measured, per configuration (all in :class:`Measurement`):
+
+* mark throughput: writes per second of wall time spent in ``mark_many``,
+  fed batches of up to 64 Ki writes;
+* checkpoint latency: median and worst of every ``checkpoint()``;
+* ``changed_since`` of the newest and of the oldest checkpoint, warm (in the
+  writer, right after the replay) and cold (after reopening the store, with
+  an empty cache), and the cost of that reopen;
+* RAM: the growth of the process's anonymous resident memory over its
+  baseline after a warm-up, at its peak (sampled every 2 ms and after every
+  call) and in the steady state after the replay; ``stats()["ram_bytes"]``
+  alongside, and the peak of the whole resident set (which also counts the
+  store's pages mapped in by reads);
+* disk: the volume's bytes in the store and the size of the store's file;
+* CPU seconds of the child, and its wall time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import hashlib
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from typing import Any
+
+import numpy as np
+
+from .batches import WriteBatch
+from .config import Strategy
+from .errors import InvalidArgumentError, OutOfRangeError, TieredError
+from .workloads import CheckpointMark, Event, Workload, generate
+
+# Writes handed to one mark_many call during a replay.
+REPLAY_BATCH = 65536
+# How often the sampler thread reads the resident memory.
+SAMPLE_SECONDS = 0.002
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One thing to measure: a strategy at a granularity."""
+
+    strategy: Strategy
+    granularity: int
+
+    @property
+    def label(self) -> str:
+        s = self.strategy
+        extra = {"multi-bit": f" w{s.width}", "hybrid": f" r{s.recent}"}.get(s.mode, "")
+        return f"{s.mode}{extra} {_short_size(self.granularity)} cache {_short_size(s.cache_bytes)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Recording:
+    """Writes recorded to a file, with the points where checkpoints go.
+
+    ``path`` holds int64 (offset, length) pairs; checkpoint ``k`` is taken
+    before write ``marks[k]``.
+    """
+
+    path: str
+    writes: int
+    marks: tuple[int, ...]
+    size: int
+    #: One past the last byte any write touches.
+    extent: int
+    description: str
+
+
+def record(
+    events: Iterable[Event], path: str, size: int | None, description: str, progress: bool = False
+) -> Recording:
+    """Write ``events`` to ``path`` once; ``size`` None: the writes' extent."""
+    from tqdm import tqdm
+
+    marks: list[int] = []
+    writes = extent = 0
+    with open(path, "wb") as f, tqdm(
+        unit="writes", unit_scale=True, desc="recording", disable=not progress or None, leave=False
+    ) as bar:
+        for event in events:
+            if isinstance(event, CheckpointMark):
+                marks.append(writes)
+                continue
+            if not len(event):
+                continue
+            if int(event.offsets.min()) < 0 or int(event.lengths.min()) < 0:
+                raise InvalidArgumentError(f"{description}: a write has a negative offset or length")
+            extent = max(extent, int((event.offsets + event.lengths).max()))
+            np.stack((event.offsets, event.lengths), axis=1).tofile(f)
+            writes += len(event)
+            bar.update(len(event))
+    if not writes:
+        raise InvalidArgumentError(f"{description}: no writes to replay")
+    if size is None:
+        size = extent
+    elif extent > size:
+        raise OutOfRangeError(f"{description}: writes reach byte {extent}, past the volume size {size}")
+    return Recording(path, writes, tuple(marks), size, extent, description)
+
+
+def record_workload(workload: Workload, path: str, progress: bool = False) -> Recording:
+    w = workload
+    sizes = ", ".join(_short_size(int(s)) for s in w.size_choices()[0])
+    text = f"the {w.kind} workload ({sizes} writes, seed {w.seed})"
+    return record(generate(w), path, w.volume_size, text, progress)
+
+
+def read_recording(rec: Recording) -> Iterator[Event]:
+    """The recorded events, in batches of at most REPLAY_BATCH writes."""
+    marks = list(rec.marks)
+    k = done = 0
+    with open(rec.path, "rb") as f:
+        while done < rec.writes or k < len(marks):
+            while k < len(marks) and marks[k] == done:
+                yield CheckpointMark(k)
+                k += 1
+            stop = min(rec.writes, done + REPLAY_BATCH, marks[k] if k < len(marks) else rec.writes)
+            if stop == done:
+                break
+            pairs = np.fromfile(f, np.int64, 2 * (stop - done)).reshape(-1, 2)
+            yield WriteBatch(np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1]))
+            done = stop
+
+
+# -- memory ----------------------------------------------------------------
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def anon_rss() -> int:
+    """Resident memory that is not a mapped file (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            fields = f.read().split()
+    except OSError:
+        return 0
+    return (int(fields[1]) - int(fields[2])) * _PAGE
+
+
+def _status_kib(field: bytes) -> int:
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1]) << 10
+    except OSError:
+        pass
+    return 0
+
+
+def _reset_peak_rss() -> bool:
+    """Restart the kernel's resident high-water mark (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakSampler:
+    """The highest anonymous RSS seen, by a thread and by explicit samples.
+
+    The kernels release the GIL, so the thread also sees memory that lives
+    only inside one call.
+    """
+
+    def __init__(self) -> None:
+        self.peak = anon_rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_SECONDS):
+            self.sample()
+
+    def sample(self) -> int:
+        now = anon_rss()
+        if now > self.peak:
+            self.peak = now
+        return now
+
+    def __enter__(self) -> "PeakSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+
+# -- one configuration, in a child process -----------------------------------
+
+
+@dataclasses.dataclass
+class Measurement:
+    label: str
+    mode: str
+    width: int | None
+    recent: int | None
+    granularity: int
+    cache_bytes: int
+    error: str | None = None
+    writes: int = 0
+    checkpoints: int = 0
+    writes_per_s: float = 0.0
+    checkpoint_p50_ms: float = 0.0
+    checkpoint_max_ms: float = 0.0
+    query_newest_ms: float = 0.0
+    query_oldest_ms: float = 0.0
+    query_newest_warm_ms: float = 0.0
+    query_oldest_warm_ms: float = 0.0
+    reopen_ms: float = 0.0
+    ram_peak_bytes: int = 0
+    ram_steady_bytes: int = 0
+    ram_engine_bytes: int = 0
+    rss_peak_bytes: int = 0
+    disk_bytes: int = 0
+    store_file_bytes: int = 0
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    changed_bytes: int = 0
+    extents: int = 0
+    digest: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _empty_measurement(config: Config) -> Measurement:
+    s = config.strategy
+    return Measurement(
+        label=config.label,
+        mode=s.mode,
+        width=s.width if s.mode == "multi-bit" else None,
+        recent=s.recent if s.mode == "hybrid" else None,
+        granularity=config.granularity,
+        cache_bytes=s.cache_bytes,
+    )
+
+
+def _warm_up(config: Config, root: str) -> None:
+    """Compile or load every kernel the measured run will use, outside it."""
+    from . import store as store_module
+
+    w = Workload("uniform", volume_size=1 << 30, writes=20_000, checkpoint_every=1000, seed=1)
+    path = os.path.join(root, "warm")
+    with store_module.open(path, sync=False) as store:
+        vol = store.create_volume("warm", size=w.volume_size, granularity=config.granularity, strategy=config.strategy)
+        for event in generate(w):
+            if isinstance(event, CheckpointMark):
+                vol.checkpoint(f"c{event.index}")
+            else:
+                vol.mark_many(event.offsets, event.lengths)
+        vol.changed_since("c0")
+        vol.changed_between("c0", "c1")
+    with store_module.open(path, readonly=True) as store:
+        store.volume("warm").changed_since("c0")
+    shutil.rmtree(path)
+
+
+def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
+    t = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t
+
+
+def _digest(extents: Any) -> str:
+    h = hashlib.sha256()
+    h.update(extents.offsets.tobytes())
+    h.update(extents.lengths.tobytes())
+    return h.hexdigest()[:16]
+
+
+def measure(config: Config, rec: Recording, root: str, sync: bool, progress: bool) -> Measurement:
+    """Replay ``rec`` into a fresh store under ``root``: run in a child process."""
+    from . import store as store_module
+
+    result = _empty_measurement(config)
+    try:
+        _warm_up(config, root)
+        gc.collect()
+        base = anon_rss()
+        rss_base = _status_kib(b"VmRSS:") if _reset_peak_rss() else None
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        path = os.path.join(root, "store")
+        with PeakSampler() as sampler:
+            with store_module.open(path, sync=sync) as store:
+                vol = store.create_volume(
+                    "replay", size=rec.size, granularity=config.granularity, strategy=config.strategy
+                )
+                mark_s, ckpt_s = _replay(vol, rec, sampler, progress, config.label)
+                gc.collect()
+                result.ram_steady_bytes = sampler.sample() - base
+                result.ram_engine_bytes = vol.stats()["ram_bytes"]
+                names = [c.name for c in vol.checkpoints()]
+                _, result.query_newest_warm_ms = _ms(_timed(vol.changed_since, names[-1]))
+                _, result.query_oldest_warm_ms = _ms(_timed(vol.changed_since, names[0]))
+                sampler.sample()
+            del vol  # its cache must not outlive it into the cold half
+            gc.collect()
+            # Cold: a new open, with nothing cached.
+            (store, reopen_s) = _timed(store_module.open, path, False)
+            with store:
+                vol, open_vol_s = _timed(store.volume, "replay")
+                result.reopen_ms = (reopen_s + open_vol_s) * 1e3
+                newest, result.query_newest_ms = _ms(_timed(vol.changed_since, names[-1]))
+                oldest, result.query_oldest_ms = _ms(_timed(vol.changed_since, names[0]))
+                sampler.sample()
+                result.disk_bytes = vol.stats()["disk_bytes"]
+                result.digest = f"{_digest(newest)}:{_digest(oldest)}"
+                result.changed_bytes = oldest.total_bytes
+                result.extents = len(oldest)
+                del newest, oldest
+        result.cpu_s = time.process_time() - cpu0
+        result.wall_s = time.perf_counter() - wall0
+        result.ram_peak_bytes = sampler.peak - base
+        if rss_base is not None:
+            result.rss_peak_bytes = _status_kib(b"VmHWM:") - rss_base
+        result.store_file_bytes = os.path.getsize(os.path.join(path, "data.mdb"))
+        result.writes = rec.writes
+        result.checkpoints = len(ckpt_s)
+        result.writes_per_s = rec.writes / mark_s if mark_s else 0.0
+        result.checkpoint_p50_ms = float(np.median(ckpt_s)) * 1e3
+        result.checkpoint_max_ms = float(np.max(ckpt_s)) * 1e3
+    except TieredError as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    return result
+
+
+def _ms(pair: tuple[Any, float]) -> tuple[Any, float]:
+    return pair[0], pair[1] * 1e3
+
+
+def _replay(vol: Any, rec: Recording, sampler: PeakSampler, progress: bool, label: str) -> tuple[float, list[float]]:
+    """Feed the recording to the volume: (seconds in mark_many, seconds per checkpoint)."""
+    from tqdm import tqdm
+
+    mark_s = 0.0
+    ckpt_s: list[float] = []
+    with tqdm(total=rec.writes, unit="writes", unit_scale=True, desc=label, disable=not progress or None,
+              leave=False) as bar:
+        for event in read_recording(rec):
+            if isinstance(event, CheckpointMark):
+                _, seconds = _timed(vol.checkpoint, f"c{event.index}")
+                ckpt_s.append(seconds)
+            else:
+                _, seconds = _timed(vol.mark_many, event.offsets, event.lengths)
+                mark_s += seconds
+                bar.update(len(event))
+            sampler.sample()
+    return mark_s, ckpt_s
+
+
+# -- the comparison ------------------------------------------------------------
+
+
+def configurations(
+    modes: Sequence[str],
+    granularities: Sequence[int],
+    cache_budgets: Sequence[int],
+    width: int = 16,
+    recent: int = 8,
+) -> list[Config]:
+    """Every combination, in the order given (mode varies slowest)."""
+    out = []
+    for mode in modes:
+        for granularity in granularities:
+            for cache in cache_budgets:
+                strategy = Strategy(mode, width=width, recent=recent, cache_bytes=cache)
+                out.append(Config(strategy, granularity))
+    return out
+
+
+def compare(
+    rec: Recording,
+    configs: Sequence[Config],
+    *,
+    workdir: str | None = None,
+    sync: bool = True,
+    progress: bool = True,
+) -> list[Measurement]:
+    """Measure every configuration on the recording, one child process each."""
+    if not configs:
+        raise InvalidArgumentError("nothing to compare: no configuration given")
+    context = get_context("spawn")
+    results = []
+    for config in configs:
+        root = tempfile.mkdtemp(prefix="tiered-compare-", dir=workdir)
+        try:
+            with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+                results.append(pool.submit(measure, config, rec, root, sync, progress).result())
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    return results
+
+
+def disagreements(results: Sequence[Measurement]) -> list[str]:
+    """Configurations of one granularity whose answers differ: a bug if any."""
+    problems = []
+    by_granularity: dict[int, list[Measurement]] = {}
+    for m in results:
+        if m.ok:
+            by_granularity.setdefault(m.granularity, []).append(m)
+    for group in by_granularity.values():
+        first = group[0]
+        for other in group[1:]:
+            if other.digest != first.digest:
+                problems.append(f"{other.label} answered differently from {first.label}")
+    return problems
+
+
+def _short_size(n: int) -> str:
+    for unit, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return str(n)

@@ -1,0 +1,116 @@
+"""What `tiered compare` prints: the table, the verdict, and the JSON."""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from .advisor import Advice, Limits
+from .compare import Measurement, Recording
+
+HEADER = ("CONFIGURATION", "WRITES/S", "CKPT P50", "CKPT MAX", "Q NEWEST", "Q OLDEST",
+          "RAM PEAK", "RAM STEADY", "DISK", "CPU")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f}M"
+
+
+def _ms(x: float) -> str:
+    return f"{x:.1f}ms" if x >= 10 else f"{x:.2f}ms"
+
+
+def _row(m: Measurement) -> tuple[str, ...]:
+    if not m.ok:
+        return (m.label, f"failed: {m.error}")
+    return (
+        m.label,
+        f"{m.writes_per_s / 1e6:.1f}M",
+        _ms(m.checkpoint_p50_ms),
+        _ms(m.checkpoint_max_ms),
+        _ms(m.query_newest_ms),
+        _ms(m.query_oldest_ms),
+        _mib(m.ram_peak_bytes),
+        _mib(m.ram_steady_bytes),
+        _mib(m.disk_bytes),
+        f"{m.cpu_s:.2f}s",
+    )
+
+
+def write_table(out: TextIO, results: Sequence[Measurement]) -> None:
+    rows = [_row(m) for m in results]
+    widths = [max(len(r[i]) for r in [HEADER, *rows] if i < len(r)) for i in range(len(HEADER))]
+    for r in [HEADER, *rows]:
+        if len(r) < len(HEADER):  # a failure: one wide cell
+            out.write(f"{r[0].ljust(widths[0])}  {r[1]}\n")
+            continue
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
+        out.write("  ".join(cells) + "\n")
+
+
+def apply_command(m: Measurement) -> str:
+    """The command that converts an existing volume to the chosen strategy."""
+    extra = {"multi-bit": f" --width {m.width}", "hybrid": f" --recent {m.recent}"}.get(m.mode, "")
+    return f"tiered convert STORE VOLUME {m.mode}{extra}"
+
+
+def write_verdict(out: TextIO, results: Sequence[Measurement], advice: Advice, problems: Sequence[str]) -> None:
+    out.write(
+        "\nWRITES/S: mark_many throughput.  CKPT: checkpoint() latency.  Q: changed_since after a\n"
+        "reopen (cold cache).  RAM: measured growth of the process's anonymous memory (peak, and\n"
+        "after the replay).  DISK: the volume's bytes in the store.  CPU: process CPU seconds.\n"
+    )
+    done = [m for m in results if m.ok]
+    if problems:
+        out.write("\nANSWERS DIFFER (a bug; please report it):\n")
+        for p in problems:
+            out.write(f"  {p}\n")
+    elif done:
+        first = done[0]
+        out.write(
+            f"\nAll {len(done)} configurations gave the same answers.  Changed since the oldest "
+            f"checkpoint: {first.changed_bytes / 2**30:.2f} GiB in {first.extents:,} extents.\n"
+        )
+    if advice.choice is None:
+        out.write(f"\nNo recommendation: {advice.reason}.\n")
+        return
+    m = advice.choice
+    out.write(f"\nRecommended: {m.label}\n  why: {advice.reason}.\n")
+    out.write(f"  apply to an existing volume: {apply_command(m)}\n")
+    out.write(
+        f"  granularity is fixed when a volume is created (granularity={m.granularity}); the cache "
+        f"budget is set when a volume is opened (Strategy(..., cache_bytes={m.cache_bytes})).\n"
+    )
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "system": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+    }
+
+
+def document(
+    rec: Recording, results: Sequence[Measurement], limits: Limits, advice: Advice, problems: Sequence[str]
+) -> dict[str, Any]:
+    chosen = None
+    if advice.choice is not None:
+        chosen = {"label": advice.choice.label, "apply": apply_command(advice.choice)}
+    return {
+        "workload": rec.description,
+        "volume_size": rec.size,
+        "writes": rec.writes,
+        "checkpoints": len(rec.marks),
+        "machine": machine(),
+        "limits": {k: v for k, v in vars(limits).items() if v is not None},
+        "results": [m.to_dict() for m in results],
+        "answers_agree": not problems,
+        "disagreements": list(problems),
+        "recommendation": chosen,
+        "reason": advice.reason,
+    }
