@@ -8,7 +8,7 @@ import pytest
 import tiered
 from tiered.batches import WriteBatch
 from tiered.errors import InvalidArgumentError
-from tiered.workloads import KINDS, CheckpointMark, Workload, generate
+from tiered.workloads import KINDS, CheckpointMark, Workload, generate, schedule_checkpoints
 
 MiB = 1 << 20
 
@@ -269,3 +269,54 @@ def test_replay_into_volume(tmp_path, kind: str) -> None:
             assert np.array_equal(got_chunks, want)
     finally:
         st.close()
+
+
+# -- checkpoints for streams without any (traces) --------------------------------
+
+
+def _flatten(events) -> list:
+    out = []
+    for ev in events:
+        if isinstance(ev, CheckpointMark):
+            out.append(("mark", ev.index))
+        else:
+            out.extend(ev.offsets.tolist())
+    return out
+
+
+def _batches(sizes, times=False) -> list[WriteBatch]:
+    out, start = [], 0
+    for n in sizes:
+        offs = np.arange(start, start + n, dtype=np.int64)
+        clock = offs.astype(np.float64) / 10 if times else None
+        out.append(WriteBatch(offs, np.ones(n, np.int64), clock))
+        start += n
+    return out
+
+
+@pytest.mark.parametrize("sizes", [[5, 7], [12], [1] * 12, [3, 3, 3, 3]])
+def test_schedule_checkpoints_every_n_writes_ignores_batch_boundaries(sizes):
+    got = _flatten(schedule_checkpoints(_batches(sizes), every=3))
+    expected = [("mark", 0), 0, 1, 2, ("mark", 1), 3, 4, 5, ("mark", 2), 6, 7, 8, ("mark", 3), 9, 10, 11]
+    assert got == expected
+
+
+def test_schedule_checkpoints_by_trace_time_keeps_empty_periods():
+    # times are offset/10 s: writes 0..9 in second 0, 10..19 in second 1...
+    batches = _batches([15, 10])
+    timed = [WriteBatch(b.offsets, b.lengths, np.where(b.offsets < 20, b.offsets / 10, b.offsets / 10 + 2))
+             for b in batches]
+    # Writes 20..24 come at 4.0..4.4 s: seconds 2 and 3 have no writes but still get their marks.
+    got = _flatten(schedule_checkpoints(timed, seconds=1.0))
+    expected = [("mark", 0), *range(10), ("mark", 1), *range(10, 20), ("mark", 2), ("mark", 3), ("mark", 4),
+                *range(20, 25)]
+    assert got == expected
+
+
+def test_schedule_checkpoints_bad_arguments():
+    with pytest.raises(tiered.InvalidArgumentError, match="one of every"):
+        list(schedule_checkpoints(_batches([3])))
+    with pytest.raises(tiered.InvalidArgumentError, match="need timestamps"):
+        list(schedule_checkpoints(_batches([3]), seconds=1.0))
+    with pytest.raises(tiered.InvalidArgumentError, match="every"):
+        list(schedule_checkpoints(_batches([3]), every=0))
