@@ -326,7 +326,8 @@ def measure(config: Config, rec: Recording, root: str, sync: bool, progress: boo
             # Cold: a new open, with nothing cached.
             (store, reopen_s) = _timed(store_module.open, path, False)
             with store:
-                vol, open_vol_s = _timed(store.volume, "replay")
+                # The cache budget is not stored: pass the configured one again.
+                vol, open_vol_s = _timed(store.volume, "replay", config.strategy)
                 result.reopen_ms = (reopen_s + open_vol_s) * 1e3
                 newest, result.query_newest_ms = _ms(_timed(vol.changed_since, names[-1]))
                 oldest, result.query_oldest_ms = _ms(_timed(vol.changed_since, names[0]))
