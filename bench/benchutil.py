@@ -1,18 +1,22 @@
-"""Constants, data generators, the numba floor kernels and report helpers
-shared by the benchmark modules (fixtures are in conftest.py).
+"""Constants, data generators, the history builder, the numba floor kernels
+and report helpers shared by the benchmark modules (fixtures are in
+conftest.py).
 
-Nothing here holds state: only constants, pure functions and jitted kernels.
+Nothing here holds state: only constants, functions and jitted kernels.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
+
+import tiered
 
 # -- the workload of the issue ---------------------------------------------
 
@@ -92,6 +96,57 @@ def dirty_offsets(fraction: float, seed: int) -> np.ndarray:
     offs = random_chunks(fraction, seed) << SHIFT
     offs.setflags(write=False)
     return offs
+
+
+# -- stored histories -------------------------------------------------------
+
+HISTORY_FRACTION = 0.01  # of the chunks written in every period
+HISTORY_LENGTHS = (1, 10, 100)
+
+
+def ckpt_name(i: int) -> str:
+    return f"c{i:03d}"
+
+
+def positions(length: int) -> dict[str, int]:
+    """Indices of the oldest, middle and newest checkpoint of a history."""
+    return {"oldest": 0, "middle": length // 2, "newest": length - 1}
+
+
+@dataclass(frozen=True)
+class History:
+    """A closed store holding one volume ("vol") with checkpoints
+    c000 .. c{length-1} and one dirty set written after each.
+
+    ``expected_chunks[i]`` is how many chunks changed since checkpoint i, for
+    every i next to an oldest, middle or newest position (the answers the
+    benchmarks check, before and after removing a checkpoint)."""
+
+    path: str
+    mode: str
+    length: int
+    build_seconds: float
+    expected_chunks: dict[int, int]
+
+
+def build_history(path: str, mode: str, length: int, period: Callable[[int], np.ndarray]) -> History:
+    """Write a history: after checkpoint i, one 4 KiB write at each byte
+    offset of ``period(i)``; then close the store (sync=False)."""
+    # changed since c_i = union of the periods from i on: keep, per chunk,
+    # the newest period that wrote it.
+    newest_period = np.full(N_CHUNKS, -1, np.int32)
+    started = time.perf_counter()
+    with tiered.open(path, sync=False) as store:
+        vol = store.create_volume("vol", VOLUME_SIZE, GRANULARITY, strategy=tiered.Strategy(mode))
+        for i in range(length):
+            vol.checkpoint(ckpt_name(i))
+            offs = period(i)
+            vol.mark_many(offs, np.full(len(offs), WRITE_SIZE, np.int64))
+            newest_period[offs >> SHIFT] = i
+    build = time.perf_counter() - started
+    probes = {j for i in positions(length).values() for j in (i - 1, i, i + 1) if 0 <= j < length}
+    expected = {i: int((newest_period >= i).sum()) for i in sorted(probes)}
+    return History(path, mode, length, build, expected)
 
 
 # -- the numba floor --------------------------------------------------------

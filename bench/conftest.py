@@ -29,8 +29,11 @@ if _ROOT not in sys.path:
 
 from benchutil import (
     GRANULARITY,
+    HISTORY_FRACTION,
     VOLUME_SIZE,
+    History,
     WriteBatch,
+    build_history,
     compile_floor,
     dirty_offsets,
     make_write_batch,
@@ -125,6 +128,25 @@ def tracked_volume(open_store) -> Callable[..., tiered.Volume]:
         return vol
 
     return make
+
+
+@pytest.fixture(scope="session")
+def histories(tmp_path_factory, dirty_sets) -> Callable[[str, int], History]:
+    """``histories(mode, length)``: a closed store whose volume has
+    ``length`` checkpoints with a 1% random dirty set (``dirty_sets(0.01,
+    i)``) written after checkpoint i.  Built once per session and shared:
+    the query, history and union benchmarks read the same stores, and
+    whatever changes one works on a copy."""
+    built: dict[tuple[str, int], History] = {}
+
+    def get(mode: str, length: int) -> History:
+        key = (mode, length)
+        if key not in built:
+            path = str(tmp_path_factory.mktemp(f"history-{mode}-{length}") / "store")
+            built[key] = build_history(path, mode, length, lambda i: dirty_sets(HISTORY_FRACTION, i))
+        return built[key]
+
+    return get
 
 
 # -- results shared inside one module ---------------------------------------
