@@ -296,8 +296,155 @@ def test_usage_errors_exit_2(store_path, capsys, argv, fragments):
 def test_help_returns_0(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0
-    for name in ("volumes", "checkpoints", "changed", "stats"):
+    for name in ("volumes", "checkpoints", "changed", "stats", "convert"):
         assert name in out
+
+
+# -- convert ---------------------------------------------------------------
+
+
+def changed_maps(capsys: pytest.CaptureFixture[str], path: str) -> dict[tuple[str, str | None], dict]:
+    """`changed --json` since every checkpoint and between every pair."""
+    with tiered.open(path, readonly=True) as store:
+        names = [c.name for c in store.volume("vda").checkpoints()]
+    maps = {}
+    for i, older in enumerate(names):
+        for newer in [None, *names[i + 1 :]]:
+            argv = ["changed", path, "vda", older, "--json"] + ([] if newer is None else ["--to", newer])
+            code, out, err = run(capsys, *argv)
+            assert (code, err) == (0, "")
+            maps[older, newer] = json.loads(out)
+    return maps
+
+
+def report_rows(out: str) -> dict[str, str]:
+    rows = [line.split(":", 1) for line in out.splitlines()]
+    return {key: value.strip() for key, value in rows}
+
+
+def test_convert_round_trip(store_path, capsys):
+    before = changed_maps(capsys, store_path)
+    code, out, err = run(capsys, "convert", store_path, "vda", "one-bit")
+    assert (code, err) == (0, "")
+    rows = report_rows(out)
+    assert list(rows) == ["volume", "strategy", "checkpoints kept", "seconds", "disk_bytes", "ram_bytes"]
+    assert rows["volume"] == "vda"
+    assert rows["strategy"] == "hybrid (recent 8) -> one-bit"
+    assert rows["checkpoints kept"] == "2"
+    assert float(rows["seconds"]) >= 0
+    for key in ("disk_bytes", "ram_bytes"):
+        old, arrow, new = rows[key].split()
+        assert arrow == "->" and int(old) > 0 and int(new) > 0
+    # No folded period: one-bit keeps every answer exact, so every map is the same.
+    assert changed_maps(capsys, store_path) == before
+
+    code, out, err = run(capsys, "convert", store_path, "vda", "multi-bit", "--width", "8", "--json")
+    assert (code, err) == (0, "")
+    report = json.loads(out)
+    assert set(report) == {"volume", "from", "to", "checkpoints", "seconds", "disk_bytes", "ram_bytes"}
+    assert report["volume"] == "vda" and report["checkpoints"] == 2
+    assert report["from"] == {"mode": "one-bit"}
+    assert report["to"] == {"mode": "multi-bit", "width": 8}
+    assert isinstance(report["seconds"], float) and report["seconds"] >= 0
+    for key in ("disk_bytes", "ram_bytes"):
+        assert set(report[key]) == {"before", "after"}
+        assert all(isinstance(v, int) and v > 0 for v in report[key].values())
+    code, out, _ = run(capsys, "stats", store_path, "vda", "--json")
+    assert code == 0
+    assert json.loads(out)["mode"] == "multi-bit"
+    assert json.loads(out)["disk_bytes"] == report["disk_bytes"]["after"]
+    after = changed_maps(capsys, store_path)
+    assert after.keys() == before.keys()
+    for (older, newer), answer in after.items():
+        if newer is None or answer["exact"]:
+            assert answer == before[older, newer]
+        else:
+            # Multi-bit keeps one generation per chunk: a map between two
+            # checkpoints may grow, but never loses a chunk.
+            chunks = {(e["offset"], e["length"]) for e in answer["extents"]}
+            assert {(e["offset"], e["length"]) for e in before[older, newer]["extents"]} <= chunks
+
+    code, out, err = run(capsys, "convert", store_path, "vda", "hybrid", "--recent", "3")
+    assert (code, err) == (0, "")
+    assert report_rows(out)["strategy"] == "multi-bit (width 8) -> hybrid (recent 3)"
+    with tiered.open(store_path, readonly=True) as store:
+        assert store.volume("vda").strategy.fixed() == {"mode": "hybrid", "recent": 3}
+    for (older, newer), answer in changed_maps(capsys, store_path).items():
+        if newer is None:
+            assert answer == before[older, newer]
+
+
+def test_convert_to_the_same_strategy_persists(store_path, capsys):
+    before = changed_maps(capsys, store_path)
+    code, out, err = run(capsys, "convert", store_path, "vda", "hybrid")
+    assert (code, err) == (0, "")
+    assert report_rows(out)["strategy"] == "hybrid (recent 8) -> hybrid (recent 8)"
+    assert changed_maps(capsys, store_path) == before
+
+
+@pytest.mark.parametrize(
+    "argv, fragments",
+    [
+        (["hybrid", "--width", "8"], ["--width", "multi-bit", "hybrid"]),
+        (["one-bit", "--width", "16"], ["--width", "multi-bit", "one-bit"]),
+        (["multi-bit", "--recent", "2"], ["--recent", "hybrid", "multi-bit"]),
+        (["one-bit", "--recent", "2"], ["--recent", "hybrid"]),
+        (["multi-bit", "--width", "12"], ["--width", "12"]),
+        (["hybrid", "--recent", "0"], ["--recent"]),
+        (["two-bit"], ["MODE", "'two-bit'"]),
+        ([], ["MODE"]),
+    ],
+)
+def test_convert_usage_errors_exit_2_and_change_nothing(store_path, capsys, argv, fragments):
+    data = Path(store_path, "data.mdb")
+    before = data.read_bytes()
+    code, out, err = run(capsys, "convert", store_path, "vda", *argv)
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, *fragments, "tiered convert --help")
+    assert data.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "argv, fragments",
+    [
+        (["convert", "{store}", "nope", "one-bit"], ["'nope'"]),
+        (["convert", "{store}/missing", "vda", "one-bit"], ["no store", "missing"]),
+    ],
+)
+def test_convert_runtime_errors_exit_1(store_path, capsys, argv, fragments):
+    code, out, err = run(capsys, *(a.format(store=store_path) for a in argv))
+    assert (code, out) == (1, "")
+    assert_one_line_error(err, *fragments)
+    assert not Path(store_path, "missing").exists()  # a missing store is not created
+
+
+def test_convert_beyond_the_checkpoint_limit_is_one_line(tmp_path, capsys):
+    path = str(tmp_path / "store")
+    with tiered.open(path, sync=False) as store:
+        vol = store.create_volume("vda", size=SIZE, granularity=G, strategy="one-bit")
+        for i in range(256):
+            vol.checkpoint(f"c{i}")
+    code, out, err = run(capsys, "convert", path, "vda", "multi-bit", "--width", "8")
+    assert (code, out) == (1, "")
+    assert_one_line_error(err, "256 live checkpoints", "width 8")
+    with tiered.open(path, readonly=True) as store:
+        assert store.volume("vda").strategy.mode == "one-bit"
+
+
+def test_convert_while_another_process_writes_is_one_line(store_path, capsys):
+    writer = subprocess.Popen(
+        [sys.executable, "-c", f"import sys, tiered\ns = tiered.open({store_path!r})\nprint('ready', flush=True)\nsys.stdin.readline()"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        code, out, err = run(capsys, "convert", store_path, "vda", "one-bit")
+        assert (code, out) == (1, "")
+        assert_one_line_error(err, "another process", "stop that process and retry")
+    finally:
+        writer.communicate("done\n", timeout=60)
+    # Once the writer is gone, the same command succeeds.
+    assert run(capsys, "convert", store_path, "vda", "one-bit")[0] == 0
 
 
 # -- helpers ---------------------------------------------------------------

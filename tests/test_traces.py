@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import re
 import shutil
 import subprocess
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 
 import tiered
+from tiered import cli
 from tiered.errors import InvalidArgumentError, TraceFormatError
 from tiered.traces import WriteBatch, read_trace
 
@@ -245,8 +248,9 @@ def test_replay_into_volume(tmp_path: Path) -> None:
         assert list(changed) == [(4096, 4096), (1 << 20, 2 << 20), (223490 * 512 // 4096 * 4096, 8192)]
 
 
-@pytest.mark.parametrize("strategy", ["one-bit", "multi-bit", "hybrid"])
-def test_real_fio_log_matches_changed_bytes(tmp_path: Path, strategy: str) -> None:
+def run_fio(tmp_path: Path) -> tuple[Path, set[int], int, int]:
+    """fio's random writes to a file: (its iolog, the 4 KiB chunks whose
+    bytes changed, the file size, the chunk size)."""
     fio = shutil.which("fio")
     if fio is None:
         pytest.skip("fio is not installed")
@@ -266,7 +270,12 @@ def test_real_fio_log_matches_changed_bytes(tmp_path: Path, strategy: str) -> No
     differs = (before.reshape(-1, chunk) != after.reshape(-1, chunk)).any(axis=1)
     expected = set(np.flatnonzero(differs).tolist())
     assert len(expected) == (2 << 20) // chunk
+    return log, expected, size, chunk
 
+
+@pytest.mark.parametrize("strategy", ["one-bit", "multi-bit", "hybrid"])
+def test_real_fio_log_matches_changed_bytes(tmp_path: Path, strategy: str) -> None:
+    log, expected, size, chunk = run_fio(tmp_path)
     reader = read_trace(log)
     assert reader.format == "fio"
     with tiered.open(str(tmp_path / "store"), sync=False) as store:
@@ -278,3 +287,17 @@ def test_real_fio_log_matches_changed_bytes(tmp_path: Path, strategy: str) -> No
         for offset, length in vol.changed_since("before"):
             got.update(range(offset // chunk, (offset + length) // chunk))
     assert got == expected
+
+
+def test_compare_on_a_real_fio_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log, expected, size, chunk = run_fio(tmp_path)
+    code = cli.main(["compare", "--trace", str(log), "--size", str(size), "--granularity", "4K",
+                     "--checkpoint-every", "64", "--cache", "4M", "--max-ram", "32MiB", "--json",
+                     "--no-progress", "--no-sync"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["writes"] == len(expected) and doc["answers_agree"]
+    # The oldest checkpoint precedes every write: its answer is every chunk fio changed.
+    assert {r["changed_bytes"] for r in doc["results"]} == {len(expected) * chunk}
+    assert doc["recommendation"]["apply"].startswith("tiered convert STORE VOLUME")

@@ -129,7 +129,8 @@ class Storage:
         except BlockingIOError:
             os.close(fd)
             raise StoreBusyError(
-                f"store {self.path!r} is open for writing in another process; open it readonly=True"
+                f"store {self.path!r} is open for writing in another process, and a store has one "
+                "writer at a time: stop that process and retry, or open the store readonly=True to read"
             ) from None
         return fd
 
