@@ -326,6 +326,31 @@ def test_stats_report_costs(store, mode):
         assert stats["cache_misses"] > 0
 
 
+def test_a_query_larger_than_the_cache_keeps_a_budget_of_its_pages(store):
+    # 12 sealed writesets, each touching every page of the volume: one query
+    # reads far more than the 1 MiB budget.  Plain LRU would evict each page
+    # before the next query came back to it, and hit nothing.
+    size = 4 * PAGE_CHUNKS * 4096
+    vol = store.create_volume("v", size=size, granularity=4096,
+                              strategy=tiered.Strategy("one-bit", cache_bytes=1 << 20))
+    rng = np.random.default_rng(5)
+    vol.checkpoint("c0")
+    for i in range(1, 13):
+        offsets = rng.integers(0, size // 4096, 20_000) * 4096
+        vol.mark_many(offsets, np.full(len(offsets), 4096))
+        vol.checkpoint(f"c{i}")
+    first = vol.changed_since("c0")
+    before = vol.stats()
+    assert before["cache_bytes"] <= 1 << 20
+    again = vol.changed_since("c0")
+    after = vol.stats()
+    assert list(again) == list(first)
+    hits = after["cache_hits"] - before["cache_hits"]
+    misses = after["cache_misses"] - before["cache_misses"]
+    assert hits > 0 and hits + misses == 48  # 12 writesets x 4 pages
+    assert after["cache_bytes"] == before["cache_bytes"]  # the kept pages stayed
+
+
 def test_region_query_clips_like_block_status(store):
     vol = store.create_volume("v", size=10 * 65536 + 100, strategy="one-bit")
     vol.checkpoint("a")

@@ -10,7 +10,8 @@ the catalog and cache follow only once that transaction has committed.
 from __future__ import annotations
 
 import bisect
-from typing import Iterable
+import contextlib
+from typing import Iterable, Iterator
 
 import cachetools
 import lmdb
@@ -25,7 +26,15 @@ Key = tuple[bytes, int]  # (tag, generation)
 
 
 class PageCache:
-    """cachetools' LRU cache bounded in decoded bytes, with hit counters."""
+    """cachetools' LRU cache bounded in decoded bytes, with hit counters.
+
+    A query that reads more pages than the budget holds would, under plain
+    LRU, evict its own pages before it could reuse them, so that asking the
+    same question again hits nothing.  During a :meth:`scan` the cache
+    therefore stops admitting pages once those the scan has touched (hit or
+    admitted, and so at the recent end) fill the budget: a repeated large
+    query then keeps hitting a budget's worth of its pages.
+    """
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -34,6 +43,17 @@ class PageCache:
         )
         self.hits = 0
         self.misses = 0
+        #: Bytes of pages touched by the current scan; None outside a scan.
+        self._scanned: int | None = None
+
+    @contextlib.contextmanager
+    def scan(self) -> Iterator[None]:
+        """Treat the reads inside as one query (see the class docstring)."""
+        self._scanned = 0
+        try:
+            yield
+        finally:
+            self._scanned = None
 
     def get(self, key: tuple) -> Spans | None:
         spans = self._lru.get(key)
@@ -41,11 +61,18 @@ class PageCache:
             self.misses += 1
         else:
             self.hits += 1
+            if self._scanned is not None:
+                self._scanned += spans.nbytes
         return spans
 
     def put(self, key: tuple, spans: Spans) -> None:
-        if spans.nbytes > self.max_bytes:
+        size = spans.nbytes
+        if size > self.max_bytes:
             return  # larger than the whole budget: use once, keep nothing
+        if self._scanned is not None:
+            if self._scanned + size > self.max_bytes:
+                return  # admitting it would evict a page this scan already uses
+            self._scanned += size
         self._lru[key] = spans
 
     def drop(self, key: tuple) -> None:

@@ -396,9 +396,10 @@ class Volume:
             return Extents(np.array([lo]), np.array([hi - lo]), granularity=self.granularity, exact=False)
         c_lo = lo >> self._shift
         c_hi = (hi + self.granularity - 1) >> self._shift
-        spans, exact = self._history.changed(
-            since.generation, None if until is None else until.generation, c_lo, c_hi
-        )
+        with self._io.cache.scan():
+            spans, exact = self._history.changed(
+                since.generation, None if until is None else until.generation, c_lo, c_hi
+            )
         offsets, lengths = spans.runs(c_lo, c_hi, self._shift, lo, hi)
         return Extents(offsets, lengths, granularity=self.granularity, exact=exact)
 
