@@ -28,6 +28,8 @@ import re
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NoReturn
 
+from .units import UNITS, format_size
+
 if TYPE_CHECKING:
     from .extents import Extents
     from .store import Store
@@ -48,8 +50,6 @@ _DESCRIPTION = {CLEAN: "clean", DIRTY: "dirty"}
 
 # -- sizes ---------------------------------------------------------------
 
-# Binary multiples, as in qemu-img and nbdkit: disk geometry is never decimal.
-_UNITS = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40, "P": 50, "E": 60}
 _SIZE_RE = re.compile(r"(\d+)([KMGTPE](?:iB)?)?", re.IGNORECASE)
 
 
@@ -62,15 +62,9 @@ def parse_size(text: str) -> int:
             "followed by K, M, G, T, P or E (or KiB, MiB...)"
         )
     digits, unit = match.groups()
-    return int(digits) << _UNITS[(unit or "")[:1].upper()]
+    return int(digits) << UNITS[(unit or "")[:1].upper()]
 
 
-def format_size(n: int) -> str:
-    """The shortest exact spelling, so that what we print parses back."""
-    for unit, shift in sorted(_UNITS.items(), key=lambda item: -item[1]):
-        if shift and n and n % (1 << shift) == 0:
-            return f"{n >> shift}{unit}"
-    return str(n)
 
 
 def iso_utc(timestamp: float) -> str:

@@ -46,6 +46,7 @@ import numpy as np
 from .batches import WriteBatch
 from .config import Strategy
 from .errors import InvalidArgumentError, OutOfRangeError, TieredError
+from .units import format_size
 from .workloads import CheckpointMark, Event, Workload, generate
 
 # Writes handed to one mark_many call during a replay.
@@ -65,7 +66,7 @@ class Config:
     def label(self) -> str:
         s = self.strategy
         extra = {"multi-bit": f" w{s.width}", "hybrid": f" r{s.recent}"}.get(s.mode, "")
-        return f"{s.mode}{extra} {_short_size(self.granularity)} cache {_short_size(s.cache_bytes)}"
+        return f"{s.mode}{extra} {format_size(self.granularity)} cache {format_size(s.cache_bytes)}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +120,7 @@ def record(
 
 def record_workload(workload: Workload, path: str, progress: bool = False) -> Recording:
     w = workload
-    sizes = ", ".join(_short_size(int(s)) for s in w.size_choices()[0])
+    sizes = ", ".join(format_size(int(s)) for s in w.size_choices()[0])
     text = f"the {w.kind} workload ({sizes} writes, seed {w.seed})"
     return record(generate(w), path, w.volume_size, text, progress)
 
@@ -298,8 +299,6 @@ def _digest(extents: Any) -> str:
 
 def measure(config: Config, rec: Recording, root: str, sync: bool, progress: bool) -> Measurement:
     """Replay ``rec`` into a fresh store under ``root``: run in a child process."""
-    from . import store as store_module
-
     result = _empty_measurement(config)
     try:
         _warm_up(config, root)
@@ -309,48 +308,61 @@ def measure(config: Config, rec: Recording, root: str, sync: bool, progress: boo
         wall0, cpu0 = time.perf_counter(), time.process_time()
         path = os.path.join(root, "store")
         with PeakSampler() as sampler:
-            with store_module.open(path, sync=sync) as store:
-                vol = store.create_volume(
-                    "replay", size=rec.size, granularity=config.granularity, strategy=config.strategy
-                )
-                mark_s, ckpt_s = _replay(vol, rec, sampler, progress, config.label)
-                gc.collect()
-                result.ram_steady_bytes = sampler.sample() - base
-                result.ram_engine_bytes = vol.stats()["ram_bytes"]
-                names = [c.name for c in vol.checkpoints()]
-                _, result.query_newest_warm_ms = _ms(_timed(vol.changed_since, names[-1]))
-                _, result.query_oldest_warm_ms = _ms(_timed(vol.changed_since, names[0]))
-                sampler.sample()
-            del vol  # its cache must not outlive it into the cold half
-            gc.collect()
-            # Cold: a new open, with nothing cached.
-            (store, reopen_s) = _timed(store_module.open, path, False)
-            with store:
-                # The cache budget is not stored: pass the configured one again.
-                vol, open_vol_s = _timed(store.volume, "replay", config.strategy)
-                result.reopen_ms = (reopen_s + open_vol_s) * 1e3
-                newest, result.query_newest_ms = _ms(_timed(vol.changed_since, names[-1]))
-                oldest, result.query_oldest_ms = _ms(_timed(vol.changed_since, names[0]))
-                sampler.sample()
-                result.disk_bytes = vol.stats()["disk_bytes"]
-                result.digest = f"{_digest(newest)}:{_digest(oldest)}"
-                result.changed_bytes = oldest.total_bytes
-                result.extents = len(oldest)
-                del newest, oldest
+            names = _write_phase(config, rec, path, sync, progress, sampler, base, result)
+            gc.collect()  # the writer's cache must not outlive it into the cold phase
+            _cold_phase(config, path, names, sampler, result)
         result.cpu_s = time.process_time() - cpu0
         result.wall_s = time.perf_counter() - wall0
         result.ram_peak_bytes = sampler.peak - base
         if rss_base is not None:
             result.rss_peak_bytes = _status_kib(b"VmHWM:") - rss_base
         result.store_file_bytes = os.path.getsize(os.path.join(path, "data.mdb"))
+    except TieredError as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    return result
+
+
+def _write_phase(
+    config: Config, rec: Recording, path: str, sync: bool, progress: bool,
+    sampler: PeakSampler, base: int, result: Measurement,
+) -> list[str]:
+    """Replay, then query in the writer (warm); returns the checkpoint names."""
+    from . import store as store_module
+
+    with store_module.open(path, sync=sync) as store:
+        vol = store.create_volume("replay", size=rec.size, granularity=config.granularity, strategy=config.strategy)
+        mark_s, ckpt_s = _replay(vol, rec, sampler, progress, config.label)
         result.writes = rec.writes
         result.checkpoints = len(ckpt_s)
         result.writes_per_s = rec.writes / mark_s if mark_s else 0.0
         result.checkpoint_p50_ms = float(np.median(ckpt_s)) * 1e3
         result.checkpoint_max_ms = float(np.max(ckpt_s)) * 1e3
-    except TieredError as exc:
-        result.error = f"{type(exc).__name__}: {exc}"
-    return result
+        gc.collect()
+        result.ram_steady_bytes = sampler.sample() - base
+        result.ram_engine_bytes = vol.stats()["ram_bytes"]
+        names = [c.name for c in vol.checkpoints()]
+        _, result.query_newest_warm_ms = _ms(_timed(vol.changed_since, names[-1]))
+        _, result.query_oldest_warm_ms = _ms(_timed(vol.changed_since, names[0]))
+        sampler.sample()
+    return names
+
+
+def _cold_phase(config: Config, path: str, names: list[str], sampler: PeakSampler, result: Measurement) -> None:
+    """Reopen with nothing cached and query again; record the answers' digest."""
+    from . import store as store_module
+
+    store, reopen_s = _timed(store_module.open, path, False)
+    with store:
+        # The cache budget is not stored: pass the configured one again.
+        vol, open_vol_s = _timed(store.volume, "replay", config.strategy)
+        result.reopen_ms = (reopen_s + open_vol_s) * 1e3
+        newest, result.query_newest_ms = _ms(_timed(vol.changed_since, names[-1]))
+        oldest, result.query_oldest_ms = _ms(_timed(vol.changed_since, names[0]))
+        sampler.sample()
+        result.disk_bytes = vol.stats()["disk_bytes"]
+        result.digest = f"{_digest(newest)}:{_digest(oldest)}"
+        result.changed_bytes = oldest.total_bytes
+        result.extents = len(oldest)
 
 
 def _ms(pair: tuple[Any, float]) -> tuple[Any, float]:
@@ -433,10 +445,3 @@ def disagreements(results: Sequence[Measurement]) -> list[str]:
             if other.digest != first.digest:
                 problems.append(f"{other.label} answered differently from {first.label}")
     return problems
-
-
-def _short_size(n: int) -> str:
-    for unit, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
-        if n >= 1 << shift and n % (1 << shift) == 0:
-            return f"{n >> shift}{unit}"
-    return str(n)
