@@ -132,6 +132,8 @@ def test_advice_without_limits_balances_every_measure():
     advice = recommend([a, b, middle], Limits())
     assert advice.choice is middle
     assert "no limits were given" in advice.reason and "2.0x" in advice.reason
+    tied = measurement("tied", ram_peak_bytes=(1 << 20) + 1000, query_oldest_ms=1.01)
+    assert "within 5% of it, on every measure" in recommend([a, b, tied], Limits()).reason
     failed = measurement("broken", error="CheckpointLimitError: too many")
     assert recommend([failed], Limits()).choice is None
 

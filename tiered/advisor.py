@@ -48,6 +48,8 @@ METRICS = (
     Metric("disk_bytes", "disk", True, _bytes),
 )
 _BY_FIELD = {m.field: m for m in METRICS}
+# Closer to the best than this is a tie: the machine's noise is larger.
+NEAR_BEST = 1.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,8 +144,8 @@ def recommend(results: Sequence[Measurement], limits: Limits) -> Advice:
     meets = f"meets {limits.describe()}" if limits.checks() else "no limits were given"
     if len(fitting) == 1:
         reason = f"{meets}, and it is the only configuration that does"
-    elif ratios[weakest] <= 1.0:
-        reason = f"{meets}; it is the best of the {len(fitting)} candidates on every measure"
+    elif ratios[weakest] < NEAR_BEST:
+        reason = f"{meets}; of the {len(fitting)} candidates it is the best, or within 5% of it, on every measure"
     else:
         pick = min if metric.lower_is_better else max
         best = pick(fitting, key=lambda m: getattr(m, weakest))
