@@ -233,3 +233,20 @@ def test_cli_compare_usage_errors(capsys):
     assert code == 2 and "invalid choice" in err
     code, _, err = run_cli(capsys, "compare", "--trace", "x", "--workload", "zipf")
     assert code == 2 and "not allowed with" in err
+
+
+def test_cli_cache_budget_follows_the_ram_limit():
+    import argparse
+
+    def budgets(**kw):
+        return cli.cache_budgets(argparse.Namespace(**{"cache": None, "max_ram": None, **kw}))
+
+    assert budgets() == [64 << 20]
+    assert budgets(max_ram=32 << 20) == [16 << 20]
+    assert budgets(max_ram=1 << 30) == [64 << 20]
+    assert budgets(max_ram=32 << 20, cache=[1 << 20, 2 << 20]) == [1 << 20, 2 << 20]
+
+
+def test_cli_compare_repeat_must_be_positive(capsys):
+    code, _, err = run_cli(capsys, "compare", "--repeat", "0")
+    assert code == 2 and "--repeat" in err

@@ -439,6 +439,7 @@ DEFAULT_WORKLOAD = "zipf"
 DEFAULT_VOLUME = 1 << 40
 DEFAULT_WRITES = 10_000_000
 DEFAULT_CHECKPOINT_EVERY = 100_000
+DEFAULT_CACHE = 64 << 20
 
 
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
@@ -474,8 +475,8 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                          help="strategies (default: one-bit,multi-bit,hybrid)")
     configs.add_argument("--granularity", type=parse_size_list, default=[64 << 10], metavar="SIZES",
                          help="bytes per tracked chunk (default: 64K)")
-    configs.add_argument("--cache", type=parse_size_list, default=[64 << 20], metavar="SIZES",
-                         help="page-cache budget per volume (default: 64M)")
+    configs.add_argument("--cache", type=parse_size_list, metavar="SIZES",
+                         help="page-cache budget per volume (default: 64M, or half of --max-ram if less)")
     configs.add_argument("--width", type=int, choices=(8, 16, 32), default=16, help="multi-bit generation bits (default: 16)")
     configs.add_argument("--recent", type=positive_int, default=8, metavar="N", help="hybrid's one-bit writesets (default: 8)")
     limits = parser.add_argument_group("your limits, for the recommendation")
@@ -486,6 +487,8 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     output = parser.add_argument_group("output")
     add_json_argument(output)
     output.add_argument("--plot", metavar="FILE.png", help="also draw RAM against query latency, and throughput")
+    output.add_argument("--repeat", type=positive_int, default=3, metavar="N",
+                        help="time each query N times, cold and warm, and report the median (default: 3)")
     output.add_argument("--dir", metavar="DIR", help="where the temporary stores go (default: the system's temp dir)")
     output.add_argument("--no-sync", action="store_true", help="do not fsync at checkpoints (faster, not crash-safe)")
     output.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
@@ -524,6 +527,16 @@ def _compare_recording(args: argparse.Namespace, path: str, progress: bool) -> A
     return rec
 
 
+def cache_budgets(args: argparse.Namespace) -> list[int]:
+    """--cache, or by default 64M, but at most half of --max-ram: the page
+    cache fills up to its budget and counts in the measured RAM."""
+    if args.cache is not None:
+        return args.cache
+    if args.max_ram is not None:
+        return [min(DEFAULT_CACHE, args.max_ram // 2)]
+    return [DEFAULT_CACHE]
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
@@ -532,7 +545,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     limits = advisor.Limits(args.max_ram, args.max_query_ms, args.max_checkpoint_ms, args.min_writes_per_s)
     modes = [m.strip() for m in args.mode.split(",")]
-    configs = compare.configurations(modes, args.granularity, args.cache, args.width, args.recent)
+    configs = compare.configurations(modes, args.granularity, cache_budgets(args), args.width, args.recent)
     progress = not args.no_progress
     workdir = tempfile.mkdtemp(prefix="tiered-compare-", dir=args.dir)
     try:
@@ -543,7 +556,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 f"volume {format_size(rec.size)}; {len(configs)} configurations, one at a time\n\n"
             )
             sys.stdout.flush()
-        results = compare.compare(rec, configs, workdir=workdir, sync=not args.no_sync, progress=progress)
+        results = compare.compare(
+            rec, configs, workdir=workdir, sync=not args.no_sync, progress=progress, repeat=args.repeat
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     problems = compare.disagreements(results)

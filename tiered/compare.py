@@ -297,7 +297,15 @@ def _digest(extents: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def measure(config: Config, rec: Recording, root: str, sync: bool, progress: bool) -> Measurement:
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    sync: bool = True
+    progress: bool = True
+    #: Times each query is measured; the median is reported.
+    repeat: int = 3
+
+
+def measure(config: Config, rec: Recording, root: str, options: RunOptions) -> Measurement:
     """Replay ``rec`` into a fresh store under ``root``: run in a child process."""
     result = _empty_measurement(config)
     try:
@@ -308,9 +316,9 @@ def measure(config: Config, rec: Recording, root: str, sync: bool, progress: boo
         wall0, cpu0 = time.perf_counter(), time.process_time()
         path = os.path.join(root, "store")
         with PeakSampler() as sampler:
-            names = _write_phase(config, rec, path, sync, progress, sampler, base, result)
+            names = _write_phase(config, rec, path, options, sampler, base, result)
             gc.collect()  # the writer's cache must not outlive it into the cold phase
-            _cold_phase(config, path, names, sampler, result)
+            _cold_phase(config, path, names, options.repeat, sampler, result)
         result.cpu_s = time.process_time() - cpu0
         result.wall_s = time.perf_counter() - wall0
         result.ram_peak_bytes = sampler.peak - base
@@ -323,15 +331,15 @@ def measure(config: Config, rec: Recording, root: str, sync: bool, progress: boo
 
 
 def _write_phase(
-    config: Config, rec: Recording, path: str, sync: bool, progress: bool,
-    sampler: PeakSampler, base: int, result: Measurement,
+    config: Config, rec: Recording, path: str, options: RunOptions, sampler: PeakSampler, base: int,
+    result: Measurement,
 ) -> list[str]:
     """Replay, then query in the writer (warm); returns the checkpoint names."""
     from . import store as store_module
 
-    with store_module.open(path, sync=sync) as store:
+    with store_module.open(path, sync=options.sync) as store:
         vol = store.create_volume("replay", size=rec.size, granularity=config.granularity, strategy=config.strategy)
-        mark_s, ckpt_s = _replay(vol, rec, sampler, progress, config.label)
+        mark_s, ckpt_s = _replay(vol, rec, sampler, options.progress, config.label)
         result.writes = rec.writes
         result.checkpoints = len(ckpt_s)
         result.writes_per_s = rec.writes / mark_s if mark_s else 0.0
@@ -341,32 +349,47 @@ def _write_phase(
         result.ram_steady_bytes = sampler.sample() - base
         result.ram_engine_bytes = vol.stats()["ram_bytes"]
         names = [c.name for c in vol.checkpoints()]
-        _, result.query_newest_warm_ms = _ms(_timed(vol.changed_since, names[-1]))
-        _, result.query_oldest_warm_ms = _ms(_timed(vol.changed_since, names[0]))
-        sampler.sample()
+        newest, oldest = [], []
+        for _ in range(options.repeat):
+            newest.append(_timed(vol.changed_since, names[-1])[1])
+            oldest.append(_timed(vol.changed_since, names[0])[1])
+            sampler.sample()
+        result.query_newest_warm_ms = _median_ms(newest)
+        result.query_oldest_warm_ms = _median_ms(oldest)
     return names
 
 
-def _cold_phase(config: Config, path: str, names: list[str], sampler: PeakSampler, result: Measurement) -> None:
-    """Reopen with nothing cached and query again; record the answers' digest."""
+def _cold_phase(
+    config: Config, path: str, names: list[str], repeat: int, sampler: PeakSampler, result: Measurement
+) -> None:
+    """Reopen with nothing cached and query, ``repeat`` times; record the answers' digest."""
     from . import store as store_module
 
-    store, reopen_s = _timed(store_module.open, path, False)
-    with store:
-        # The cache budget is not stored: pass the configured one again.
-        vol, open_vol_s = _timed(store.volume, "replay", config.strategy)
-        result.reopen_ms = (reopen_s + open_vol_s) * 1e3
-        newest, result.query_newest_ms = _ms(_timed(vol.changed_since, names[-1]))
-        oldest, result.query_oldest_ms = _ms(_timed(vol.changed_since, names[0]))
-        sampler.sample()
-        result.disk_bytes = vol.stats()["disk_bytes"]
-        result.digest = f"{_digest(newest)}:{_digest(oldest)}"
-        result.changed_bytes = oldest.total_bytes
-        result.extents = len(oldest)
+    reopen, newest_s, oldest_s = [], [], []
+    for _ in range(repeat):
+        store, open_s = _timed(store_module.open, path, False)
+        with store:
+            # The cache budget is not stored: pass the configured one again.
+            vol, open_vol_s = _timed(store.volume, "replay", config.strategy)
+            reopen.append(open_s + open_vol_s)
+            newest, seconds = _timed(vol.changed_since, names[-1])
+            newest_s.append(seconds)
+            oldest, seconds = _timed(vol.changed_since, names[0])
+            oldest_s.append(seconds)
+            sampler.sample()
+            result.disk_bytes = vol.stats()["disk_bytes"]
+            result.digest = f"{_digest(newest)}:{_digest(oldest)}"
+            result.changed_bytes = oldest.total_bytes
+            result.extents = len(oldest)
+            del vol, newest, oldest
+        gc.collect()  # each round starts cold
+    result.reopen_ms = _median_ms(reopen)
+    result.query_newest_ms = _median_ms(newest_s)
+    result.query_oldest_ms = _median_ms(oldest_s)
 
 
-def _ms(pair: tuple[Any, float]) -> tuple[Any, float]:
-    return pair[0], pair[1] * 1e3
+def _median_ms(seconds: list[float]) -> float:
+    return float(np.median(seconds)) * 1e3
 
 
 def _replay(vol: Any, rec: Recording, sampler: PeakSampler, progress: bool, label: str) -> tuple[float, list[float]]:
@@ -416,17 +439,22 @@ def compare(
     workdir: str | None = None,
     sync: bool = True,
     progress: bool = True,
+    repeat: int = 3,
 ) -> list[Measurement]:
-    """Measure every configuration on the recording, one child process each."""
+    """Measure every configuration on the recording, one child process each;
+    each query is timed ``repeat`` times and the median reported."""
     if not configs:
         raise InvalidArgumentError("nothing to compare: no configuration given")
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+        raise InvalidArgumentError(f"repeat must be a positive int, got {repeat!r}")
+    options = RunOptions(sync, progress, repeat)
     context = get_context("spawn")
     results = []
     for config in configs:
         root = tempfile.mkdtemp(prefix="tiered-compare-", dir=workdir)
         try:
             with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-                results.append(pool.submit(measure, config, rec, root, sync, progress).result())
+                results.append(pool.submit(measure, config, rec, root, options).result())
         finally:
             shutil.rmtree(root, ignore_errors=True)
     return results
