@@ -167,13 +167,17 @@ def test_whole_volume_mark_stays_small():
 # -- codec ---------------------------------------------------------------
 
 
-def pages_roundtrip(table: SegmentTable) -> SegmentTable:
+def pages_roundtrip(table: SegmentTable, into: bool = False) -> SegmentTable:
+    """Encode every page and decode it back: to spans loaded into a new
+    table, or (``into``, generation tables only) straight into the table."""
     back = SegmentTable(table.n_chunks, None if table.is_bits else table.row_dtype)
     spans = table.spans()
     for page in spans.pages().tolist():
         part = spans.page_slice(page)
         if table.is_bits:
             back.load(codec.decode_bits_page(codec.encode_bits_page(part, page), page, "test"))
+        elif into:
+            codec.load_gens_page(codec.encode_gens_page(part, page), page, table.row_dtype, "test", back)
         else:
             back.load(codec.decode_gens_page(codec.encode_gens_page(part, page), page, table.row_dtype, "test"))
     return back
@@ -193,12 +197,13 @@ def test_gens_codec_roundtrip(batches, dtype):
     table = SegmentTable(N_CHUNKS, dtype)
     for gen, (offs, lens) in enumerate(batches, start=1):
         table.mark_many(offs, lens, SHIFT, gen * 60)
-    back = pages_roundtrip(table)
-    for at_least in (1, 60, 61, 120, 180):
-        x, y = SegmentTable(N_CHUNKS), SegmentTable(N_CHUNKS)
-        x.or_at_least(table.spans(), at_least)
-        y.or_at_least(back.spans(), at_least)
-        assert table_bits(x) == table_bits(y)
+    for into in (False, True):
+        back = pages_roundtrip(table, into)
+        for at_least in (1, 60, 61, 120, 180):
+            x, y = SegmentTable(N_CHUNKS), SegmentTable(N_CHUNKS)
+            x.or_at_least(table.spans(), at_least)
+            y.or_at_least(back.spans(), at_least)
+            assert table_bits(x) == table_bits(y)
 
 
 def test_random_bits_encode_below_two_bytes_per_chunk():
@@ -229,6 +234,12 @@ def test_damaged_page_is_detected(damage):
         codec.decode_bits_page(bytes(value), 0, "test page")
 
 
+def loaded_table(spans, dtype) -> SegmentTable:
+    table = SegmentTable(4 * PAGE_CHUNKS, dtype)
+    table.load(spans)
+    return table
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300), st.sampled_from(["bits", "gens8", "gens32"]))
 def test_garbage_payload_never_crashes_decoder(payload, kind):
@@ -238,7 +249,14 @@ def test_garbage_payload_never_crashes_decoder(payload, kind):
         else:
             dtype = np.uint8 if kind == "gens8" else np.uint32
             value = codec.wrap(codec.KIND_GENS_PAGE, bytes([np.dtype(dtype).itemsize]) + payload)
+            table = SegmentTable(4 * PAGE_CHUNKS, dtype)
+            try:
+                codec.load_gens_page(value, 3, dtype, "fuzz", table)
+            except CorruptionError:
+                pass
             spans = codec.decode_gens_page(value, 3, dtype, "fuzz")
+            # What decodes loads into a table to the same values.
+            assert table_gens(table) == table_gens(loaded_table(spans, dtype))
     except CorruptionError:
         return
     assert (spans.first >> 10 == 3).all()
@@ -255,5 +273,5 @@ def test_gens_codec_roundtrip_at_every_density(density, dtype):
     gens = rng.integers(1, 250 if dtype == np.uint8 else 70000 if dtype == np.uint32 else 60000, len(chunks))
     for c, g in zip(chunks.tolist(), gens.tolist()):
         table.mark(c << SHIFT, 1, SHIFT, g)
-    back = pages_roundtrip(table)
-    assert table_gens(back) == table_gens(table)
+    assert table_gens(pages_roundtrip(table)) == table_gens(table)
+    assert table_gens(pages_roundtrip(table, into=True)) == table_gens(table)

@@ -999,6 +999,73 @@ def encode_gen_spans(first, count, ref, rows, page, out):
 
 
 @njit(**_jit)
+def _get_gen_row(buf, p, end, kind, row, width, maxval):
+    """Decode one segment record's generations into ``row`` (zeroed for
+    SPARSE); returns the position after it, -1 if malformed."""
+    if kind == KIND_PACKED:
+        if p >= end:
+            return -1
+        return _get_packed_generations(buf, p + 1, end, row, np.int64(buf[p]), maxval)
+    if kind == KIND_SPARSE:
+        k, p = _get_varint(buf, p, end)
+        prev = -1
+        for _ in range(k):
+            if p < 0:
+                return -1
+            g, p = _get_varint(buf, p, end)
+            if p < 0:
+                return -1
+            v, p = _get_varint(buf, p, end)
+            prev = prev + g + 1
+            if prev >= SEG_CHUNKS or v > maxval:
+                return -1
+            row[prev] = v
+        return p
+    if kind == KIND_GRAW:
+        if p + width * SEG_CHUNKS > end:
+            return -1
+        _get_raw_generations(buf, p, row, width)
+        return p + width * SEG_CHUNKS
+    return -1
+
+
+@njit(**_jit)
+def load_gen_page(buf, page, index, pool, n_top):
+    """Decode a generation page straight into a generation table whose page
+    is empty and has room for a page's rows.  A fold rewrites the array
+    page by page this way, with no decoded copy in between.  Returns False
+    if the page is malformed."""
+    end = buf.shape[0]
+    width = pool.itemsize
+    maxval = (np.int64(1) << (8 * width)) - 1
+    n, p = _page_records(buf)
+    if p < 0:
+        return False
+    prev_end = page << PAGE_SHIFT
+    page_end = prev_end + PAGE_SEGMENTS
+    for _ in range(n):
+        first, c, kind, p = _record_header(buf, p, prev_end, page_end)
+        if p < 0:
+            return False
+        prev_end = first + c
+        if kind == KIND_UNIFORM:
+            v, p = _get_varint(buf, p, end)
+            if p < 0 or v > maxval or not _set_span(index, pool, n_top, first, c, v, False):
+                return False
+            continue
+        if c != 1:
+            return False
+        # An absent entry materialises as a zeroed row, as SPARSE needs.
+        e = _writable_row(index, pool, n_top, first, False, NEVER)
+        if e < 0:
+            return False
+        p = _get_gen_row(buf, p, end, kind, pool[e], width, maxval)
+        if p < 0:
+            return False
+    return p == end
+
+
+@njit(**_jit)
 def decode_gen_spans(buf, page, rows_like, index, pool, n_top, at_least):
     """Inverse of encode_gen_spans; rows get the dtype of ``rows_like``.
 
@@ -1045,32 +1112,7 @@ def decode_gen_spans(buf, page, rows_like, index, pool, n_top, at_least):
             row = rows[nrows]
             ref[i] = nrows
             nrows += 1
-        if kind == KIND_PACKED:
-            if p >= end:
-                return False, first, count, ref, rows
-            p = _get_packed_generations(buf, p + 1, end, row, np.int64(buf[p]), maxval)
-        elif kind == KIND_SPARSE:
-            k, p = _get_varint(buf, p, end)
-            prev = -1
-            for _ in range(k):
-                if p < 0:
-                    break
-                g, p = _get_varint(buf, p, end)
-                if p < 0:
-                    break
-                v, p = _get_varint(buf, p, end)
-                prev = prev + g + 1
-                if prev >= SEG_CHUNKS or v > maxval:
-                    p = -1
-                    break
-                row[prev] = v
-        elif kind == KIND_GRAW:
-            if p + width * SEG_CHUNKS > end:
-                return False, first, count, ref, rows
-            _get_raw_generations(buf, p, row, width)
-            p += width * SEG_CHUNKS
-        else:
-            return False, first, count, ref, rows
+        p = _get_gen_row(buf, p, end, kind, row, width, maxval)
         if p < 0:
             return False, first, count, ref, rows
         if stream:

@@ -127,6 +127,15 @@ def decode_gens_page(value: bytes, page: int, dtype: np.dtype, what: str) -> Spa
     return Spans(first, count, ref, rows)
 
 
+def load_gens_page(value: bytes, page: int, dtype: np.dtype, what: str, table: SegmentTable) -> None:
+    """Decode a stored generation page straight into ``table``, where that
+    page must be empty."""
+    payload = _gens_payload(value, dtype, what)
+    table.reserve(rows=PAGE_SEGMENTS, pages=1)
+    if not K.load_gen_page(payload, page, table.index, table.pool, table.n_top):
+        raise CorruptionError(f"{what}: malformed generation page")
+
+
 def or_gens_page_at_least(value: bytes, page: int, dtype: np.dtype, what: str, table: SegmentTable, at_least: int) -> None:
     """OR into a bitmap table the chunks of a stored generation page >= at_least,
     decoding one segment at a time instead of the whole page."""

@@ -190,6 +190,15 @@ class PageIO:
             self.cache.put(key, spans)
         return spans
 
+    def load_gens(self, tag: bytes, gen: int, page: int, txn: lmdb.Transaction, table: SegmentTable) -> None:
+        """Decode one stored generation page into (an empty page of) ``table``,
+        bypassing the cache: for a page about to be rewritten."""
+        what = f"volume {self.vol_id} page {tag.decode()}/{gen}/{page}"
+        value = txn.get(page_key(self.vol_id, tag, gen, page), db=self.storage.pages)
+        if value is None:
+            raise CorruptionError(f"{what}: listed in the catalog but missing from the store")
+        codec.load_gens_page(value, page, self.gens_dtype, what, table)
+
     def or_at_least(self, tag: bytes, gen: int, page_range: range, table: SegmentTable, at_least: int) -> None:
         """OR into a bitmap table the chunks ``>= at_least`` of a stored
         generation table, streaming each page instead of caching it decoded

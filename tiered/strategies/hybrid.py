@@ -53,17 +53,22 @@ class HybridHistory(OneBitHistory):
         if not gens:
             return nothing
         txn = batch.txn
-        touched = {p for g in gens for p in self.io.pages(TAG_WRITESET, g)}
-        work = SegmentTable(self.n_chunks, GENS_DTYPE)
-        # Pages read here are rewritten or deleted by this fold: keeping them
-        # in the cache would only evict pages that queries will want.
-        for page in self.io.pages(TAG_GENS, ARRAY_GEN):
-            if page in touched:
-                work.load(self.io.read(TAG_GENS, ARRAY_GEN, page, txn, keep=False))
+        by_page: dict[int, list[int]] = {}
         for g in gens:
-            for spans in self.io.read_table(TAG_WRITESET, g, txn=txn, keep=False):
-                work.assign(spans, g)
-        batch.put_table(TAG_GENS, ARRAY_GEN, work)
+            for page in self.io.pages(TAG_WRITESET, g):
+                by_page.setdefault(page, []).append(g)
+        stored = set(self.io.pages(TAG_GENS, ARRAY_GEN))
+        # One page at a time: the fold holds one decoded page of the array,
+        # not the whole array.  Pages read here are rewritten or deleted, so
+        # they bypass the cache, which would only lose pages queries want.
+        work = SegmentTable(self.n_chunks, GENS_DTYPE)
+        for page in sorted(by_page):
+            work.reset()
+            if page in stored:
+                self.io.load_gens(TAG_GENS, ARRAY_GEN, page, txn, work)
+            for g in by_page[page]:
+                work.assign(self.io.read(TAG_WRITESET, g, page, txn, keep=False), g)
+            batch.put_table(TAG_GENS, ARRAY_GEN, work)
         for g in gens:
             batch.delete(TAG_WRITESET, g)
         folded = max(self.folded_through, gens[-1])
