@@ -173,7 +173,7 @@ def test_cli_compare_prints_a_table_and_a_recommendation(tmp_path, capsys):
     )
     assert code == 0, err
     assert "CONFIGURATION" in out and "one-bit 64K cache 64M" in out and "hybrid r8" in out
-    assert "All 3 configurations gave the same answers" in out
+    assert "All 3 configurations gave the same answers" in out and "at 64K chunks:" in out
     assert "Recommended:" in out and "tiered convert STORE VOLUME" in out
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list(tmp_path.iterdir()) == [tmp_path / "p.png"]  # temporary stores are gone

@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 from .advisor import Advice, Limits
 from .compare import Measurement, Recording
+from .units import format_size
 
 HEADER = ("CONFIGURATION", "WRITES/S", "CKPT P50", "CKPT MAX", "Q NEWEST", "Q OLDEST",
           "RAM PEAK", "RAM STEADY", "DISK", "CPU")
@@ -68,11 +69,20 @@ def write_verdict(out: TextIO, results: Sequence[Measurement], advice: Advice, p
         for p in problems:
             out.write(f"  {p}\n")
     elif done:
-        first = done[0]
-        out.write(
-            f"\nAll {len(done)} configurations gave the same answers.  Changed since the oldest "
-            f"checkpoint: {first.changed_bytes / 2**30:.2f} GiB in {first.extents:,} extents.\n"
-        )
+        by_granularity: dict[int, Measurement] = {}
+        for m in done:
+            by_granularity.setdefault(m.granularity, m)
+        if len(by_granularity) == 1:
+            same = f"All {len(done)} configurations gave the same answers"
+        else:
+            same = f"Configurations of the same granularity gave the same answers ({len(done)} configurations)"
+        out.write(f"\n{same}.  Changed since the oldest checkpoint:\n")
+        for granularity, m in by_granularity.items():
+            # 16 bytes per extent: the answer's offset and length arrays, part of RAM PEAK.
+            out.write(
+                f"  at {format_size(granularity)} chunks: {m.changed_bytes / 2**30:.2f} GiB in {m.extents:,} "
+                f"extents ({m.extents * 16 / 2**20:.1f} MiB of answer arrays, counted in RAM PEAK)\n"
+            )
     if advice.choice is None:
         out.write(f"\nNo recommendation: {advice.reason}.\n")
         return
