@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from naive import ReferenceVolume
+from naive import ReferenceVolume, covers
 
 import tiered
 from tiered import codec
@@ -518,3 +518,46 @@ def test_ram_bytes_matches_memory_the_volume_holds(store, mode):
         tracemalloc.stop()
     reported = vol.stats()["ram_bytes"]
     assert abs(held - reported) <= 0.05 * reported + (256 << 10), (held, reported)
+
+
+def test_a_hybrid_fold_spread_over_checkpoints_keeps_every_answer(tmp_path):
+    # 4 pages of the generation array and recent=2: a fold rewrites at most
+    # 2 pages per checkpoint, so it stays in progress across checkpoints.
+    # A one-bit twin, which is always exact, gives the expected answers.
+    size = 4 * PAGE_CHUNKS * 4096
+    rng = np.random.default_rng(11)
+    path = str(tmp_path / "s")
+    store = tiered.open(path, sync=False)
+    hybrid = store.create_volume("h", size=size, granularity=4096, strategy=tiered.Strategy("hybrid", recent=2))
+    twin = store.create_volume("t", size=size, granularity=4096, strategy="one-bit")
+    seen_in_progress = 0
+
+    def check() -> None:
+        for c in twin.checkpoints():
+            assert list(hybrid.changed_since(c.name)) == list(twin.changed_since(c.name)), c.name
+        names = [c.name for c in twin.checkpoints()]
+        for a, b in zip(names, names[2:]):
+            got, exact = hybrid.changed_between(a, b), twin.changed_between(a, b)
+            assert covers(list(got), list(exact)), (a, b)
+            if got.exact:
+                assert list(got) == list(exact), (a, b)
+
+    for i in range(24):
+        offsets = rng.integers(0, size // 4096, 3000) * 4096
+        for vol in (hybrid, twin):
+            vol.mark_many(offsets, np.full(len(offsets), 4096))
+            vol.checkpoint(f"c{i}")
+        seen_in_progress += bool(hybrid._history.fold_upto)
+        check()
+        if i == 13:  # reopen in the middle of it all
+            store.close()
+            store = tiered.open(path, sync=False)
+            hybrid, twin = store.volume("h"), store.volume("t")
+            check()
+        if i in (9, 17):  # removing a checkpoint finishes a fold in progress first
+            for vol in (hybrid, twin):
+                vol.remove_checkpoint(f"c{i - 3}")
+            assert not hybrid._history.fold_upto
+            check()
+    assert seen_in_progress >= 3
+    store.close()

@@ -111,9 +111,10 @@ class SegmentTable:
     def is_empty(self) -> bool:
         return not np.any(self.index[K.HEADER : K.HEADER + self.n_top] != K.ABSENT)
 
-    def _grow(self, force: bool = False) -> None:
+    def _grow(self, force: bool = False, min_rows: int = 0) -> None:
         """Make room for at least one more page and one more row (``force``:
-        grow both even if not full)."""
+        grow both even if not full; ``min_rows``: to at least that many rows
+        in one step)."""
         idx = self.index
         pages_cap = int(idx[K.PAGES_CAP])
         if (force or idx[K.PAGES_USED] == pages_cap) and pages_cap < self.n_top:
@@ -126,7 +127,7 @@ class SegmentTable:
         if force or idx[K.SLOTS_USED] == slots_cap:
             # Doubling: few Python round trips, and untouched capacity costs
             # address space, not resident memory.
-            new_cap = max(64, 2 * slots_cap)
+            new_cap = max(64, 2 * slots_cap, min_rows)
             pool = np.empty((new_cap, self.row_len), self.row_dtype)
             pool[:slots_cap] = self.pool
             self.pool = pool
@@ -137,7 +138,7 @@ class SegmentTable:
         while self.index[K.SLOTS_CAP] - self.index[K.SLOTS_USED] < rows or (
             self.index[K.PAGES_CAP] - self.index[K.PAGES_USED] < min(pages, self.n_top - self.index[K.PAGES_USED])
         ):
-            self._grow(force=True)
+            self._grow(force=True, min_rows=int(self.index[K.SLOTS_USED]) + rows)
 
     def _until_done(self, step: Callable[[int], int], total: int) -> None:
         """Run a resumable kernel, growing whenever it stops short."""

@@ -327,6 +327,12 @@ class Volume:
                 db=self._storage.checkpoints,
             )
 
+    def _settle(self) -> None:
+        """Finish work the strategy spreads over checkpoints (a hybrid fold),
+        in a transaction of its own, before a change that reshapes history."""
+        if self._history.unsettled:
+            self._transact(self._history.settle)
+
     def checkpoints(self) -> list[Checkpoint]:
         """Live checkpoints, oldest first."""
         with self._lock:
@@ -348,6 +354,7 @@ class Volume:
         with self._lock:
             self._check_writable()
             gone = self._lookup(name)
+            self._settle()
             ckpts = self._checkpoints
             i = bisect.bisect_left(ckpts, gone.generation, key=lambda c: c.generation)
             prev = ckpts[i - 1].generation if i > 0 else None
@@ -439,6 +446,7 @@ class Volume:
         target = Strategy.coerce(strategy)
         with self._lock:
             self._check_writable()
+            self._settle()
             self._drain()
             if target.fixed() == self.strategy.fixed():
                 # Only the cache budget, which is not stored, can differ.

@@ -103,6 +103,16 @@ class History(ABC):
     def flush(self, batch: Batch) -> AfterCommit:
         """Persist the state held in RAM, so that reopening loses nothing."""
 
+    @property
+    def unsettled(self) -> bool:
+        """Whether work spread over checkpoints is under way; the volume
+        settles it before removing a checkpoint or converting."""
+        return False
+
+    def settle(self, batch: Batch) -> AfterCommit:
+        """Finish the work spread over checkpoints."""
+        return nothing
+
     @abstractmethod
     def export(self, txn: Any, current: int) -> HistoryImage:
         """Everything this history knows, read inside ``txn``."""

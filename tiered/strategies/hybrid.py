@@ -3,13 +3,14 @@ on-disk generation array.
 
 RAM holds only the active writeset (one bit per touched chunk).  Sealed
 writesets stay one-bit in LMDB until more than ``2 * recent`` of them pile
-up; then the oldest are folded, in one pass, into the generation array ``G``
-(each chunk: the last folded period that wrote it), leaving ``recent``.
-Folding reads and rewrites only the pages the folded writesets touch, so it
-costs time in proportion to the dirty chunks, not to the volume.
+up; then the oldest are folded into the generation array ``G`` (each chunk:
+the last folded period that wrote it), leaving ``recent``.  Folding reads
+and rewrites only the pages the folded writesets touch, so it costs time in
+proportion to the dirty chunks, not to the volume, and it is spread over
+the next ``recent`` checkpoints, a share of its pages each.
 
 "Changed since X" is ``G >= gen(X)`` (when X is folded) plus at most
-``2 * recent`` writesets plus the active one: about the same for any X.
+``3 * recent`` writesets plus the active one: about the same for any X.
 """
 
 from __future__ import annotations
@@ -39,16 +40,47 @@ class HybridHistory(OneBitHistory):
         self.recent = recent
         #: Highest period folded into the generation array (0: none).
         self.folded_through = 0
+        #: A fold in progress, spread over checkpoints: every writeset of a
+        #: period <= fold_upto is being folded, pages below fold_next are
+        #: done.  0: none.
+        self.fold_upto = 0
+        self.fold_next = 0
 
     def load(self, txn: Any, record: dict[str, Any]) -> None:
         super().load(txn, record)
         self.folded_through = int(record.get("folded_through", 0))
+        self.fold_upto = int(record.get("fold_upto", 0))
+        self.fold_next = int(record.get("fold_next", 0))
 
     def record_fields(self) -> dict[str, Any]:
-        return {**super().record_fields(), "folded_through": self.folded_through}
+        return {
+            **super().record_fields(),
+            "folded_through": self.folded_through,
+            "fold_upto": self.fold_upto,
+            "fold_next": self.fold_next,
+        }
 
-    def _fold(self, batch: Batch, upto: int) -> AfterCommit:
-        """Fold every writeset of a period <= upto into the generation array."""
+    # -- folding ------------------------------------------------------------
+
+    @property
+    def unsettled(self) -> bool:
+        return bool(self.fold_upto)
+
+    def settle(self, batch: Batch) -> AfterCommit:
+        if not self.fold_upto:
+            return nothing
+        return self._fold(batch, self.fold_upto, self.fold_next, whole=True)
+
+    def _fold(self, batch: Batch, upto: int, start_page: int = 0, whole: bool = True) -> AfterCommit:
+        """Fold every writeset of a period <= upto into the generation array,
+        from page ``start_page`` on: all its pages, or (``whole=False``) a
+        share small enough that ``recent`` checkpoints finish the fold.
+
+        Until the last page is done the folded writesets stay, and
+        ``folded_through`` does not move: a query then still finds every
+        write in the writesets, and the array pages already rewritten only
+        hold writes of those same periods, which answers may include.
+        """
         gens = self.writesets(0, upto + 1)
         if not gens:
             return nothing
@@ -57,36 +89,47 @@ class HybridHistory(OneBitHistory):
         for g in gens:
             for page in self.io.pages(TAG_WRITESET, g):
                 by_page.setdefault(page, []).append(g)
+        pages = sorted(by_page)
+        todo = [p for p in pages if p >= start_page]
+        if not whole:
+            todo = todo[: -(-len(pages) // self.recent)]
         stored = set(self.io.pages(TAG_GENS, ARRAY_GEN))
         # One page at a time: the fold holds one decoded page of the array,
         # not the whole array.  Pages read here are rewritten or deleted, so
         # they bypass the cache, which would only lose pages queries want.
         work = SegmentTable(self.n_chunks, GENS_DTYPE)
-        for page in sorted(by_page):
+        for page in todo:
             work.reset()
             if page in stored:
                 self.io.load_gens(TAG_GENS, ARRAY_GEN, page, txn, work)
             for g in by_page[page]:
                 work.assign(self.io.read(TAG_WRITESET, g, page, txn, keep=False), g)
             batch.put_table(TAG_GENS, ARRAY_GEN, work)
-        for g in gens:
-            batch.delete(TAG_WRITESET, g)
-        folded = max(self.folded_through, gens[-1])
-        batch.record["folded_through"] = folded
+        finished = not todo or todo[-1] == pages[-1]
+        if finished:
+            for g in gens:
+                batch.delete(TAG_WRITESET, g)
+            folded, fold_upto, fold_next = max(self.folded_through, gens[-1]), 0, 0
+        else:
+            folded, fold_upto, fold_next = self.folded_through, upto, todo[-1] + 1
+        batch.record.update(folded_through=folded, fold_upto=fold_upto, fold_next=fold_next)
 
         def done() -> None:
-            self.folded_through = folded
+            self.folded_through, self.fold_upto, self.fold_next = folded, fold_upto, fold_next
 
         return done
 
     def seal(self, batch: Batch, current: int) -> AfterCommit:
         cleared = super().seal(batch, current)
-        # Count the writeset being sealed, which the catalog does not show yet.
-        pending = self.writesets(0) + [current]
         folded = nothing
-        if len(pending) > 2 * self.recent:
-            keep_from = pending[-self.recent]
-            folded = self._fold(batch, keep_from - 1)
+        if self.fold_upto:
+            folded = self._fold(batch, self.fold_upto, self.fold_next, whole=False)
+        else:
+            # Count the writeset being sealed, which the catalog does not show yet.
+            pending = self.writesets(0) + [current]
+            if len(pending) > 2 * self.recent:
+                keep_from = pending[-self.recent]
+                folded = self._fold(batch, keep_from - 1, whole=False)
 
         def done() -> None:
             cleared()
@@ -106,11 +149,11 @@ class HybridHistory(OneBitHistory):
 
     def reset(self, batch: Batch) -> AfterCommit:
         cleared = super().reset(batch)
-        batch.record["folded_through"] = 0
+        batch.record.update(folded_through=0, fold_upto=0, fold_next=0)
 
         def done() -> None:
             cleared()
-            self.folded_through = 0
+            self.folded_through = self.fold_upto = self.fold_next = 0
 
         return done
 
@@ -139,7 +182,7 @@ class HybridHistory(OneBitHistory):
         for gen in gens[len(fold) :]:
             batch.put_table(TAG_WRITESET, gen, image.writesets[gen])
         batch.put_table(TAG_ACTIVE, SNAPSHOT_GEN, image.active)
-        batch.record.update(folded_through=folded, exact_from=0)
+        batch.record.update(folded_through=folded, exact_from=0, fold_upto=0, fold_next=0)
 
         def done() -> None:
             self.active = image.active
