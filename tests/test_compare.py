@@ -250,3 +250,18 @@ def test_cli_cache_budget_follows_the_ram_limit():
 def test_cli_compare_repeat_must_be_positive(capsys):
     code, _, err = run_cli(capsys, "compare", "--repeat", "0")
     assert code == 2 and "--repeat" in err
+
+
+def test_memory_is_measured_by_the_kernel():
+    from tiered.memory import PeakSampler, anon_rss
+
+    if not anon_rss():
+        pytest.skip("no /proc: memory is not measured here")
+    with PeakSampler() as sampler:
+        before = sampler.sample()
+        big = np.ones(64 << 20, np.uint8)  # touched, so resident
+        during = sampler.sample()
+        del big
+        after = sampler.sample()
+    assert during - before >= 60 << 20
+    assert after < during and sampler.peak >= during

@@ -34,7 +34,6 @@ import hashlib
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -46,13 +45,12 @@ import numpy as np
 from .batches import WriteBatch
 from .config import Strategy
 from .errors import InvalidArgumentError, OutOfRangeError, TieredError
+from .memory import PeakSampler, anon_rss, reset_rss_high_water_mark, rss_high_water_mark, rss_now
 from .units import format_size
 from .workloads import CheckpointMark, Event, Workload, generate
 
 # Writes handed to one mark_many call during a replay.
 REPLAY_BATCH = 65536
-# How often the sampler thread reads the resident memory.
-SAMPLE_SECONDS = 0.002
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +104,8 @@ def record(
             if int(event.offsets.min()) < 0 or int(event.lengths.min()) < 0:
                 raise InvalidArgumentError(f"{description}: a write has a negative offset or length")
             extent = max(extent, int((event.offsets + event.lengths).max()))
+            if size is not None and extent > size:
+                raise OutOfRangeError(f"{description}: writes reach byte {extent}, past the volume size {size}")
             np.stack((event.offsets, event.lengths), axis=1).tofile(f)
             writes += len(event)
             bar.update(len(event))
@@ -113,8 +113,6 @@ def record(
         raise InvalidArgumentError(f"{description}: no writes to replay")
     if size is None:
         size = extent
-    elif extent > size:
-        raise OutOfRangeError(f"{description}: writes reach byte {extent}, past the volume size {size}")
     return Recording(path, writes, tuple(marks), size, extent, description)
 
 
@@ -140,74 +138,6 @@ def read_recording(rec: Recording) -> Iterator[Event]:
             pairs = np.fromfile(f, np.int64, 2 * (stop - done)).reshape(-1, 2)
             yield WriteBatch(np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1]))
             done = stop
-
-
-# -- memory ----------------------------------------------------------------
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def anon_rss() -> int:
-    """Resident memory that is not a mapped file (Linux; 0 elsewhere)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            fields = f.read().split()
-    except OSError:
-        return 0
-    return (int(fields[1]) - int(fields[2])) * _PAGE
-
-
-def _status_kib(field: bytes) -> int:
-    try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(field):
-                    return int(line.split()[1]) << 10
-    except OSError:
-        pass
-    return 0
-
-
-def _reset_peak_rss() -> bool:
-    """Restart the kernel's resident high-water mark (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-class PeakSampler:
-    """The highest anonymous RSS seen, by a thread and by explicit samples.
-
-    The kernels release the GIL, so the thread also sees memory that lives
-    only inside one call.
-    """
-
-    def __init__(self) -> None:
-        self.peak = anon_rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(SAMPLE_SECONDS):
-            self.sample()
-
-    def sample(self) -> int:
-        now = anon_rss()
-        if now > self.peak:
-            self.peak = now
-        return now
-
-    def __enter__(self) -> "PeakSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sample()
 
 
 # -- one configuration, in a child process -----------------------------------
@@ -312,7 +242,7 @@ def measure(config: Config, rec: Recording, root: str, options: RunOptions) -> M
         _warm_up(config, root)
         gc.collect()
         base = anon_rss()
-        rss_base = _status_kib(b"VmRSS:") if _reset_peak_rss() else None
+        rss_base = rss_now() if reset_rss_high_water_mark() else None
         wall0, cpu0 = time.perf_counter(), time.process_time()
         path = os.path.join(root, "store")
         with PeakSampler() as sampler:
@@ -323,7 +253,7 @@ def measure(config: Config, rec: Recording, root: str, options: RunOptions) -> M
         result.wall_s = time.perf_counter() - wall0
         result.ram_peak_bytes = sampler.peak - base
         if rss_base is not None:
-            result.rss_peak_bytes = _status_kib(b"VmHWM:") - rss_base
+            result.rss_peak_bytes = rss_high_water_mark() - rss_base
         result.store_file_bytes = os.path.getsize(os.path.join(path, "data.mdb"))
     except TieredError as exc:
         result.error = f"{type(exc).__name__}: {exc}"
