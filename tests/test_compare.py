@@ -208,6 +208,8 @@ def test_cli_compare_json_from_a_trace(tmp_path, capsys):
         (["--mode", "two-bit"], "mode"),
         (["--trace", "TRACE", "--checkpoint-seconds", "1"], "need timestamps"),
         (["--trace", "TRACE", "--size", "4K"], "past the volume size"),
+        (["--plot", "/nonexistent/dir/p.png"], "no directory"),
+        (["--dir", "/nonexistent/dir"], "No such file or directory"),
     ],
 )
 def test_cli_compare_bad_input_is_one_line(tmp_path, capsys, argv, message):

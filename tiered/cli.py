@@ -547,6 +547,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     modes = [m.strip() for m in args.mode.split(",")]
     configs = compare.configurations(modes, args.granularity, cache_budgets(args), args.width, args.recent)
     progress = not args.no_progress
+    if args.plot:
+        from . import plot
+
+        plot.check_target(args.plot)
     workdir = tempfile.mkdtemp(prefix="tiered-compare-", dir=args.dir)
     try:
         rec = _compare_recording(args, os.path.join(workdir, "writes.bin"), progress)
@@ -564,8 +568,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     problems = compare.disagreements(results)
     advice = advisor.recommend(results, limits)
     if args.plot:
-        from . import plot
-
         chosen = None if advice.choice is None else advice.choice.label
         plot.draw(results, args.plot, limits, rec.description, chosen)
     if args.json:

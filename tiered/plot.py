@@ -5,7 +5,9 @@ matplotlib is imported only here, and only when a plot is asked for.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from typing import Any
 
 from .advisor import Limits
 from .compare import Measurement
@@ -14,8 +16,16 @@ from .errors import InvalidArgumentError
 _COLOURS = {"one-bit": "tab:blue", "multi-bit": "tab:orange", "hybrid": "tab:green"}
 
 
-def draw(results: Sequence[Measurement], path: str, limits: Limits, title: str, chosen: str | None) -> None:
-    """Write a PNG with one mark per configuration that completed."""
+def check_target(path: str) -> None:
+    """Fail before a long run, not after it: matplotlib must be importable
+    and the file's directory must exist."""
+    _pyplot()
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InvalidArgumentError(f"cannot write the plot {path!r}: no directory {folder!r}")
+
+
+def _pyplot() -> Any:
     try:
         import matplotlib
 
@@ -25,6 +35,12 @@ def draw(results: Sequence[Measurement], path: str, limits: Limits, title: str, 
         raise InvalidArgumentError(
             "--plot needs matplotlib: pip install 'tiered[plot]' (or pip install matplotlib)"
         ) from None
+    return plt
+
+
+def draw(results: Sequence[Measurement], path: str, limits: Limits, title: str, chosen: str | None) -> None:
+    """Write a PNG with one mark per configuration that completed."""
+    plt = _pyplot()
     done = [m for m in results if m.ok]
     if not done:
         raise InvalidArgumentError("nothing to plot: no configuration completed")
