@@ -209,6 +209,8 @@ def test_cli_compare_json_from_a_trace(tmp_path, capsys):
         (["--trace", "TRACE", "--checkpoint-seconds", "1"], "need timestamps"),
         (["--trace", "TRACE", "--size", "4K"], "past the volume size"),
         (["--plot", "/nonexistent/dir/p.png"], "no directory"),
+        (["--granularity", "3000"], "power of two"),
+        (["--size", "4E", "--granularity", "512"], "more than"),
         (["--dir", "/nonexistent/dir"], "No such file or directory"),
     ],
 )

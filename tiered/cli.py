@@ -494,7 +494,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
 
-def _compare_recording(args: argparse.Namespace, path: str, progress: bool) -> Any:
+def _compare_recording(args: argparse.Namespace, configs: Any, path: str, progress: bool) -> Any:
     from . import compare
     from .workloads import Workload, schedule_checkpoints
 
@@ -514,11 +514,14 @@ def _compare_recording(args: argparse.Namespace, path: str, progress: bool) -> A
             checkpoint_seconds=args.checkpoint_seconds,
             iops=args.iops,
         )
+        compare.check_volume_size(workload.volume_size, configs)
         return compare.record_workload(workload, path, progress)
     if args.iops or args.write_size:
         raise ValueError("--iops and --write-size apply to workloads, not to --trace")
     from .traces import read_trace
 
+    if args.size is not None:
+        compare.check_volume_size(args.size, configs)
     reader = read_trace(args.trace, args.format, skip_bad=args.skip_bad)
     events = schedule_checkpoints(reader, every, args.checkpoint_seconds)
     rec = compare.record(events, path, args.size, f"trace {args.trace} ({reader.format})", progress)
@@ -553,7 +556,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         plot.check_target(args.plot)
     workdir = tempfile.mkdtemp(prefix="tiered-compare-", dir=args.dir)
     try:
-        rec = _compare_recording(args, os.path.join(workdir, "writes.bin"), progress)
+        rec = _compare_recording(args, configs, os.path.join(workdir, "writes.bin"), progress)
         if not args.json:
             sys.stdout.write(
                 f"replaying {rec.description}: {rec.writes:,} writes, {len(rec.marks)} checkpoints, "

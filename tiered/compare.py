@@ -352,7 +352,12 @@ def configurations(
     width: int = 16,
     recent: int = 8,
 ) -> list[Config]:
-    """Every combination, in the order given (mode varies slowest)."""
+    """Every combination, in the order given (mode varies slowest); checked
+    here, so that a bad one fails before any replay."""
+    from .store import check_granularity
+
+    for granularity in granularities:
+        check_granularity(granularity)
     out = []
     for mode in modes:
         for granularity in granularities:
@@ -360,6 +365,14 @@ def configurations(
                 strategy = Strategy(mode, width=width, recent=recent, cache_bytes=cache)
                 out.append(Config(strategy, granularity))
     return out
+
+
+def check_volume_size(size: int, configs: Sequence[Config]) -> None:
+    """Fail before any replay if a store would refuse the volume."""
+    from .store import check_geometry
+
+    for config in configs:
+        check_geometry(size, config.granularity)
 
 
 def compare(
@@ -375,6 +388,7 @@ def compare(
     each query is timed ``repeat`` times and the median reported."""
     if not configs:
         raise InvalidArgumentError("nothing to compare: no configuration given")
+    check_volume_size(rec.size, configs)
     if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
         raise InvalidArgumentError(f"repeat must be a positive int, got {repeat!r}")
     options = RunOptions(sync, progress, repeat)

@@ -26,6 +26,25 @@ FORMAT = 1
 MAX_CHUNKS = 1 << 44
 
 
+def check_granularity(granularity: int) -> None:
+    if not MIN_GRANULARITY <= granularity <= MAX_GRANULARITY or granularity & (granularity - 1):
+        raise InvalidArgumentError(
+            f"granularity must be a power of two from {MIN_GRANULARITY} to {MAX_GRANULARITY}, got {granularity}"
+        )
+
+
+def check_geometry(size: int, granularity: int) -> None:
+    """The volume sizes and granularities a store accepts."""
+    check_granularity(granularity)
+    if not 0 < size <= MAX_SIZE:
+        raise InvalidArgumentError(f"size must be from 1 to {MAX_SIZE} bytes, got {size}")
+    if -(-size // granularity) > MAX_CHUNKS:
+        raise InvalidArgumentError(
+            f"size {size} at granularity {granularity} makes more than {MAX_CHUNKS} chunks; "
+            "use a larger granularity"
+        )
+
+
 def open(path: str, readonly: bool = False, *, sync: bool = True, map_size: int | None = None) -> "Store":  # noqa: A001
     """Open (or create) the store at ``path``.
 
@@ -116,17 +135,7 @@ class Store:
         size = as_int(size, "size")
         granularity = as_int(granularity, "granularity")
         chosen = Strategy.coerce(strategy)
-        if not MIN_GRANULARITY <= granularity <= MAX_GRANULARITY or granularity & (granularity - 1):
-            raise InvalidArgumentError(
-                f"granularity must be a power of two from {MIN_GRANULARITY} to {MAX_GRANULARITY}, got {granularity}"
-            )
-        if not 0 < size <= MAX_SIZE:
-            raise InvalidArgumentError(f"size must be from 1 to {MAX_SIZE} bytes, got {size}")
-        if -(-size // granularity) > MAX_CHUNKS:
-            raise InvalidArgumentError(
-                f"size {size} at granularity {granularity} makes more than {MAX_CHUNKS} chunks; "
-                "use a larger granularity"
-            )
+        check_geometry(size, granularity)
         with self._lock:
             self._check_open()
             if self._storage.readonly:
