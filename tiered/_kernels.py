@@ -453,7 +453,7 @@ def _clipped_word(rows, r, w, wbase, c_lo, c_hi):
 
 
 @njit(**_jit)
-def _count_runs(first, count, ref, rows, c_lo, c_hi):
+def count_runs(first, count, ref, rows, c_lo, c_hi):
     """How many runs span_runs will emit, counted a word at a time."""
     n = 0
     run_end = np.int64(-1)  # end of the last set chunk seen, if a run may go on
@@ -483,16 +483,17 @@ def _count_runs(first, count, ref, rows, c_lo, c_hi):
 
 
 @njit(**_jit)
-def span_runs(first, count, ref, rows, c_lo, c_hi, shift, lo, hi):
+def span_runs(first, count, ref, rows, c_lo, c_hi, shift, lo, hi, offsets, lengths):
     """Runs of set chunks of a bitmap span list inside chunks [c_lo, c_hi).
 
-    Runs are coalesced across segments and returned as (offsets, lengths),
-    uint64, in units of ``2**shift`` per chunk (0: chunks; the granularity's
-    log2: bytes) and clipped to [lo, hi) in those units.
+    Runs are coalesced across segments and written to (offsets, lengths),
+    uint64 arrays of exactly ``count_runs`` entries, in units of ``2**shift``
+    per chunk (0: chunks; the granularity's log2: bytes) and clipped to
+    [lo, hi) in those units.  The caller allocates them: numpy asks the
+    kernel for huge pages for large arrays, which numba's allocator does
+    not, and an answer of millions of extents otherwise spends much of its
+    time in page faults.
     """
-    n = _count_runs(first, count, ref, rows, c_lo, c_hi)
-    offsets = np.empty(n, np.uint64)
-    lengths = np.empty(n, np.uint64)
     n = 0
     run_start = np.int64(-1)
     run_end = np.int64(-1)  # exclusive, in chunks
@@ -551,7 +552,6 @@ def span_runs(first, count, ref, rows, c_lo, c_hi, shift, lo, hi):
         lengths[n - 1] = min(run_end << shift, hi) - o
     elif n != offsets.shape[0]:
         raise AssertionError("span_runs: run count mismatch")
-    return offsets, lengths
 
 
 @njit(**_jit)

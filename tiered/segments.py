@@ -53,7 +53,10 @@ class Spans(NamedTuple):
         clipped to [lo, hi) in those units (default: the chunk range)."""
         lo = c_lo << shift if lo is None else lo
         hi = c_hi << shift if hi is None else hi
-        return K.span_runs(self.first, self.count, self.ref, self.rows, c_lo, c_hi, shift, lo, hi)
+        n = K.count_runs(self.first, self.count, self.ref, self.rows, c_lo, c_hi)
+        offsets, lengths = np.empty(n, np.uint64), np.empty(n, np.uint64)
+        K.span_runs(self.first, self.count, self.ref, self.rows, c_lo, c_hi, shift, lo, hi, offsets, lengths)
+        return offsets, lengths
 
     def count_bits(self) -> int:
         return int(K.count_span_bits(self.first, self.count, self.ref, self.rows))
