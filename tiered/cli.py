@@ -461,7 +461,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--skip-bad", action="store_true", help="skip malformed trace lines instead of stopping")
     source.add_argument("--size", type=parse_size, metavar="SIZE",
                         help="volume size (default: 1T for a workload, the last byte written for a trace)")
-    source.add_argument("--writes", type=positive_int, default=DEFAULT_WRITES, metavar="N", help="writes of a workload")
+    source.add_argument("--writes", type=positive_int, default=DEFAULT_WRITES, metavar="N", help=f"writes of a workload (default: {DEFAULT_WRITES:,})")
     source.add_argument("--write-size", type=parse_size, metavar="SIZE", help="bytes per write of a workload (default: 4K, 8K for database)")
     source.add_argument("--seed", type=int, default=1, help="workload seed (default: 1)")
     source.add_argument("--iops", type=positive_float, metavar="RATE", help="give workload writes Poisson arrival times at this rate")
