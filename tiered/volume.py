@@ -327,12 +327,6 @@ class Volume:
                 db=self._storage.checkpoints,
             )
 
-    def _settle(self) -> None:
-        """Finish work the strategy spreads over checkpoints (a hybrid fold),
-        in a transaction of its own, before a change that reshapes history."""
-        if self._history.unsettled:
-            self._transact(self._history.settle)
-
     def checkpoints(self) -> list[Checkpoint]:
         """Live checkpoints, oldest first."""
         with self._lock:
@@ -354,11 +348,12 @@ class Volume:
         with self._lock:
             self._check_writable()
             gone = self._lookup(name)
-            self._settle()
             ckpts = self._checkpoints
             i = bisect.bisect_left(ckpts, gone.generation, key=lambda c: c.generation)
             prev = ckpts[i - 1].generation if i > 0 else None
             nxt = ckpts[i + 1].generation if i + 1 < len(ckpts) else None
+            if self._history.settle_before_remove(prev, nxt):
+                self._transact(self._history.settle)
             history = self._history
             remaining = ckpts[:i] + ckpts[i + 1 :]
             # Checkpoints are in generation order, so the oldest decides.
@@ -446,7 +441,9 @@ class Volume:
         target = Strategy.coerce(strategy)
         with self._lock:
             self._check_writable()
-            self._settle()
+            if self._history.unsettled:
+                # Finish a fold spread over checkpoints, in its own transaction.
+                self._transact(self._history.settle)
             self._drain()
             if target.fixed() == self.strategy.fixed():
                 # Only the cache budget, which is not stored, can differ.

@@ -106,7 +106,12 @@ class History(ABC):
     @property
     def unsettled(self) -> bool:
         """Whether work spread over checkpoints is under way; the volume
-        settles it before removing a checkpoint or converting."""
+        settles it before converting."""
+        return False
+
+    def settle_before_remove(self, prev: int | None, nxt: int | None) -> bool:
+        """Whether removing the checkpoint between ``prev`` and ``nxt`` must
+        wait for that work to finish."""
         return False
 
     def settle(self, batch: Batch) -> AfterCommit:

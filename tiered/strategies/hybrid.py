@@ -66,6 +66,21 @@ class HybridHistory(OneBitHistory):
     def unsettled(self) -> bool:
         return bool(self.fold_upto)
 
+    def settle_before_remove(self, prev: int | None, nxt: int | None) -> bool:
+        # Merging a writeset the fold has not seen (a period past fold_upto)
+        # into one it is folding would leave those writes out of the pages
+        # already done.  Other removals are safe mid-fold: merging writesets
+        # the fold covers leaves values of a removed period in done pages,
+        # which only the removed checkpoint could tell apart; dropping the
+        # oldest deletes history nobody asks about any more; merging into the
+        # active writeset keeps every write there.
+        return (
+            bool(self.fold_upto)
+            and prev is not None
+            and nxt is not None
+            and prev <= self.fold_upto < nxt - 1
+        )
+
     def settle(self, batch: Batch) -> AfterCommit:
         if not self.fold_upto:
             return nothing
@@ -83,7 +98,15 @@ class HybridHistory(OneBitHistory):
         """
         gens = self.writesets(0, upto + 1)
         if not gens:
-            return nothing
+            if not self.fold_upto:
+                return nothing
+            # Removals dropped every writeset the fold had left: it is over.
+            batch.record.update(fold_upto=0, fold_next=0)
+
+            def over() -> None:
+                self.fold_upto = self.fold_next = 0
+
+            return over
         txn = batch.txn
         by_page: dict[int, list[int]] = {}
         for g in gens:
