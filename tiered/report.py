@@ -96,13 +96,26 @@ def write_verdict(out: TextIO, results: Sequence[Measurement], advice: Advice, p
 
 
 def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
     return {
         "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
         "machine": platform.machine(),
-        "processor": platform.processor(),
         "system": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
     }
+
+
+def _cpu_model() -> str:
+    # platform.processor() is empty on most Linux systems.
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def document(
