@@ -573,3 +573,51 @@ def test_a_hybrid_fold_spread_over_checkpoints_keeps_every_answer(tmp_path, seed
             check()
     assert seen_in_progress >= 3 and removals_in_progress >= 4
     store.close()
+
+
+def test_a_multi_bit_flush_writes_only_the_pages_changed_since_the_last(tmp_path, monkeypatch):
+    size = 4 * PAGE_CHUNKS * 4096
+    path = str(tmp_path / "s")
+    store = tiered.open(path, sync=False)
+    vol = store.create_volume("m", size=size, granularity=4096, strategy=tiered.Strategy("multi-bit", width=8))
+    twin = store.create_volume("t", size=size, granularity=4096, strategy="one-bit")
+    written: list[int] = []
+    encode = codec.encode_gens_page
+    monkeypatch.setattr(codec, "encode_gens_page", lambda spans, page: written.append(page) or encode(spans, page))
+    page_bytes = PAGE_CHUNKS * 4096
+
+    def write(page: int, at: int) -> None:
+        for v in (vol, twin):
+            v.mark(page * page_bytes + at * 4096, 4096)
+
+    def same() -> None:
+        for c in twin.checkpoints():
+            assert list(vol.changed_since(c.name)) == list(twin.changed_since(c.name)), c.name
+
+    for v in (vol, twin):
+        v.checkpoint("a")
+    for page in range(4):
+        write(page, 7)
+    vol.flush()
+    assert sorted(written) == [0, 1, 2, 3]
+    written.clear()
+    vol.flush()
+    assert written == []  # nothing marked since
+    for v in (vol, twin):
+        v.checkpoint("b")
+    write(2, 99)
+    vol.flush()
+    assert written == [2]
+    written.clear()
+    write(1, 5)
+    for v in (vol, twin):
+        v.checkpoint("c")
+    write(3, 6)
+    store.close()
+    # Pages 1 and 3 changed.  Page 2 holds generation 2, the smallest marked
+    # since the last flush, so it is written again; page 0 (generation 1) is not.
+    assert sorted(written) == [1, 2, 3]
+    store = tiered.open(path, sync=False)
+    vol, twin = store.volume("m"), store.volume("t")
+    same()
+    store.close()

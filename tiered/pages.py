@@ -99,11 +99,13 @@ class Batch:
         #: old record.
         self.record: dict[str, object] = {}
 
-    def put_table(self, tag: bytes, gen: int, table: SegmentTable) -> None:
-        """Write every page of ``table`` under (tag, gen); other pages stay."""
+    def put_table(self, tag: bytes, gen: int, table: SegmentTable, only: np.ndarray | None = None) -> None:
+        """Write every page of ``table`` (or those in ``only``) under
+        (tag, gen); other pages stay."""
         spans = table.spans()
         pages = self.written.setdefault((tag, gen), set())
-        for page in spans.pages().tolist():
+        chosen = spans.pages() if only is None else np.intersect1d(spans.pages(), only)
+        for page in chosen.tolist():
             part = spans.page_slice(page)
             if table.is_bits:
                 value = codec.encode_bits_page(part, page)

@@ -2,8 +2,8 @@
 
 Each chunk holds the period in which it was last written; "changed since X"
 is ``generation >= gen(X)`` and creating a checkpoint only bumps a counter.
-The price is ``width`` bits per touched chunk in RAM, and a flush that
-writes the whole array.  When the counter would overflow the width, the
+The price is ``width`` bits per touched chunk in RAM; a flush writes the
+pages changed since the last one.  When the counter would overflow the width, the
 live generations are renumbered compactly; if even that cannot make room,
 creating a checkpoint fails with a clear error instead of resetting.
 """
@@ -30,6 +30,12 @@ class MultiBitHistory(History):
         super().__init__(io, n_chunks)
         self.max_generation = max_generation(width)
         self.array = SegmentTable(n_chunks, io.gens_dtype)
+        # What a flush must write.  Marks only raise generations, so every
+        # page changed since the last flush holds a generation >= the
+        # smallest one marked since (None: nothing marked).  A renumbering
+        # changes every page.
+        self._marked_from: int | None = None
+        self._renumbered = False
 
     def load(self, txn: Any, record: dict[str, Any]) -> None:
         for spans in self.io.read_table(TAG_GENS, ARRAY_GEN, txn=txn):
@@ -38,6 +44,8 @@ class MultiBitHistory(History):
 
     def mark_many(self, offsets: np.ndarray, lengths: np.ndarray, shift: int, gen: int) -> None:
         self.array.mark_many(offsets, lengths, shift, gen)
+        if self._marked_from is None or gen < self._marked_from:
+            self._marked_from = gen
 
     def seal(self, batch: Batch, current: int) -> AfterCommit:
         return nothing
@@ -49,12 +57,27 @@ class MultiBitHistory(History):
 
     def reset(self, batch: Batch) -> AfterCommit:
         batch.delete(TAG_GENS, ARRAY_GEN)
-        return self.array.clear
+
+        def cleared() -> None:
+            self.array.clear()
+            self._flushed()
+
+        return cleared
 
     def flush(self, batch: Batch) -> AfterCommit:
-        batch.delete(TAG_GENS, ARRAY_GEN)
-        batch.put_table(TAG_GENS, ARRAY_GEN, self.array)
-        return nothing
+        """Write the pages changed since the last flush (all after a renumbering)."""
+        if self._renumbered:
+            batch.delete(TAG_GENS, ARRAY_GEN)
+            batch.put_table(TAG_GENS, ARRAY_GEN, self.array)
+        elif self._marked_from is not None:
+            changed = SegmentTable(self.n_chunks)
+            changed.or_at_least(self.array.spans(), self._marked_from)
+            batch.put_table(TAG_GENS, ARRAY_GEN, self.array, only=changed.spans().pages())
+        return self._flushed
+
+    def _flushed(self) -> None:
+        self._marked_from = None
+        self._renumbered = False
 
     def export(self, txn: Any, current: int) -> HistoryImage:
         spans = self.array.spans()
@@ -79,11 +102,13 @@ class MultiBitHistory(History):
 
         def done() -> None:
             self.array = array
+            self._flushed()
 
         return done
 
     def renumber(self, live: np.ndarray) -> None:
         self.array.remap(live)
+        self._renumbered = True
 
     def changed(self, since: int, until: int | None, c_lo: int, c_hi: int) -> tuple[Spans, bool]:
         region = self.array.spans(*chunk_seg_range(c_lo, c_hi))
