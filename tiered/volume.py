@@ -441,9 +441,6 @@ class Volume:
         target = Strategy.coerce(strategy)
         with self._lock:
             self._check_writable()
-            if self._history.unsettled:
-                # Finish a fold spread over checkpoints, in its own transaction.
-                self._transact(self._history.settle)
             self._drain()
             if target.fixed() == self.strategy.fixed():
                 # Only the cache budget, which is not stored, can differ.
@@ -460,6 +457,9 @@ class Volume:
                     f"volume {self.name!r} is at generation {self._gen} with {len(live)} live "
                     f"checkpoints, more than a {target.mode} strategy{_width_note(target)} can hold"
                 )
+            if self._history.unsettled:
+                # Finish a fold spread over checkpoints, in its own transaction.
+                self._transact(self._history.settle)
             gen, lost, checkpoints = self._gen, self._lost, self._checkpoints
             if renumber:
                 gen = len(live)
