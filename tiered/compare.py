@@ -163,6 +163,8 @@ class Measurement:
     query_oldest_warm_ms: float = 0.0
     reopen_ms: float = 0.0
     ram_peak_bytes: int = 0
+    #: The peak during the replay alone: the write path, before any query.
+    ram_replay_peak_bytes: int = 0
     ram_steady_bytes: int = 0
     ram_engine_bytes: int = 0
     rss_peak_bytes: int = 0
@@ -270,6 +272,7 @@ def _write_phase(
     with store_module.open(path, sync=options.sync) as store:
         vol = store.create_volume("replay", size=rec.size, granularity=config.granularity, strategy=config.strategy)
         mark_s, ckpt_s = _replay(vol, rec, sampler, options.progress, config.label)
+        result.ram_replay_peak_bytes = sampler.peak - base
         result.writes = rec.writes
         result.checkpoints = len(ckpt_s)
         result.writes_per_s = rec.writes / mark_s if mark_s else 0.0
