@@ -118,12 +118,17 @@ def open_volume(path: str, strategy: tiered.Strategy | None = None):
 # -- changed_since ----------------------------------------------------------
 
 
+def query_target(histories, mode: str, length: int, which: str) -> tuple:
+    """The history, and the index and name of the checkpoint to query."""
+    history = histories(mode, length)
+    index = positions(length)[which]
+    return history, index, ckpt_name(index)
+
+
 @pytest.mark.parametrize("mode,length,which", QUERY_PARAMS)
 def test_changed_since_cold(benchmark, record, histories, mode, length, which):
     benchmark.group = f"changed_since: cold (fresh open), {history_label(length)}, {which}"
-    history = histories(mode, length)
-    index = positions(length)[which]
-    name = ckpt_name(index)
+    history, index, name = query_target(histories, mode, length, which)
     live: list = []  # (store, volume) opened by setup, closed by teardown
     results: list = []
     misses: list = []
@@ -179,9 +184,7 @@ def test_changed_since_cold(benchmark, record, histories, mode, length, which):
 @pytest.mark.parametrize("mode,length,which", QUERY_PARAMS)
 def test_changed_since_warm(benchmark, record, histories, mode, length, which):
     benchmark.group = f"changed_since: warm (same open volume), {history_label(length)}, {which}"
-    history = histories(mode, length)
-    index = positions(length)[which]
-    name = ckpt_name(index)
+    history, index, name = query_target(histories, mode, length, which)
     store, vol = open_volume(history.path)
     try:
         vol.changed_since(name)  # fill the page cache

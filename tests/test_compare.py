@@ -22,14 +22,15 @@ from tiered.compare import (
     record_workload,
 )
 from tiered.traces import FORMATS
-from tiered.workloads import KINDS, Workload, WriteBatch
+from tiered.workloads import KINDS, Workload, WriteBatch, generate
 
 SMALL = Workload("zipf", volume_size=1 << 30, writes=30_000, checkpoint_every=3000, seed=3)
 
 
-def events_of(rec) -> list:
+def flat(events) -> list:
+    """Events as ("mark", index) and (offset, length) items, whatever the batching."""
     out = []
-    for ev in read_recording(rec):
+    for ev in events:
         if isinstance(ev, CheckpointMark):
             out.append(("mark", ev.index))
         else:
@@ -46,21 +47,13 @@ def test_recording_replays_the_same_events(tmp_path):
               batch([8192], [512]), CheckpointMark(3)]
     rec = record(events, str(tmp_path / "w"), None, "test")
     assert rec.writes == 3 and rec.marks == (0, 2, 2, 3) and rec.size == rec.extent == 8704
-    assert events_of(rec) == [("mark", 0), (0, 4096), (4096, 10), ("mark", 1), ("mark", 2),
+    assert flat(read_recording(rec)) == [("mark", 0), (0, 4096), (4096, 10), ("mark", 1), ("mark", 2),
                               (8192, 512), ("mark", 3)]
 
 
 def test_recording_splits_long_batches_and_keeps_order(tmp_path):
     rec = record_workload(SMALL, str(tmp_path / "w"))
-    expected = []
-    from tiered.workloads import generate
-
-    for ev in generate(SMALL):
-        if isinstance(ev, CheckpointMark):
-            expected.append(("mark", ev.index))
-        else:
-            expected.extend(zip(ev.offsets.tolist(), ev.lengths.tolist()))
-    assert events_of(rec) == expected
+    assert flat(read_recording(rec)) == flat(generate(SMALL))
     assert rec.size == SMALL.volume_size and len(rec.marks) == 10
 
 

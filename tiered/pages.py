@@ -178,12 +178,9 @@ class PageIO:
             txn = self.snapshot
         if txn is None:
             with self.storage.reading() as own:
-                value = own.get(page_key(self.vol_id, tag, gen, page), db=self.storage.pages)
+                value, what = self._fetch(own, tag, gen, page)
         else:
-            value = txn.get(page_key(self.vol_id, tag, gen, page), db=self.storage.pages)
-        what = f"volume {self.vol_id} page {tag.decode()}/{gen}/{page}"
-        if value is None:
-            raise CorruptionError(f"{what}: listed in the catalog but missing from the store")
+            value, what = self._fetch(txn, tag, gen, page)
         if tag == TAG_GENS:
             spans = codec.decode_gens_page(value, page, self.gens_dtype, what)
         else:
@@ -192,13 +189,18 @@ class PageIO:
             self.cache.put(key, spans)
         return spans
 
-    def load_gens(self, tag: bytes, gen: int, page: int, txn: lmdb.Transaction, table: SegmentTable) -> None:
-        """Decode one stored generation page into (an empty page of) ``table``,
-        bypassing the cache: for a page about to be rewritten."""
+    def _fetch(self, txn: lmdb.Transaction, tag: bytes, gen: int, page: int) -> tuple[bytes, str]:
+        """A stored page's value, and how to name it in an error."""
         what = f"volume {self.vol_id} page {tag.decode()}/{gen}/{page}"
         value = txn.get(page_key(self.vol_id, tag, gen, page), db=self.storage.pages)
         if value is None:
             raise CorruptionError(f"{what}: listed in the catalog but missing from the store")
+        return value, what
+
+    def load_gens(self, tag: bytes, gen: int, page: int, txn: lmdb.Transaction, table: SegmentTable) -> None:
+        """Decode one stored generation page into (an empty page of) ``table``,
+        bypassing the cache: for a page about to be rewritten."""
+        value, what = self._fetch(txn, tag, gen, page)
         codec.load_gens_page(value, page, self.gens_dtype, what, table)
 
     def or_at_least(self, tag: bytes, gen: int, page_range: range, table: SegmentTable, at_least: int) -> None:
@@ -215,10 +217,7 @@ class PageIO:
             txn = own = self.storage.begin_read(buffers=True)
         try:
             for page in pages:
-                what = f"volume {self.vol_id} page {tag.decode()}/{gen}/{page}"
-                value = txn.get(page_key(self.vol_id, tag, gen, page), db=self.storage.pages)
-                if value is None:
-                    raise CorruptionError(f"{what}: listed in the catalog but missing from the store")
+                value, what = self._fetch(txn, tag, gen, page)
                 codec.or_gens_page_at_least(value, page, self.gens_dtype, what, table, at_least)
         finally:
             if own is not None:

@@ -199,6 +199,14 @@ class SegmentTable:
             len(spans),
         )
 
+    def with_dtype(self, dtype: np.dtype | type) -> "SegmentTable":
+        """A copy of this generation table whose rows have another dtype
+        (the values must fit it)."""
+        spans = self.spans()
+        copy = SegmentTable(self.n_chunks, dtype)
+        copy.load(Spans(spans.first, spans.count, spans.ref, spans.rows.astype(dtype)))
+        return copy
+
     def remap(self, live: np.ndarray) -> None:
         """Renumber generations: v becomes the count of live generations <= v."""
         K.remap_generations(self.index, self.pool, self.n_top, live.astype(np.int64))

@@ -80,11 +80,9 @@ class MultiBitHistory(History):
         self._renumbered = False
 
     def export(self, txn: Any, current: int) -> HistoryImage:
-        spans = self.array.spans()
-        last = SegmentTable(self.n_chunks, IMAGE_GENS_DTYPE)
-        last.load(Spans(spans.first, spans.count, spans.ref, spans.rows.astype(IMAGE_GENS_DTYPE)))
+        last = self.array.with_dtype(IMAGE_GENS_DTYPE)
         active = SegmentTable(self.n_chunks)
-        active.or_at_least(spans, current)
+        active.or_at_least(self.array.spans(), current)
         # Of every sealed period, only the last writer of each chunk is known.
         return HistoryImage(current, current, last, {}, active)
 
@@ -95,9 +93,7 @@ class MultiBitHistory(History):
         work.assign(image.active.spans(), image.current)
         if image.current > self.max_generation:
             work.remap(live)  # the volume renumbers its checkpoints to match
-        spans = work.spans()
-        array = SegmentTable(self.n_chunks, self.io.gens_dtype)
-        array.load(Spans(spans.first, spans.count, spans.ref, spans.rows.astype(self.io.gens_dtype)))
+        array = work.with_dtype(self.io.gens_dtype)
         batch.put_table(TAG_GENS, ARRAY_GEN, array)
 
         def done() -> None:
