@@ -41,7 +41,7 @@ sealed writesets (K = 10, 100: periods 0 .. K-1 of the histories above,
   volume opened with a cache large enough to hold every decoded page
   (warm: nothing is decoded in the timed rounds; the answer is extracted
   as extents); and the bare ``SegmentTable.or_spans`` loop over K tables
-  into a fresh table (tiered.segments, internal);
+  into a fresh table (tiered.bitmaps.table, internal);
 * pyroaring: ``BitMap.union(*maps)``, and ``acc |= m`` over the K maps;
 * bitarray: a copy of the first, then ``acc |= b`` over the others (16M
   bits each);
@@ -82,7 +82,7 @@ from benchutil import (
 from bitarray import bitarray
 
 import tiered
-from tiered.segments import SegmentTable
+from tiered.bitmaps.table import SegmentTable
 
 LONGEST = max(HISTORY_LENGTHS)
 # (history length, which checkpoint): the oldest of every length, and the

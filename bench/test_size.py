@@ -9,7 +9,7 @@ A universe of 1,048,576 chunks (2**20) with three patterns:
 
 tiered's size is what sealing stores: the chunks go into a bitmap
 ``SegmentTable`` (as the active writeset does), each of its pages is encoded
-with ``tiered.codec.encode_bits_page`` (envelope included) and the lengths
+with ``tiered.storage.codec.encode_bits_page`` (envelope included) and the lengths
 are summed; the LMDB key (25 bytes per page) is not counted.  The same set
 is also sealed through a real volume and the growth of
 ``vol.stats()["disk_bytes"]`` is recorded as a cross-check (that one counts
@@ -39,8 +39,8 @@ from benchutil import (
 )
 
 import tiered
-from tiered.codec import decode_bits_page, encode_bits_page
-from tiered.segments import SegmentTable
+from tiered.storage.codec import decode_bits_page, encode_bits_page
+from tiered.bitmaps.table import SegmentTable
 
 UNIVERSE = 1 << 20
 PATTERNS = {

@@ -11,7 +11,7 @@ import pytest
 from naive import ReferenceVolume, covers
 
 import tiered
-from tiered import codec
+from tiered.storage import codec
 from tiered.config import PAGE_CHUNKS
 
 MODES = ["one-bit", "multi-bit", "hybrid"]

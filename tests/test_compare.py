@@ -9,8 +9,9 @@ import pytest
 
 import tiered
 from tiered import cli
-from tiered.advisor import Limits, recommend, violations
-from tiered.compare import (
+from tiered.cli import compare as cli_compare
+from tiered.replay.advisor import Limits, recommend, violations
+from tiered.replay.compare import (
     CheckpointMark,
     Config,
     Measurement,
@@ -21,8 +22,8 @@ from tiered.compare import (
     record,
     record_workload,
 )
-from tiered.traces import FORMATS
-from tiered.workloads import KINDS, Workload, WriteBatch, generate
+from tiered.replay.traces import FORMATS
+from tiered.replay.workloads import KINDS, Workload, WriteBatch, generate
 
 SMALL = Workload("zipf", volume_size=1 << 30, writes=30_000, checkpoint_every=3000, seed=3)
 
@@ -155,8 +156,8 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def test_cli_lists_match_the_engine():
-    assert cli.WORKLOAD_KINDS == KINDS
-    assert cli.TRACE_FORMATS == FORMATS
+    assert cli_compare.WORKLOAD_KINDS == KINDS
+    assert cli_compare.TRACE_FORMATS == FORMATS
 
 
 def test_cli_compare_prints_a_table_and_a_recommendation(tmp_path, capsys):
@@ -236,7 +237,7 @@ def test_cli_cache_budget_follows_the_ram_limit():
     import argparse
 
     def budgets(**kw):
-        return cli.cache_budgets(argparse.Namespace(**{"cache": None, "max_ram": None, **kw}))
+        return cli_compare.cache_budgets(argparse.Namespace(**{"cache": None, "max_ram": None, **kw}))
 
     assert budgets() == [64 << 20]
     assert budgets(max_ram=32 << 20) == [16 << 20]
@@ -250,7 +251,7 @@ def test_cli_compare_repeat_must_be_positive(capsys):
 
 
 def test_memory_is_measured_by_the_kernel():
-    from tiered.memory import PeakSampler, anon_rss
+    from tiered.replay.memory import PeakSampler, anon_rss
 
     if not anon_rss():
         pytest.skip("no /proc: memory is not measured here")

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from naive import naive_mark_bits, naive_mark_gens, naive_runs
 
-from tiered import codec
+from tiered.storage import codec
 from tiered.config import PAGE_CHUNKS, SEG_CHUNKS
 from tiered.errors import CorruptionError
-from tiered.segments import SegmentTable
+from tiered.bitmaps.table import SegmentTable
 
 N_CHUNKS = 2 * PAGE_CHUNKS + 3 * SEG_CHUNKS + 17
 SHIFT = 9  # 512-byte chunks

@@ -15,7 +15,7 @@ import pytest
 import tiered
 from tiered import cli
 from tiered.errors import InvalidArgumentError, TraceFormatError
-from tiered.traces import WriteBatch, read_trace
+from tiered.replay.traces import WriteBatch, read_trace
 
 FIO_V2 = """\
 fio version 2 iolog

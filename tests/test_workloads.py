@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import tiered
-from tiered.batches import WriteBatch
+from tiered.replay.batches import WriteBatch
 from tiered.errors import InvalidArgumentError
-from tiered.workloads import KINDS, CheckpointMark, Workload, generate, schedule_checkpoints
+from tiered.replay.workloads import KINDS, CheckpointMark, Workload, generate, schedule_checkpoints
 
 MiB = 1 << 20
 

@@ -107,6 +107,12 @@ class Strategy:
             fields[extra] = getattr(self, extra)
         return fields
 
+    def describe(self) -> str:
+        """The mode and its stored setting, as messages name them:
+        ``"multi-bit strategy of width 16"``, ``"hybrid strategy"``."""
+        width = f" of width {self.width}" if self.mode == "multi-bit" else ""
+        return f"{self.mode} strategy{width}"
+
     def check_compatible(self, stored: dict[str, Any], volume: str) -> None:
         mine = self.fixed()
         defaults = Strategy(mode=stored["mode"]).fixed() if stored.get("mode") in MODES else {}

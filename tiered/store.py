@@ -6,7 +6,7 @@ import threading
 import time
 from typing import Any
 
-from .codec import pack_json, unpack_json
+from .storage.codec import pack_json, unpack_json
 from .config import MAX_GRANULARITY, MAX_SIZE, MIN_GRANULARITY, Strategy
 from .errors import (
     AlreadyExistsError,
@@ -16,12 +16,13 @@ from .errors import (
     ReadOnlyError,
     VolumeNotFoundError,
 )
-from .storage import Storage, volume_key
+from .storage.environment import Storage
+from .storage.keys import volume_key
 from .checks import as_int
 from .volume import Volume, check_name
 
 FORMAT = 1
-# The directory keeps one int32 per page of the volume (see segments.py);
+# The directory keeps one int32 per page of the volume (see tiered/bitmaps/table.py);
 # capping the chunk count keeps that below 16 MiB.
 MAX_CHUNKS = 1 << 44
 

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from . import _kernels as K
-from .codec import pack_json, unpack_json
+from .storage.codec import pack_json, unpack_json
 from .config import MAX_GEN_32, MAX_NAME_BYTES, Strategy
 from .checks import as_int
 from .errors import (
@@ -30,9 +29,10 @@ from .errors import (
     OutOfRangeError,
     ReadOnlyError,
 )
+from .bitmaps.table import check_writes
 from .extents import Extents
-from .pages import Batch, PageCache, PageIO
-from .storage import checkpoint_key, checkpoint_key_gen, volume_key
+from .storage.pages import Batch, PageCache, PageIO
+from .storage.keys import checkpoint_key, checkpoint_key_gen, volume_key
 from .strategies import gens_dtype, make_history
 from .strategies.base import nothing
 
@@ -68,10 +68,6 @@ def check_name(name: object, what: str) -> str:
             f"{what} name is {size} bytes in UTF-8; the limit is {MAX_NAME_BYTES}"
         )
     return name
-
-
-def _width_note(strategy: Strategy) -> str:
-    return f" of width {strategy.width}" if strategy.mode == "multi-bit" else ""
 
 
 def _as_int_array(values: object, what: str) -> np.ndarray:
@@ -240,7 +236,7 @@ class Volume:
             )
         offs64 = np.ascontiguousarray(offs, dtype=np.int64)
         lens64 = np.ascontiguousarray(lens, dtype=np.int64)
-        bad, any_data = K.check_writes(offs64, lens64, self.size)
+        bad, any_data = check_writes(offs64, lens64, self.size)
         if bad >= 0:
             raise OutOfRangeError(
                 f"write {bad} of the batch, [{offs[bad]}, {offs[bad]}+{lens[bad]}), lies outside "
@@ -295,12 +291,12 @@ class Volume:
         if len(live) + 1 > limit:
             raise CheckpointLimitError(
                 f"volume {self.name!r} holds {len(live)} live checkpoints, the most its "
-                f"{self.strategy.mode} strategy of width {self.strategy.width} allows; "
+                f"{self.strategy.describe()} allows; "
                 "remove some, or use a wider or another strategy"
             )
-        if self.strategy.mode != "multi-bit":
+        if not self._history.can_renumber:
             raise CheckpointLimitError(
-                f"volume {self.name!r} has used all {limit} generations of its {self.strategy.mode} strategy"
+                f"volume {self.name!r} has used all {limit} generations of its {self.strategy.describe()}"
             )
         # RAM first, as one step: the array, the checkpoints and the counters
         # stay consistent with each other even if the write below fails.
@@ -452,10 +448,10 @@ class Volume:
             history = make_history(target, io, self._n_chunks)
             live = np.array([c.generation for c in self._checkpoints], np.int64)
             renumber = self._gen > history.max_generation
-            if self._gen > MAX_GEN_32 or (renumber and (target.mode != "multi-bit" or len(live) > history.max_generation)):
+            if self._gen > MAX_GEN_32 or (renumber and (not history.can_renumber or len(live) > history.max_generation)):
                 raise CheckpointLimitError(
                     f"volume {self.name!r} is at generation {self._gen} with {len(live)} live "
-                    f"checkpoints, more than a {target.mode} strategy{_width_note(target)} can hold"
+                    f"checkpoints, more than a {target.describe()} can hold"
                 )
             if self._history.unsettled:
                 # Finish a fold spread over checkpoints, in its own transaction.

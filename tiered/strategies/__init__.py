@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import Strategy
-from ..pages import PageIO
+from ..storage.pages import PageIO
 from .base import History
 from .hybrid import GENS_DTYPE as HYBRID_GENS_DTYPE
 from .hybrid import HybridHistory

@@ -20,8 +20,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..pages import Batch, PageIO
-from ..segments import SegmentTable, Spans, chunk_page_range, chunk_seg_range
+from ..bitmaps.table import SegmentTable, Spans, chunk_page_range, chunk_seg_range
+from ..storage.pages import Batch, PageIO
+
+# Page tags: which stored table of a volume a page belongs to (docs/format.md).
+#: sealed one-bit writeset of one period
+TAG_WRITESET = b"W"
+#: snapshot of the active writeset taken by a flush
+TAG_ACTIVE = b"A"
+#: generation array
+TAG_GENS = b"G"
 
 AfterCommit = Callable[[], None]
 
@@ -61,6 +69,9 @@ class History(ABC):
     mode: str
     #: Largest generation the strategy can store.
     max_generation: int
+    #: Whether live generations can be renumbered compactly when the counter
+    #: reaches ``max_generation`` (otherwise that is the end of the volume).
+    can_renumber: bool = False
     #: Whether sealing a period also persists everything marked so far.
     seal_flushes: bool = False
 

@@ -20,10 +20,9 @@ from typing import Any
 import numpy as np
 
 from ..config import MAX_GEN_32
-from ..pages import Batch
-from ..segments import SegmentTable, Spans, chunk_page_range
-from ..storage import TAG_ACTIVE, TAG_GENS, TAG_WRITESET
-from .base import AfterCommit, HistoryImage, nothing
+from ..storage.pages import Batch
+from ..bitmaps.table import SegmentTable, Spans, chunk_page_range
+from .base import TAG_ACTIVE, TAG_GENS, TAG_WRITESET, AfterCommit, HistoryImage, nothing
 from .one_bit import SNAPSHOT_GEN, OneBitHistory
 
 # The generation array is a single table; its pages are keyed by this gen.

@@ -15,10 +15,9 @@ from typing import Any
 import numpy as np
 
 from ..config import max_generation
-from ..pages import Batch
-from ..segments import SegmentTable, Spans, chunk_seg_range
-from ..storage import TAG_GENS
-from .base import IMAGE_GENS_DTYPE, AfterCommit, History, HistoryImage, nothing
+from ..storage.pages import Batch
+from ..bitmaps.table import SegmentTable, Spans, chunk_seg_range
+from .base import IMAGE_GENS_DTYPE, TAG_GENS, AfterCommit, History, HistoryImage, nothing
 
 ARRAY_GEN = 0
 
@@ -29,6 +28,7 @@ class MultiBitHistory(History):
     def __init__(self, io, n_chunks: int, width: int) -> None:
         super().__init__(io, n_chunks)
         self.max_generation = max_generation(width)
+        self.can_renumber = True
         self.array = SegmentTable(n_chunks, io.gens_dtype)
         # What a flush must write.  Marks only raise generations, so every
         # page changed since the last flush holds a generation >= the

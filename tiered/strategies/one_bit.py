@@ -13,10 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ..pages import Batch
-from ..segments import SegmentTable, Spans
-from ..storage import TAG_ACTIVE, TAG_WRITESET
-from .base import IMAGE_GENS_DTYPE, AfterCommit, History, HistoryImage, nothing
+from ..storage.pages import Batch
+from ..bitmaps.table import SegmentTable, Spans
+from .base import IMAGE_GENS_DTYPE, TAG_ACTIVE, TAG_WRITESET, AfterCommit, History, HistoryImage, nothing
 
 # The flush snapshot of the active writeset has no period of its own.
 SNAPSHOT_GEN = 0

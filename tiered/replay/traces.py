@@ -47,7 +47,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from .batches import WriteBatch
-from .errors import InvalidArgumentError, TraceFormatError
+from ..errors import InvalidArgumentError, TraceFormatError
 
 FORMATS = ("fio", "blkparse", "msr")
 DEFAULT_BATCH = 65536

@@ -43,10 +43,10 @@ from typing import Any
 import numpy as np
 
 from .batches import WriteBatch
-from .config import Strategy
-from .errors import InvalidArgumentError, OutOfRangeError, TieredError
+from ..config import Strategy
+from ..errors import InvalidArgumentError, OutOfRangeError, TieredError
 from .memory import PeakSampler, anon_rss, reset_rss_high_water_mark, rss_high_water_mark, rss_now
-from .units import format_size
+from ..units import format_size
 from .workloads import CheckpointMark, Event, Workload, generate
 
 # Writes handed to one mark_many call during a replay.
@@ -198,7 +198,7 @@ def _empty_measurement(config: Config) -> Measurement:
 
 def _warm_up(config: Config, root: str) -> None:
     """Compile or load every kernel the measured run will use, outside it."""
-    from . import store as store_module
+    from .. import store as store_module
 
     w = Workload("uniform", volume_size=1 << 30, writes=20_000, checkpoint_every=1000, seed=1)
     path = os.path.join(root, "warm")
@@ -267,7 +267,7 @@ def _write_phase(
     result: Measurement,
 ) -> list[str]:
     """Replay, then query in the writer (warm); returns the checkpoint names."""
-    from . import store as store_module
+    from .. import store as store_module
 
     with store_module.open(path, sync=options.sync) as store:
         vol = store.create_volume("replay", size=rec.size, granularity=config.granularity, strategy=config.strategy)
@@ -296,7 +296,7 @@ def _cold_phase(
     config: Config, path: str, names: list[str], repeat: int, sampler: PeakSampler, result: Measurement
 ) -> None:
     """Reopen with nothing cached and query, ``repeat`` times; record the answers' digest."""
-    from . import store as store_module
+    from .. import store as store_module
 
     reopen, newest_s, oldest_s = [], [], []
     for _ in range(repeat):
@@ -357,7 +357,7 @@ def configurations(
 ) -> list[Config]:
     """Every combination, in the order given (mode varies slowest); checked
     here, so that a bad one fails before any replay."""
-    from .store import check_granularity
+    from ..store import check_granularity
 
     for granularity in granularities:
         check_granularity(granularity)
@@ -372,7 +372,7 @@ def configurations(
 
 def check_volume_size(size: int, configs: Sequence[Config]) -> None:
     """Fail before any replay if a store would refuse the volume."""
-    from .store import check_geometry
+    from ..store import check_geometry
 
     for config in configs:
         check_geometry(size, config.granularity)

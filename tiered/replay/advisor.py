@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 
 from .compare import Measurement
-from .errors import InvalidArgumentError
+from ..errors import InvalidArgumentError
 
 
 @dataclasses.dataclass(frozen=True)

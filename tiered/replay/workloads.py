@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .batches import WriteBatch
-from .checks import as_int
-from .errors import InvalidArgumentError
+from ..checks import as_int
+from ..errors import InvalidArgumentError
 
 __all__ = ["KINDS", "CheckpointMark", "Event", "Workload", "WriteBatch", "generate", "schedule_checkpoints"]
 

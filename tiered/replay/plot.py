@@ -11,7 +11,7 @@ from typing import Any
 
 from .advisor import Limits
 from .compare import Measurement
-from .errors import InvalidArgumentError
+from ..errors import InvalidArgumentError
 
 _COLOURS = {"one-bit": "tab:blue", "multi-bit": "tab:orange", "hybrid": "tab:green"}
 

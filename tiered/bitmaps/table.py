@@ -12,8 +12,9 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from . import _kernels as K
-from .config import (
+from . import kernels as K
+from . import span_kernels as S
+from ..config import (
     PAGE_CHUNKS,
     PAGE_SEGMENTS,
     PAGE_SHIFT,
@@ -24,7 +25,7 @@ from .config import (
 
 
 class Spans(NamedTuple):
-    """A set of segments in ascending order (see ``_kernels``)."""
+    """A set of segments in ascending order (see :mod:`tiered.bitmaps.kernels`)."""
 
     first: np.ndarray
     count: np.ndarray
@@ -53,13 +54,13 @@ class Spans(NamedTuple):
         clipped to [lo, hi) in those units (default: the chunk range)."""
         lo = c_lo << shift if lo is None else lo
         hi = c_hi << shift if hi is None else hi
-        n = K.count_runs(self.first, self.count, self.ref, self.rows, c_lo, c_hi)
+        n = S.count_runs(self.first, self.count, self.ref, self.rows, c_lo, c_hi)
         offsets, lengths = np.empty(n, np.uint64), np.empty(n, np.uint64)
-        K.span_runs(self.first, self.count, self.ref, self.rows, c_lo, c_hi, shift, lo, hi, offsets, lengths)
+        S.span_runs(self.first, self.count, self.ref, self.rows, c_lo, c_hi, shift, lo, hi, offsets, lengths)
         return offsets, lengths
 
     def count_bits(self) -> int:
-        return int(K.count_span_bits(self.first, self.count, self.ref, self.rows))
+        return int(S.count_span_bits(self.first, self.count, self.ref, self.rows))
 
 
 class SegmentTable:
@@ -174,28 +175,28 @@ class SegmentTable:
     def or_spans(self, spans: Spans) -> None:
         """OR a bitmap span list into this bitmap."""
         self._until_done(
-            lambda start: K.or_spans(self.index, self.pool, self.n_top, *spans, start), len(spans)
+            lambda start: S.or_spans(self.index, self.pool, self.n_top, *spans, start), len(spans)
         )
 
     def or_at_least(self, spans: Spans, gen: int, below: int = K.NO_LIMIT) -> None:
         """OR into this bitmap the chunks of a generation span list with
         ``gen <= generation < below``."""
         self._until_done(
-            lambda start: K.threshold_spans(self.index, self.pool, self.n_top, *spans, gen, below, start),
+            lambda start: S.threshold_spans(self.index, self.pool, self.n_top, *spans, gen, below, start),
             len(spans),
         )
 
     def assign(self, spans: Spans, gen: int) -> None:
         """Set to gen, in this generation table, every chunk of a bitmap span list."""
         self._until_done(
-            lambda start: K.assign_spans(self.index, self.pool, self.n_top, *spans, gen, start),
+            lambda start: S.assign_spans(self.index, self.pool, self.n_top, *spans, gen, start),
             len(spans),
         )
 
     def load(self, spans: Spans) -> None:
         """Copy a span list of the same kind into an empty part of this table."""
         self._until_done(
-            lambda start: K.load_spans(self.index, self.pool, self.n_top, *spans, start, self.is_bits),
+            lambda start: S.load_spans(self.index, self.pool, self.n_top, *spans, start, self.is_bits),
             len(spans),
         )
 
@@ -209,7 +210,7 @@ class SegmentTable:
 
     def remap(self, live: np.ndarray) -> None:
         """Renumber generations: v becomes the count of live generations <= v."""
-        K.remap_generations(self.index, self.pool, self.n_top, live.astype(np.int64))
+        S.remap_generations(self.index, self.pool, self.n_top, live.astype(np.int64))
 
     # -- reads ----------------------------------------------------------
 
@@ -217,7 +218,7 @@ class SegmentTable:
         """The non-empty segments in [seg_lo, seg_hi); rows are shared."""
         if seg_hi is None:
             seg_hi = self.n_segments
-        first, count, ref = K.table_spans(self.index, self.n_top, seg_lo, seg_hi)
+        first, count, ref = S.table_spans(self.index, self.n_top, seg_lo, seg_hi)
         return Spans(first, count, ref, self.pool)
 
 
@@ -231,3 +232,13 @@ def chunk_page_range(c_lo: int, c_hi: int) -> range:
 def chunk_seg_range(c_lo: int, c_hi: int) -> tuple[int, int]:
     """Segments [lo, hi) that overlap chunks [c_lo, c_hi)."""
     return c_lo >> SEG_SHIFT, (c_hi + SEG_CHUNKS - 1) >> SEG_SHIFT
+
+
+def check_writes(offsets: np.ndarray, lengths: np.ndarray, size: int) -> tuple[int, bool]:
+    """Validate a batch of writes in one pass.
+
+    ``offsets`` and ``lengths`` are int64 arrays of one shape, in bytes.
+    Returns (index of the first write outside ``[0, size)``, or -1; whether
+    any write is non-empty).
+    """
+    return K.check_writes(offsets, lengths, size)

@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from . import _kernels as K
-from .config import PAGE_SEGMENTS, SEG_CHUNKS, SEG_WORDS
-from .errors import CorruptionError
-from .segments import SegmentTable, Spans
+from . import page_kernels as K
+from ..config import PAGE_SEGMENTS, SEG_CHUNKS, SEG_WORDS
+from ..errors import CorruptionError
+from ..bitmaps.table import SegmentTable, Spans
 
 MAGIC = b"TD"
 FORMAT_VERSION = 1
@@ -94,6 +94,13 @@ def decode_bits_page(value: bytes, page: int, what: str) -> Spans:
     if not ok:
         raise CorruptionError(f"{what}: malformed bitmap page")
     return Spans(first, count, ref, rows)
+
+
+def decode_page(value: bytes, page: int, dtype: np.dtype, what: str) -> Spans:
+    """Decode a stored bitmap or generation page, whichever its envelope says."""
+    if len(value) >= HEADER.size and value[3] == KIND_GENS_PAGE:
+        return decode_gens_page(value, page, dtype, what)
+    return decode_bits_page(value, page, what)
 
 
 def encode_gens_page(spans: Spans, page: int) -> bytes:

@@ -20,24 +20,15 @@ from __future__ import annotations
 
 import fcntl
 import os
-import struct
 import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
 
 import lmdb
 
-from .errors import ReadOnlyError, StoreBusyError, TieredError
+from ..errors import ReadOnlyError, StoreBusyError, TieredError
 
 T = TypeVar("T")
-
-_U64 = struct.Struct(">Q")
-_CKPT = struct.Struct(">QQ")
-_PAGE = struct.Struct(">QcQQ")
-
-TAG_WRITESET = b"W"
-TAG_ACTIVE = b"A"
-TAG_GENS = b"G"
 
 INITIAL_MAP_SIZE = 64 << 20
 WRITER_LOCK = "writer.lock"
@@ -47,27 +38,6 @@ MAX_DBS = 4
 # environment twice in one process (locks are per process).
 _open_paths: set[str] = set()
 _open_paths_lock = threading.Lock()
-
-
-def volume_key(vol_id: int) -> bytes:
-    return _U64.pack(vol_id)
-
-
-def checkpoint_key(vol_id: int, gen: int) -> bytes:
-    return _CKPT.pack(vol_id, gen)
-
-
-def checkpoint_key_gen(key: bytes) -> int:
-    return _CKPT.unpack(key)[1]
-
-
-def page_key(vol_id: int, tag: bytes, gen: int, page: int) -> bytes:
-    return _PAGE.pack(vol_id, tag, gen, page)
-
-
-def parse_page_key(key: bytes) -> tuple[bytes, int, int]:
-    _, tag, gen, page = _PAGE.unpack(key)
-    return tag, gen, page
 
 
 class Storage:

@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 from .advisor import Advice, Limits
 from .compare import Measurement, Recording
-from .units import format_size
+from ..units import format_size
 
 HEADER = ("CONFIGURATION", "WRITES/S", "CKPT P50", "CKPT MAX", "Q NEWEST", "Q OLDEST",
           "RAM PEAK", "RAM STEADY", "DISK", "CPU")

@@ -18,9 +18,10 @@ import lmdb
 import numpy as np
 
 from . import codec
-from .errors import CorruptionError
-from .segments import SegmentTable, Spans
-from .storage import TAG_GENS, Storage, page_key, parse_page_key
+from ..errors import CorruptionError
+from ..bitmaps.table import SegmentTable, Spans
+from .environment import Storage
+from .keys import page_key, parse_page_key
 
 Key = tuple[bytes, int]  # (tag, generation)
 
@@ -181,10 +182,7 @@ class PageIO:
                 value, what = self._fetch(own, tag, gen, page)
         else:
             value, what = self._fetch(txn, tag, gen, page)
-        if tag == TAG_GENS:
-            spans = codec.decode_gens_page(value, page, self.gens_dtype, what)
-        else:
-            spans = codec.decode_bits_page(value, page, what)
+        spans = codec.decode_page(value, page, self.gens_dtype, what)
         if keep:
             self.cache.put(key, spans)
         return spans

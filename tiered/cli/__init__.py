@@ -1,0 +1,22 @@
+"""The ``tiered`` command: inspect a change-tracking store, convert its
+volumes, or compare the strategies on a workload.
+
+    tiered volumes STORE
+    tiered checkpoints STORE VOLUME
+    tiered changed STORE VOLUME CHECKPOINT [--to NEWER] [--offset N] [--length N]
+    tiered stats STORE VOLUME
+    tiered convert STORE VOLUME MODE [--width {8,16,32}] [--recent N]
+    tiered compare [--workload KIND | --trace FILE] ...
+
+Every command is a thin layer over the public API, one module per group of
+commands (:mod:`.inspect`, :mod:`.convert`, :mod:`.compare`), registered in
+:mod:`.main`.  Only the standard library is imported at module level: the
+engine (numpy, numba, lmdb) is imported inside the handlers, so ``tiered
+--help`` and usage errors answer at once.
+"""
+
+from .common import parse_size
+from .inspect import map_ranges
+from .main import build_parser, main, run
+
+__all__ = ["build_parser", "main", "map_ranges", "parse_size", "run"]

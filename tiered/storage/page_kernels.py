@@ -1,0 +1,541 @@
+"""Numba kernels of the stored page format: span lists <-> bytes.
+
+Every decoder bounds each count, position and length it reads against the
+page and the buffer before using it; the Python wrappers in
+:mod:`tiered.storage.codec` check the envelope and turn failures into
+``CorruptionError``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+from numba import njit
+
+from ..bitmaps.kernels import FULL_ENTRY, NO_LIMIT, _jit, _popcount, _set_bits, uniform_entry, uniform_value
+from ..bitmaps.span_kernels import NEVER, _set_span, _writable_row, threshold_spans
+from ..config import PAGE_SEGMENTS, PAGE_SHIFT, SEG_CHUNKS, SEG_WORDS
+# --------------------------------------------------------------------------
+# page codec: span lists <-> bytes
+# --------------------------------------------------------------------------
+
+KIND_FULL = 1
+KIND_POS = 2
+KIND_RUNS = 3
+KIND_RAW = 4
+KIND_UNIFORM = 5
+KIND_SPARSE = 6
+KIND_GRAW = 7
+KIND_PACKED = 8
+
+
+@njit(inline="always", **_jit)
+def _varint_size(v):
+    n = 1
+    while v >= 128:
+        v >>= 7
+        n += 1
+    return n
+
+
+@njit(inline="always", **_jit)
+def _put_varint(buf, p, v):
+    while v >= 128:
+        buf[p] = (v & 127) | 128
+        v >>= 7
+        p += 1
+    buf[p] = v
+    return p + 1
+
+
+@njit(inline="always", **_jit)
+def _put_record_header(out, p, gap, count):
+    """Write a record's segment gap and count; the caller writes the kind."""
+    return _put_varint(out, _put_varint(out, p, gap), count)
+
+
+@njit(inline="always", **_jit)
+def _get_varint(buf, p, end):
+    """Returns (value, new position); position -1 on truncated input."""
+    v = np.int64(0)
+    shift = 0
+    while p < end and shift < 63:
+        b = np.int64(buf[p])
+        p += 1
+        v |= (b & 127) << shift
+        if b < 128:
+            return v, p
+        shift += 7
+    return v, -1
+
+
+@njit(**_jit)
+def _row_positions(rows, r, out):
+    """Write the set bit positions of a bitmap row into ``out``; return how many."""
+    n = 0
+    for w in range(SEG_WORDS):
+        word = rows[r, w]
+        while word:
+            low = word & (~word + np.uint64(1))
+            out[n] = w * 64 + _popcount(low - np.uint64(1))
+            n += 1
+            word ^= low
+    return n
+
+
+@njit(**_jit)
+def encode_bit_spans(first, count, ref, rows, page, out):
+    """Encode the spans of one page into ``out``; returns bytes written.
+
+    ``out`` must hold ``16 + len(first) * (24 + 8 * SEG_WORDS)`` bytes.
+    """
+    pos = np.empty(SEG_CHUNKS, np.int64)
+    p = _put_varint(out, 0, first.shape[0])
+    prev_end = page << PAGE_SHIFT
+    for i in range(first.shape[0]):
+        p = _put_record_header(out, p, first[i] - prev_end, count[i])
+        prev_end = first[i] + count[i]
+        r = ref[i]
+        if r < 0:
+            out[p] = KIND_FULL
+            p += 1
+            continue
+        npos = _row_positions(rows, r, pos)
+        if npos == SEG_CHUNKS:
+            out[p] = KIND_FULL
+            p += 1
+            continue
+        # Size the two sparse encodings from the positions, then keep the
+        # smallest of positions, runs and raw bits.
+        pos_size = _varint_size(npos)
+        runs_size = 0
+        nruns = 0
+        prev = -1
+        for j in range(npos):
+            pos_size += _varint_size(pos[j] - prev - 1)
+            prev = pos[j]
+        j = 0
+        run_end = 0
+        while j < npos:
+            s = pos[j]
+            while j + 1 < npos and pos[j + 1] == pos[j] + 1:
+                j += 1
+            runs_size += _varint_size(s - run_end) + _varint_size(pos[j] - s)
+            run_end = pos[j] + 1
+            nruns += 1
+            j += 1
+        runs_size += _varint_size(nruns)
+        raw_size = 8 * SEG_WORDS
+        if pos_size <= runs_size and pos_size < raw_size:
+            out[p] = KIND_POS
+            p = _put_varint(out, p + 1, npos)
+            prev = -1
+            for j in range(npos):
+                p = _put_varint(out, p, pos[j] - prev - 1)
+                prev = pos[j]
+        elif runs_size < raw_size:
+            out[p] = KIND_RUNS
+            p = _put_varint(out, p + 1, nruns)
+            j = 0
+            run_end = 0
+            while j < npos:
+                s = pos[j]
+                while j + 1 < npos and pos[j + 1] == pos[j] + 1:
+                    j += 1
+                p = _put_varint(out, p, s - run_end)
+                p = _put_varint(out, p, pos[j] - s)
+                run_end = pos[j] + 1
+                j += 1
+        else:
+            out[p] = KIND_RAW
+            p += 1
+            for w in range(SEG_WORDS):
+                x = rows[r, w]
+                for b in range(8):
+                    out[p] = (x >> np.uint64(8 * b)) & np.uint64(255)
+                    p += 1
+    return p
+
+
+@njit(**_jit)
+def _page_records(buf):
+    """Number of records a page payload announces, and where they start.
+
+    Returns (0, -1) when the count is unreadable or impossible.
+    """
+    n, p = _get_varint(buf, 0, buf.shape[0])
+    if p < 0 or n > PAGE_SEGMENTS:
+        return 0, -1
+    return n, p
+
+
+@njit(**_jit)
+def _record_header(buf, p, prev_end, page_end):
+    """Read a record header: (first segment, count, kind, position after).
+
+    The position is -1 when the header is truncated or leaves the page.
+    """
+    end = buf.shape[0]
+    gap, p = _get_varint(buf, p, end)
+    if p < 0:
+        return 0, 0, 0, -1
+    c, p = _get_varint(buf, p, end)
+    if p < 0 or p >= end or c < 1 or prev_end + gap + c > page_end:
+        return 0, 0, 0, -1
+    return prev_end + gap, c, np.int64(buf[p]), p + 1
+
+
+@njit(**_jit)
+def decode_bit_spans(buf, page):
+    """Inverse of encode_bit_spans.  Returns (ok, first, count, ref, rows)."""
+    end = buf.shape[0]
+    n, p = _page_records(buf)
+    first = np.empty(n, np.int64)
+    count = np.empty(n, np.int64)
+    ref = np.empty(n, np.int64)
+    rows = np.zeros((n, SEG_WORDS), np.uint64)
+    if p < 0:
+        return False, first, count, ref, rows
+    nrows = 0
+    prev_end = page << PAGE_SHIFT
+    page_end = prev_end + PAGE_SEGMENTS
+    for i in range(n):
+        first[i], c, kind, p = _record_header(buf, p, prev_end, page_end)
+        if p < 0:
+            return False, first, count, ref, rows
+        count[i] = c
+        prev_end = first[i] + c
+        if kind == KIND_FULL:
+            ref[i] = FULL_ENTRY
+            continue
+        if c != 1:
+            return False, first, count, ref, rows
+        row = rows[nrows]
+        ref[i] = nrows
+        nrows += 1
+        if kind == KIND_POS:
+            k, p = _get_varint(buf, p, end)
+            prev = -1
+            for _ in range(k):
+                if p < 0:
+                    break
+                g, p = _get_varint(buf, p, end)
+                prev = prev + g + 1
+                if prev >= SEG_CHUNKS:
+                    p = -1
+                    break
+                row[prev >> 6] |= np.uint64(1) << np.uint64(prev & 63)
+        elif kind == KIND_RUNS:
+            k, p = _get_varint(buf, p, end)
+            run_end = 0
+            for _ in range(k):
+                if p < 0:
+                    break
+                g, p = _get_varint(buf, p, end)
+                if p < 0:
+                    break
+                ln, p = _get_varint(buf, p, end)
+                s = run_end + g
+                run_end = s + ln + 1
+                if run_end > SEG_CHUNKS:
+                    p = -1
+                    break
+                _set_bits(rows, nrows - 1, s, run_end - 1)
+        elif kind == KIND_RAW:
+            if p + 8 * SEG_WORDS > end:
+                return False, first, count, ref, rows
+            for w in range(SEG_WORDS):
+                x = np.uint64(0)
+                for b in range(8):
+                    x |= np.uint64(buf[p + b]) << np.uint64(8 * b)
+                row[w] = x
+                p += 8
+        else:
+            return False, first, count, ref, rows
+        if p < 0:
+            return False, first, count, ref, rows
+    if p != end:
+        return False, first, count, ref, rows
+    if nrows < n:
+        return True, first, count, ref, rows[:nrows].copy()
+    return True, first, count, ref, rows
+
+
+# Raw generations are little-endian on disk.  On a little-endian machine a
+# byte view of them is the array itself, which copies 4x faster than
+# assembling each value from bytes.
+LITTLE_ENDIAN = sys.byteorder == "little"
+
+
+@njit(**_jit)
+def _put_raw_generations(out, p, row, width):
+    n = width * SEG_CHUNKS
+    if LITTLE_ENDIAN and width == 4:
+        out[p : p + n].view(np.uint32)[:] = row
+    elif LITTLE_ENDIAN and width == 2:
+        out[p : p + n].view(np.uint16)[:] = row
+    else:
+        for k in range(SEG_CHUNKS):
+            v = np.int64(row[k])
+            for b in range(width):
+                out[p + k * width + b] = (v >> (8 * b)) & 255
+
+
+@njit(**_jit)
+def _get_raw_generations(buf, p, row, width):
+    n = width * SEG_CHUNKS
+    if LITTLE_ENDIAN and width == 4:
+        row[:] = buf[p : p + n].view(np.uint32)
+    elif LITTLE_ENDIAN and width == 2:
+        row[:] = buf[p : p + n].view(np.uint16)
+    else:
+        for k in range(SEG_CHUNKS):
+            v = np.int64(0)
+            for b in range(width):
+                v |= np.int64(buf[p + k * width + b]) << (8 * b)
+            row[k] = v
+
+
+@njit(**_jit)
+def _put_packed_generations(out, p, row, vb):
+    """A bitmap of the non-zero chunks, then their values in ``vb`` bytes each.
+
+    Values are written unconditionally and the cursor advances only past
+    non-zero ones: no data-dependent branch, which matters on rows where
+    about half the chunks are set.  The caller leaves ``vb`` bytes of slack.
+    """
+    q = p + 8 * SEG_WORDS
+    for w in range(SEG_WORDS):
+        word = np.uint64(0)
+        for b in range(64):
+            v = np.int64(row[w * 64 + b])
+            nonzero = v != 0
+            word |= np.uint64(nonzero) << np.uint64(b)
+            for byte in range(vb):
+                out[q + byte] = (v >> (8 * byte)) & 255
+            q += nonzero * vb
+        for byte in range(8):
+            out[p + 8 * w + byte] = (word >> np.uint64(8 * byte)) & np.uint64(255)
+    return q
+
+
+@njit(**_jit)
+def _get_packed_generations(buf, p, end, row, vb, maxval):
+    """Inverse of _put_packed_generations; returns the position after, or -1."""
+    if vb != 1 and vb != 2 and vb != 4:
+        return -1
+    q = p + 8 * SEG_WORDS
+    if q > end:
+        return -1
+    for w in range(SEG_WORDS):
+        word = np.uint64(0)
+        for byte in range(8):
+            word |= np.uint64(buf[p + 8 * w + byte]) << np.uint64(8 * byte)
+        while word:
+            low = word & (~word + np.uint64(1))
+            k = w * 64 + _popcount(low - np.uint64(1))
+            word ^= low
+            if q + vb > end:
+                return -1
+            v = np.int64(0)
+            for byte in range(vb):
+                v |= np.int64(buf[q + byte]) << (8 * byte)
+            if v == 0 or v > maxval:
+                return -1
+            row[k] = v
+            q += vb
+    return q
+
+
+@njit(**_jit)
+def encode_gen_spans(first, count, ref, rows, page, out):
+    """Encode one page of generation spans; ``out`` as for bitmaps but with
+    ``4 * SEG_CHUNKS`` bytes of room per row."""
+    width = rows.itemsize
+    p = _put_varint(out, 0, first.shape[0])
+    prev_end = page << PAGE_SHIFT
+    for i in range(first.shape[0]):
+        p = _put_record_header(out, p, first[i] - prev_end, count[i])
+        prev_end = first[i] + count[i]
+        r = ref[i]
+        if r < 0:
+            out[p] = KIND_UNIFORM
+            p = _put_varint(out, p + 1, uniform_value(r))
+            continue
+        row = rows[r]
+        # A branch-free pass first: counts decide between uniform, packed and
+        # raw without touching the data-dependent branches of sparse pairs.
+        nz = 0
+        same = 0
+        top = np.int64(0)
+        v0 = row[0]
+        for k in range(SEG_CHUNKS):
+            v = np.int64(row[k])
+            nz += v != 0
+            same += v == v0
+            top = max(top, v)
+        vb = 1 if top < 256 else (2 if top < 65536 else 4)
+        packed = 1 + 8 * SEG_WORDS + nz * vb
+        best = min(packed, width * SEG_CHUNKS)
+        sparse = best
+        if same != SEG_CHUNKS and 2 * nz < best:
+            # sparse pairs take at least 2 bytes each: size them only when
+            # they can win
+            sparse = _varint_size(nz)
+            prev = -1
+            for k in range(SEG_CHUNKS):
+                v = np.int64(row[k])
+                if v != 0:
+                    sparse += _varint_size(k - prev - 1) + _varint_size(v)
+                    prev = k
+        if same == SEG_CHUNKS:
+            out[p] = KIND_UNIFORM
+            p = _put_varint(out, p + 1, np.int64(v0))
+        elif sparse < best:
+            out[p] = KIND_SPARSE
+            p = _put_varint(out, p + 1, nz)
+            prev = -1
+            for k in range(SEG_CHUNKS):
+                v = np.int64(row[k])
+                if v != 0:
+                    p = _put_varint(out, p, k - prev - 1)
+                    p = _put_varint(out, p, v)
+                    prev = k
+        elif packed < width * SEG_CHUNKS:
+            out[p] = KIND_PACKED
+            out[p + 1] = vb
+            p = _put_packed_generations(out, p + 2, row, vb)
+        else:
+            out[p] = KIND_GRAW
+            p += 1
+            _put_raw_generations(out, p, row, width)
+            p += width * SEG_CHUNKS
+    return p
+
+
+@njit(**_jit)
+def _get_gen_row(buf, p, end, kind, row, width, maxval):
+    """Decode one segment record's generations into ``row`` (zeroed for
+    SPARSE); returns the position after it, -1 if malformed."""
+    if kind == KIND_PACKED:
+        if p >= end:
+            return -1
+        return _get_packed_generations(buf, p + 1, end, row, np.int64(buf[p]), maxval)
+    if kind == KIND_SPARSE:
+        k, p = _get_varint(buf, p, end)
+        prev = -1
+        for _ in range(k):
+            if p < 0:
+                return -1
+            g, p = _get_varint(buf, p, end)
+            if p < 0:
+                return -1
+            v, p = _get_varint(buf, p, end)
+            prev = prev + g + 1
+            if prev >= SEG_CHUNKS or v > maxval:
+                return -1
+            row[prev] = v
+        return p
+    if kind == KIND_GRAW:
+        if p + width * SEG_CHUNKS > end:
+            return -1
+        _get_raw_generations(buf, p, row, width)
+        return p + width * SEG_CHUNKS
+    return -1
+
+
+@njit(**_jit)
+def load_gen_page(buf, page, index, pool, n_top):
+    """Decode a generation page straight into a generation table whose page
+    is empty and has room for a page's rows.  A fold rewrites the array
+    page by page this way, with no decoded copy in between.  Returns False
+    if the page is malformed."""
+    end = buf.shape[0]
+    width = pool.itemsize
+    maxval = (np.int64(1) << (8 * width)) - 1
+    n, p = _page_records(buf)
+    if p < 0:
+        return False
+    prev_end = page << PAGE_SHIFT
+    page_end = prev_end + PAGE_SEGMENTS
+    for _ in range(n):
+        first, c, kind, p = _record_header(buf, p, prev_end, page_end)
+        if p < 0:
+            return False
+        prev_end = first + c
+        if kind == KIND_UNIFORM:
+            v, p = _get_varint(buf, p, end)
+            if p < 0 or v > maxval or not _set_span(index, pool, n_top, first, c, v, False):
+                return False
+            continue
+        if c != 1:
+            return False
+        # An absent entry materialises as a zeroed row, as SPARSE needs.
+        e = _writable_row(index, pool, n_top, first, False, NEVER)
+        if e < 0:
+            return False
+        p = _get_gen_row(buf, p, end, kind, pool[e], width, maxval)
+        if p < 0:
+            return False
+    return p == end
+
+
+@njit(**_jit)
+def decode_gen_spans(buf, page, rows_like, index, pool, n_top, at_least):
+    """Inverse of encode_gen_spans; rows get the dtype of ``rows_like``.
+
+    With ``at_least > 0`` the page is not kept: each segment is decoded into
+    one scratch row and its chunks ``>= at_least`` are ORed into the bitmap
+    table (index, pool), which must have room for a page and a page's rows.
+    Queries use this to read a generation array without holding it decoded.
+    """
+    end = buf.shape[0]
+    width = rows_like.itemsize
+    maxval = (np.int64(1) << (8 * width)) - 1
+    stream = at_least > 0
+    n, p = _page_records(buf)
+    first = np.empty(n, np.int64)
+    count = np.empty(n, np.int64)
+    ref = np.empty(n, np.int64)
+    rows = np.zeros((1 if stream else n, SEG_CHUNKS), rows_like.dtype)
+    if p < 0:
+        return False, first, count, ref, rows
+    nrows = 0
+    prev_end = page << PAGE_SHIFT
+    page_end = prev_end + PAGE_SEGMENTS
+    for i in range(n):
+        first[i], c, kind, p = _record_header(buf, p, prev_end, page_end)
+        if p < 0:
+            return False, first, count, ref, rows
+        count[i] = c
+        prev_end = first[i] + c
+        if kind == KIND_UNIFORM:
+            v, p = _get_varint(buf, p, end)
+            if p < 0 or v > maxval:
+                return False, first, count, ref, rows
+            ref[i] = uniform_entry(v)
+            if stream:
+                threshold_spans(index, pool, n_top, first[i : i + 1], count[i : i + 1], ref[i : i + 1], rows, at_least, NO_LIMIT, 0)
+            continue
+        if c != 1:
+            return False, first, count, ref, rows
+        if stream:
+            row = rows[0]
+            row[:] = 0
+            ref[i] = 0
+        else:
+            row = rows[nrows]
+            ref[i] = nrows
+            nrows += 1
+        p = _get_gen_row(buf, p, end, kind, row, width, maxval)
+        if p < 0:
+            return False, first, count, ref, rows
+        if stream:
+            threshold_spans(index, pool, n_top, first[i : i + 1], count[i : i + 1], ref[i : i + 1], rows, at_least, NO_LIMIT, 0)
+    if p != end:
+        return False, first, count, ref, rows
+    if nrows < n and not stream:
+        return True, first, count, ref, rows[:nrows].copy()
+    return True, first, count, ref, rows
+
