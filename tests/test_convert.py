@@ -371,11 +371,11 @@ def test_old_strategy_no_longer_matches(tmp_path):
 def test_same_strategy_persists_and_takes_the_new_cache_budget(tmp_path):
     path = str(tmp_path / "s")
     store, vol, model = build(path, STRATEGIES["multi-bit-8"], history(seed=5))
-    assert vol.stats()["dirty"]  # multi-bit checkpoints do not persist marks
+    assert vol.stats()["unflushed"]  # multi-bit checkpoints do not persist marks
     small = tiered.Strategy("multi-bit", width=8, cache_bytes=1 << 20)
     vol.convert(small)
     assert vol.strategy == small and vol.stats()["cache_budget_bytes"] == 1 << 20
-    assert not vol.stats()["dirty"]
+    assert not vol.stats()["unflushed"]
     store._storage.close()  # a crash: nothing of the volume's RAM is persisted now
     store, vol = open_volume(path)
     assert not vol.unclean_shutdown

@@ -150,7 +150,7 @@ class Store:
                 "strategy": chosen.fixed(),
                 "generation": 0,
                 "lost_generation": 0,
-                "dirty": False,
+                "unflushed": False,
                 "created": time.time(),
             }
 

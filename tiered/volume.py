@@ -31,7 +31,7 @@ from .errors import (
 )
 from .bitmaps.table import check_writes
 from .extents import Extents
-from .storage.pages import Batch, PageCache, PageIO
+from .storage.pages import PageWrites, PageCache, PageIO
 from .storage.keys import checkpoint_key, checkpoint_key_gen, volume_key
 from .strategies import gens_dtype, make_history
 from .strategies.base import nothing
@@ -70,6 +70,12 @@ def check_name(name: object, what: str) -> str:
     return name
 
 
+def record_unflushed(record: dict[str, Any]) -> bool:
+    """Whether a volume record says RAM may hold marks the store lacks
+    (``unflushed``; format 1 named the field ``dirty``)."""
+    return bool(record.get("unflushed", record.get("dirty", False)))
+
+
 def _as_int_array(values: object, what: str) -> np.ndarray:
     arr = np.asarray(values)
     if arr.ndim != 1:
@@ -97,7 +103,7 @@ class Volume:
         self._n_chunks = -(-self.size // self.granularity)
         self._gen: int = record["generation"]
         self._lost: int = record["lost_generation"]
-        self._dirty: bool = record["dirty"]
+        self._unflushed: bool = record_unflushed(record)
         self._closed = False
         self._lock = threading.Lock()
         self._marking = False
@@ -114,12 +120,12 @@ class Volume:
             self._checkpoints.append(Checkpoint(rec["name"], rec["created"], checkpoint_key_gen(key)))
         self._by_name = {c.name: c for c in self._checkpoints}
         self.unclean_shutdown = False
-        if self._dirty:
+        if self._unflushed:
             # RAM held marks that never reached the disk: any chunk may have
             # changed since any existing checkpoint.
             self.unclean_shutdown = bool(self._checkpoints)
             self._lost = self._gen
-            self._dirty = False
+            self._unflushed = False
             if not self._storage.readonly:
                 self._transact(lambda batch: nothing)
         elif self._lost and any(c.generation <= self._lost for c in self._checkpoints):
@@ -141,13 +147,13 @@ class Volume:
         rec.update(
             generation=self._gen,
             lost_generation=self._lost,
-            dirty=self._dirty,
+            unflushed=self._unflushed,
             **self._history.record_fields(),
         )
         rec.update(changes)
         return rec
 
-    def _transact(self, build: Callable[[Batch], Callable[[], None]], **record_changes: Any) -> None:
+    def _transact(self, build: Callable[[PageWrites], Callable[[], None]], **record_changes: Any) -> None:
         """Run ``build`` in one write transaction, then update RAM.
 
         ``build`` stages writes and returns what to do in RAM once they have
@@ -175,20 +181,20 @@ class Volume:
         self._record = staged["record"]
         self._gen = self._record["generation"]
         self._lost = self._record["lost_generation"]
-        self._dirty = self._record["dirty"]
+        self._unflushed = record_unflushed(self._record)
         self._update_marking()
 
     def _note_dirty(self) -> None:
         # Persist "RAM is ahead of the disk" before the first unflushed mark,
         # so an unclean shutdown is detected on reopen.
-        self._transact(lambda batch: nothing, dirty=True)
+        self._transact(lambda batch: nothing, unflushed=True)
 
     # -- write path -----------------------------------------------------
 
     def _update_marking(self) -> None:
         """Recompute whether mark() may take its fast path."""
         self._marking = (
-            not self._closed and not self._storage.readonly and bool(self._checkpoints) and self._dirty
+            not self._closed and not self._storage.readonly and bool(self._checkpoints) and self._unflushed
         )
 
     def _drain(self) -> None:
@@ -246,7 +252,7 @@ class Volume:
             self._check_writable()
             if not self._checkpoints or not any_data:
                 return
-            if not self._dirty:
+            if not self._unflushed:
                 self._note_dirty()
             self._history.mark_many(offs64, lens64, self._shift, self._gen)
 
@@ -266,7 +272,7 @@ class Volume:
             history = self._history
             flushed = not tracking or history.seal_flushes
 
-            def build(batch: Batch) -> Callable[[], None]:
+            def build(batch: PageWrites) -> Callable[[], None]:
                 after = history.seal(batch, self._gen) if tracking else nothing
                 batch.txn.put(
                     checkpoint_key(self._id, new.generation),
@@ -276,7 +282,7 @@ class Volume:
                 return after
 
             self._transact(
-                build, generation=new.generation, dirty=False if flushed else self._dirty
+                build, generation=new.generation, unflushed=False if flushed else self._unflushed
             )
             self._checkpoints.append(new)
             self._by_name[name] = new
@@ -307,11 +313,11 @@ class Volume:
         self._lost = int(np.searchsorted(live, self._lost, side="right"))
         history = self._history
 
-        def build(batch: Batch) -> Callable[[], None]:
+        def build(batch: PageWrites) -> Callable[[], None]:
             self._put_checkpoints(batch.txn, self._checkpoints)
             return history.flush(batch)
 
-        self._transact(build, dirty=False)
+        self._transact(build, unflushed=False)
 
     def _put_checkpoints(self, txn: Any, checkpoints: list[Checkpoint]) -> None:
         """Replace the stored checkpoints (after renumbering)."""
@@ -355,7 +361,7 @@ class Volume:
             # Checkpoints are in generation order, so the oldest decides.
             lost = self._lost if remaining and remaining[0].generation <= self._lost else 0
 
-            def build(batch: Batch) -> Callable[[], None]:
+            def build(batch: PageWrites) -> Callable[[], None]:
                 batch.txn.delete(checkpoint_key(self._id, gone.generation), db=self._storage.checkpoints)
                 if prev is None and nxt is None:
                     return history.reset(batch)
@@ -363,7 +369,7 @@ class Volume:
 
             changes: dict[str, Any] = {"lost_generation": lost}
             if not remaining:
-                changes["dirty"] = False  # nothing is tracked any more
+                changes["unflushed"] = False  # nothing is tracked any more
             self._transact(build, **changes)
             self._checkpoints = remaining
             del self._by_name[name]
@@ -440,7 +446,7 @@ class Volume:
             self._drain()
             if target.fixed() == self.strategy.fixed():
                 # Only the cache budget, which is not stored, can differ.
-                self._transact(self._history.flush, dirty=False)
+                self._transact(self._history.flush, unflushed=False)
                 self._io.cache = PageCache(target.cache_bytes)
                 self.strategy = target
                 return
@@ -476,7 +482,7 @@ class Volume:
                     self._put_checkpoints(txn, checkpoints)
                 record = {k: v for k, v in self._record.items() if k not in old_fields}
                 record.update(
-                    strategy=target.fixed(), generation=gen, lost_generation=lost, dirty=False, **new.record
+                    strategy=target.fixed(), generation=gen, lost_generation=lost, unflushed=False, **new.record
                 )
                 txn.put(volume_key(self._id), pack_json(record), db=self._storage.volumes)
                 staged["record"] = record
@@ -486,7 +492,7 @@ class Volume:
             staged["after"]()
             self._io, self._history, self.strategy = io, history, target
             self._record = staged["record"]
-            self._gen, self._lost, self._dirty = gen, lost, False
+            self._gen, self._lost, self._unflushed = gen, lost, False
             self._checkpoints = checkpoints
             self._by_name = {c.name: c for c in checkpoints}
             self._update_marking()
@@ -497,7 +503,7 @@ class Volume:
         """Persist what RAM holds, so that a crash from here loses nothing."""
         with self._lock:
             self._check_writable()
-            self._transact(self._history.flush, dirty=False)
+            self._transact(self._history.flush, unflushed=False)
 
     @contextlib.contextmanager
     def _snapshot_or_latest(self) -> Iterator[Any]:
@@ -535,7 +541,7 @@ class Volume:
                 "cache_hits": cache.hits,
                 "cache_misses": cache.misses,
                 "disk_bytes": disk,
-                "dirty": self._dirty,
+                "unflushed": self._unflushed,
                 "unclean_shutdown": self.unclean_shutdown,
             }
 
@@ -549,7 +555,7 @@ class Volume:
                     self._io.snapshot.abort()
                     self._io.snapshot = None
             else:
-                self._transact(self._history.flush, dirty=False)
+                self._transact(self._history.flush, unflushed=False)
             self._closed = True
             self._update_marking()
             self._store._forget(self.name)

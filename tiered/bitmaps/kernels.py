@@ -8,7 +8,7 @@ idempotent from the item it stopped at, so the caller grows and resumes.
 A *segment table* is two arrays:
 
 ``index`` (int32)
-    ``index[:HEADER]`` holds counters; then one *top* entry per page of the
+    ``index[:DIR_HEADER]`` holds counters; then one *top* entry per page of the
     volume; then the pages in use, ``PAGE_SEGMENTS`` entries each.  An entry
     is ``ABSENT`` (-1, all zero), a row number ``>= 0`` in ``pool``, or
     ``<= -2``: the whole page or segment holds the value ``-entry - 2``
@@ -30,7 +30,7 @@ from numba import njit
 
 from ..config import PAGE_SEGMENTS, PAGE_SHIFT, SEG_CHUNKS, SEG_SHIFT
 
-HEADER = 8
+DIR_HEADER = 8
 PAGES_USED = 0
 PAGES_CAP = 1
 SLOTS_USED = 2
@@ -77,19 +77,19 @@ def _entry_pos(index, n_top, seg):
     Returns -1 when a page is needed and none is free.
     """
     t = seg >> PAGE_SHIFT
-    e = index[HEADER + t]
+    e = index[DIR_HEADER + t]
     if e < 0:
         p = index[PAGES_USED]
         if p == index[PAGES_CAP]:
             return -1
         index[PAGES_USED] = p + 1
-        base = HEADER + n_top + p * PAGE_SEGMENTS
+        base = DIR_HEADER + n_top + p * PAGE_SEGMENTS
         # A uniform page becomes a page of uniform segments.
         for j in range(PAGE_SEGMENTS):
             index[base + j] = e
-        index[HEADER + t] = p
+        index[DIR_HEADER + t] = p
         e = p
-    return HEADER + n_top + e * PAGE_SEGMENTS + (seg & (PAGE_SEGMENTS - 1))
+    return DIR_HEADER + n_top + e * PAGE_SEGMENTS + (seg & (PAGE_SEGMENTS - 1))
 
 
 @njit(**_jit)
@@ -151,8 +151,8 @@ def set_range(index, pool, n_top, c0, c1, value, is_bits):
         page_chunks = PAGE_SEGMENTS * SEG_CHUNKS
         if (c & (page_chunks - 1)) == 0 and c + page_chunks - 1 <= c1:
             t = seg >> PAGE_SHIFT
-            if index[HEADER + t] < 0:
-                index[HEADER + t] = want
+            if index[DIR_HEADER + t] < 0:
+                index[DIR_HEADER + t] = want
                 c += page_chunks
                 continue
         seg_lo = seg << SEG_SHIFT
@@ -196,14 +196,14 @@ _USEG_MASK = np.uint64(SEG_CHUNKS - 1)
 _UPAGE = np.uint64(PAGE_SHIFT)
 _UPAGE_MASK = np.uint64(PAGE_SEGMENTS - 1)
 _UPAGE_SEGS = np.uint64(PAGE_SEGMENTS)
-_UHEADER = np.uint64(HEADER)
+_UDIR_HEADER = np.uint64(DIR_HEADER)
 
 
 @njit(**_jit)
 def mark_bits(index, pool, n_top, offsets, lengths, start, shift):
     """Set the bits of every chunk touched by each write [offset, offset + length)."""
     n = offsets.shape[0]
-    pages_base = np.uint64(HEADER + n_top)
+    pages_base = np.uint64(DIR_HEADER + n_top)
     for i in range(start, n):
         length = lengths[i]
         if length == 0:
@@ -213,7 +213,7 @@ def mark_bits(index, pool, n_top, offsets, lengths, start, shift):
         c1 = np.uint64((off + length - 1) >> shift)
         seg = c0 >> _USEG
         if (c1 >> _USEG) == seg:
-            page = index[_UHEADER + (seg >> _UPAGE)]
+            page = index[_UDIR_HEADER + (seg >> _UPAGE)]
             if page >= 0:
                 slot = index[pages_base + np.uint64(page) * _UPAGE_SEGS + (seg & _UPAGE_MASK)]
                 if slot >= 0:
@@ -244,7 +244,7 @@ def mark_bits(index, pool, n_top, offsets, lengths, start, shift):
 def mark_gens(index, pool, n_top, offsets, lengths, start, shift, value):
     """Give every chunk touched by each write the generation ``value``."""
     n = offsets.shape[0]
-    pages_base = np.uint64(HEADER + n_top)
+    pages_base = np.uint64(DIR_HEADER + n_top)
     gen = pool.dtype.type(value)
     for i in range(start, n):
         length = lengths[i]
@@ -255,7 +255,7 @@ def mark_gens(index, pool, n_top, offsets, lengths, start, shift, value):
         c1 = np.uint64((off + length - 1) >> shift)
         seg = c0 >> _USEG
         if (c1 >> _USEG) == seg:
-            page = index[_UHEADER + (seg >> _UPAGE)]
+            page = index[_UDIR_HEADER + (seg >> _UPAGE)]
             if page >= 0:
                 slot = index[pages_base + np.uint64(page) * _UPAGE_SEGS + (seg & _UPAGE_MASK)]
                 if slot >= 0:

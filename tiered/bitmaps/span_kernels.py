@@ -11,7 +11,7 @@ from numba import njit
 
 from ..config import PAGE_SEGMENTS, PAGE_SHIFT, SEG_CHUNKS, SEG_SHIFT, SEG_WORDS
 from .kernels import (
-    ABSENT, ALL_ONES, FULL_ENTRY, HEADER, PAGES_USED, SLOTS_USED, _U63, _entry_pos, _jit,
+    ABSENT, ALL_ONES, FULL_ENTRY, DIR_HEADER, PAGES_USED, SLOTS_USED, _U63, _entry_pos, _jit,
     _materialise, _popcount, set_range, uniform_entry, uniform_value,
 )
 # --------------------------------------------------------------------------
@@ -35,7 +35,7 @@ def table_spans(index, n_top, seg_lo, seg_hi):
         t_lo = seg_lo >> PAGE_SHIFT
         t_hi = min(n_top, (seg_hi + PAGE_SEGMENTS - 1) >> PAGE_SHIFT)
         for t in range(t_lo, t_hi):
-            e = index[HEADER + t]
+            e = index[DIR_HEADER + t]
             if e == ABSENT:
                 continue
             p_lo = t << PAGE_SHIFT
@@ -48,7 +48,7 @@ def table_spans(index, n_top, seg_lo, seg_hi):
                     ref[n] = e
                 n += 1
                 continue
-            base = HEADER + n_top + e * PAGE_SEGMENTS
+            base = DIR_HEADER + n_top + e * PAGE_SEGMENTS
             for j in range(max(0, seg_lo - p_lo), min(PAGE_SEGMENTS, seg_hi - p_lo)):
                 s = index[base + j]
                 if s == ABSENT:
@@ -326,11 +326,11 @@ def remap_generations(index, pool, n_top, live):
     overflow: the order of generations, and so every answer, is preserved.
     """
     for t in range(n_top):
-        e = index[HEADER + t]
+        e = index[DIR_HEADER + t]
         if e <= -2:
-            index[HEADER + t] = uniform_entry(np.searchsorted(live, uniform_value(e), side="right"))
+            index[DIR_HEADER + t] = uniform_entry(np.searchsorted(live, uniform_value(e), side="right"))
     pages = index[PAGES_USED]
-    base = HEADER + n_top
+    base = DIR_HEADER + n_top
     for k in range(pages * PAGE_SEGMENTS):
         e = index[base + k]
         if e <= -2:

@@ -83,9 +83,9 @@ class SegmentTable:
 
     def clear(self) -> None:
         """Forget everything and give the memory back."""
-        self.index = np.empty(K.HEADER + self.n_top, np.int32)
-        self.index[: K.HEADER] = 0
-        self.index[K.HEADER :] = K.ABSENT
+        self.index = np.empty(K.DIR_HEADER + self.n_top, np.int32)
+        self.index[: K.DIR_HEADER] = 0
+        self.index[K.DIR_HEADER :] = K.ABSENT
         self.pool = np.empty((0, self.row_len), self.row_dtype)
 
     def reset(self) -> None:
@@ -98,11 +98,11 @@ class SegmentTable:
         used_pages = int(self.index[K.PAGES_USED])
         if len(self.pool) > 2 * max(used_rows, 64):
             self.pool = np.empty((used_rows, self.row_len), self.row_dtype)
-        self.index = np.resize(self.index, K.HEADER + self.n_top + used_pages * PAGE_SEGMENTS)
-        self.index[: K.HEADER] = 0
+        self.index = np.resize(self.index, K.DIR_HEADER + self.n_top + used_pages * PAGE_SEGMENTS)
+        self.index[: K.DIR_HEADER] = 0
         self.index[K.PAGES_CAP] = used_pages
         self.index[K.SLOTS_CAP] = len(self.pool)
-        self.index[K.HEADER : K.HEADER + self.n_top] = K.ABSENT
+        self.index[K.DIR_HEADER : K.DIR_HEADER + self.n_top] = K.ABSENT
 
     @property
     def nbytes(self) -> int:
@@ -113,7 +113,7 @@ class SegmentTable:
         return int(self.index[K.SLOTS_USED])
 
     def is_empty(self) -> bool:
-        return not np.any(self.index[K.HEADER : K.HEADER + self.n_top] != K.ABSENT)
+        return not np.any(self.index[K.DIR_HEADER : K.DIR_HEADER + self.n_top] != K.ABSENT)
 
     def _grow(self, force: bool = False, min_rows: int = 0) -> None:
         """Make room for at least one more page and one more row (``force``:
@@ -123,7 +123,7 @@ class SegmentTable:
         pages_cap = int(idx[K.PAGES_CAP])
         if (force or idx[K.PAGES_USED] == pages_cap) and pages_cap < self.n_top:
             new_cap = min(self.n_top, max(4, 2 * pages_cap))
-            grown = np.empty(K.HEADER + self.n_top + new_cap * PAGE_SEGMENTS, np.int32)
+            grown = np.empty(K.DIR_HEADER + self.n_top + new_cap * PAGE_SEGMENTS, np.int32)
             grown[: len(idx)] = idx
             grown[K.PAGES_CAP] = new_cap
             self.index = idx = grown

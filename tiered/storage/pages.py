@@ -3,7 +3,7 @@
 The catalog (which pages each sealed table has) lives in RAM so a query
 knows what to read without scanning LMDB; the pages themselves are decoded
 only when a query or a merge needs them, through an LRU cache bounded in
-bytes.  Writes go through a :class:`Batch` bound to one LMDB transaction;
+bytes.  Writes go through a :class:`PageWrites` bound to one LMDB transaction;
 the catalog and cache follow only once that transaction has committed.
 """
 
@@ -87,7 +87,7 @@ class PageCache:
         return int(self._lru.currsize)
 
 
-class Batch:
+class PageWrites:
     """Page writes and deletes staged in one write transaction."""
 
     def __init__(self, io: "PageIO", txn: lmdb.Transaction) -> None:
@@ -232,10 +232,10 @@ class PageIO:
         for page in self.pages(tag, gen, page_range):
             yield self.read(tag, gen, page, txn, keep)
 
-    def batch(self, txn: lmdb.Transaction) -> Batch:
-        return Batch(self, txn)
+    def batch(self, txn: lmdb.Transaction) -> PageWrites:
+        return PageWrites(self, txn)
 
-    def apply(self, batch: Batch) -> None:
+    def apply(self, batch: PageWrites) -> None:
         """Bring catalog and cache in line with a committed batch."""
         for key in batch.deleted:
             pages = self.catalog.pop(key, None)
@@ -256,7 +256,7 @@ class PageIO:
             for page in pages:
                 self.cache.drop((*key, page))
 
-    def forget(self, batch: Batch) -> None:
+    def forget(self, batch: PageWrites) -> None:
         """After a failed transaction: drop anything the batch may have cached."""
         for key in list(batch.written) + list(batch.deleted):
             for page in self.catalog.get(key, ()):

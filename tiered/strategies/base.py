@@ -6,7 +6,7 @@ since X" is the union of every write made in a period ``>= gen(X)``.  A
 strategy decides how those writes are kept; the volume owns names,
 generations, validation, locking and the transaction around each call.
 
-Methods that change stored state take a :class:`~tiered.pages.Batch` (one
+Methods that change stored state take a :class:`~tiered.storage.pages.PageWrites` (one
 LMDB write transaction), stage their writes in it and return a callback that
 updates RAM.  The volume runs the callback only after the transaction has
 committed, so a failed write leaves RAM and disk as they were.
@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..bitmaps.table import SegmentTable, Spans, chunk_page_range, chunk_seg_range
-from ..storage.pages import Batch, PageIO
+from ..storage.pages import PageWrites, PageIO
 
 # Page tags: which stored table of a volume a page belongs to (docs/format.md).
 #: sealed one-bit writeset of one period
@@ -98,20 +98,20 @@ class History(ABC):
     # -- changes of history ---------------------------------------------
 
     @abstractmethod
-    def seal(self, batch: Batch, current: int) -> AfterCommit:
+    def seal(self, batch: PageWrites, current: int) -> AfterCommit:
         """Close period ``current``, which a live checkpoint covers."""
 
     @abstractmethod
-    def remove(self, batch: Batch, prev: int | None, gen: int, nxt: int | None) -> AfterCommit:
+    def remove(self, batch: PageWrites, prev: int | None, gen: int, nxt: int | None) -> AfterCommit:
         """Drop the live checkpoint of generation ``gen``, keeping every other
         answer.  ``prev`` and ``nxt`` are its live neighbours (not both None)."""
 
     @abstractmethod
-    def reset(self, batch: Batch) -> AfterCommit:
+    def reset(self, batch: PageWrites) -> AfterCommit:
         """Forget all history: no live checkpoint is left to ask about."""
 
     @abstractmethod
-    def flush(self, batch: Batch) -> AfterCommit:
+    def flush(self, batch: PageWrites) -> AfterCommit:
         """Persist the state held in RAM, so that reopening loses nothing."""
 
     @property
@@ -125,7 +125,7 @@ class History(ABC):
         wait for that work to finish."""
         return False
 
-    def settle(self, batch: Batch) -> AfterCommit:
+    def settle(self, batch: PageWrites) -> AfterCommit:
         """Finish the work spread over checkpoints."""
         return nothing
 
@@ -134,7 +134,7 @@ class History(ABC):
         """Everything this history knows, read inside ``txn``."""
 
     @abstractmethod
-    def adopt(self, batch: Batch, image: HistoryImage, live: np.ndarray) -> AfterCommit:
+    def adopt(self, batch: PageWrites, image: HistoryImage, live: np.ndarray) -> AfterCommit:
         """Store ``image`` as this (empty) history's state.  ``live`` holds
         the generations of the live checkpoints, ascending."""
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..config import MAX_GEN_32
-from ..storage.pages import Batch
+from ..storage.pages import PageWrites
 from ..bitmaps.table import SegmentTable, Spans, chunk_page_range
 from .base import TAG_ACTIVE, TAG_GENS, TAG_WRITESET, AfterCommit, HistoryImage, nothing
 from .one_bit import SNAPSHOT_GEN, OneBitHistory
@@ -80,12 +80,12 @@ class HybridHistory(OneBitHistory):
             and prev <= self.fold_upto < nxt - 1
         )
 
-    def settle(self, batch: Batch) -> AfterCommit:
+    def settle(self, batch: PageWrites) -> AfterCommit:
         if not self.fold_upto:
             return nothing
         return self._fold(batch, self.fold_upto, self.fold_next, whole=True)
 
-    def _fold(self, batch: Batch, upto: int, start_page: int = 0, whole: bool = True) -> AfterCommit:
+    def _fold(self, batch: PageWrites, upto: int, start_page: int = 0, whole: bool = True) -> AfterCommit:
         """Fold every writeset of a period <= upto into the generation array,
         from page ``start_page`` on: all its pages, or (``whole=False``) a
         share small enough that ``recent`` checkpoints finish the fold.
@@ -141,7 +141,7 @@ class HybridHistory(OneBitHistory):
 
         return done
 
-    def seal(self, batch: Batch, current: int) -> AfterCommit:
+    def seal(self, batch: PageWrites, current: int) -> AfterCommit:
         cleared = super().seal(batch, current)
         folded = nothing
         if self.fold_upto:
@@ -159,7 +159,7 @@ class HybridHistory(OneBitHistory):
 
         return done
 
-    def _merge_into_predecessor(self, batch: Batch, prev: int, gens: list[int]) -> AfterCommit:
+    def _merge_into_predecessor(self, batch: PageWrites, prev: int, gens: list[int]) -> AfterCommit:
         if prev > self.folded_through:
             return super()._merge_into_predecessor(batch, prev, gens)
         # The predecessor's writes are already in the generation array: fold
@@ -169,7 +169,7 @@ class HybridHistory(OneBitHistory):
             return nothing
         return self._fold(batch, max(gens))
 
-    def reset(self, batch: Batch) -> AfterCommit:
+    def reset(self, batch: PageWrites) -> AfterCommit:
         cleared = super().reset(batch)
         batch.record.update(folded_through=0, fold_upto=0, fold_next=0)
 
@@ -187,7 +187,7 @@ class HybridHistory(OneBitHistory):
             last.load(spans)
         return self._image(txn, current, self.folded_through + 1, last)
 
-    def adopt(self, batch: Batch, image: HistoryImage, live: np.ndarray) -> AfterCommit:
+    def adopt(self, batch: PageWrites, image: HistoryImage, live: np.ndarray) -> AfterCommit:
         gens = sorted(image.writesets)
         # Leave as many one-bit writesets as a fold would.
         fold = gens[: -self.recent] if len(gens) > 2 * self.recent else []

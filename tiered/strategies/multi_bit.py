@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..config import max_generation
-from ..storage.pages import Batch
+from ..storage.pages import PageWrites
 from ..bitmaps.table import SegmentTable, Spans, chunk_seg_range
 from .base import IMAGE_GENS_DTYPE, TAG_GENS, AfterCommit, History, HistoryImage, nothing
 
@@ -47,15 +47,15 @@ class MultiBitHistory(History):
         if self._marked_from is None or gen < self._marked_from:
             self._marked_from = gen
 
-    def seal(self, batch: Batch, current: int) -> AfterCommit:
+    def seal(self, batch: PageWrites, current: int) -> AfterCommit:
         return nothing
 
-    def remove(self, batch: Batch, prev: int | None, gen: int, nxt: int | None) -> AfterCommit:
+    def remove(self, batch: PageWrites, prev: int | None, gen: int, nxt: int | None) -> AfterCommit:
         # Chunks of the removed period stay >= the predecessor's generation,
         # so every remaining answer is unchanged.
         return nothing
 
-    def reset(self, batch: Batch) -> AfterCommit:
+    def reset(self, batch: PageWrites) -> AfterCommit:
         batch.delete(TAG_GENS, ARRAY_GEN)
 
         def cleared() -> None:
@@ -64,7 +64,7 @@ class MultiBitHistory(History):
 
         return cleared
 
-    def flush(self, batch: Batch) -> AfterCommit:
+    def flush(self, batch: PageWrites) -> AfterCommit:
         """Write the pages changed since the last flush (all after a renumbering)."""
         if self._renumbered:
             batch.delete(TAG_GENS, ARRAY_GEN)
@@ -86,7 +86,7 @@ class MultiBitHistory(History):
         # Of every sealed period, only the last writer of each chunk is known.
         return HistoryImage(current, current, last, {}, active)
 
-    def adopt(self, batch: Batch, image: HistoryImage, live: np.ndarray) -> AfterCommit:
+    def adopt(self, batch: PageWrites, image: HistoryImage, live: np.ndarray) -> AfterCommit:
         work = image.last if image.last is not None else SegmentTable(self.n_chunks, IMAGE_GENS_DTYPE)
         for gen in sorted(image.writesets):
             work.assign(image.writesets[gen].spans(), gen)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..storage.pages import Batch
+from ..storage.pages import PageWrites
 from ..bitmaps.table import SegmentTable, Spans
 from .base import IMAGE_GENS_DTYPE, TAG_ACTIVE, TAG_WRITESET, AfterCommit, History, HistoryImage, nothing
 
@@ -64,12 +64,12 @@ class OneBitHistory(History):
 
     # -- changes of history -----------------------------------------------
 
-    def seal(self, batch: Batch, current: int) -> AfterCommit:
+    def seal(self, batch: PageWrites, current: int) -> AfterCommit:
         batch.put_table(TAG_WRITESET, current, self.active)
         batch.delete(TAG_ACTIVE, SNAPSHOT_GEN)
         return self.active.reset
 
-    def remove(self, batch: Batch, prev: int | None, gen: int, nxt: int | None) -> AfterCommit:
+    def remove(self, batch: PageWrites, prev: int | None, gen: int, nxt: int | None) -> AfterCommit:
         if nxt is None:
             # The newest checkpoint's writeset is the active one: take the
             # predecessor's writesets into it, so the predecessor becomes
@@ -94,7 +94,7 @@ class OneBitHistory(History):
             return nothing
         return self._merge_into_predecessor(batch, prev, mine)
 
-    def _merge_into_predecessor(self, batch: Batch, prev: int, gens: list[int]) -> AfterCommit:
+    def _merge_into_predecessor(self, batch: PageWrites, prev: int, gens: list[int]) -> AfterCommit:
         if not gens:
             return nothing
         merged = self._merged([prev, *gens], batch.txn)
@@ -104,12 +104,12 @@ class OneBitHistory(History):
         batch.put_table(TAG_WRITESET, prev, merged)
         return nothing
 
-    def reset(self, batch: Batch) -> AfterCommit:
+    def reset(self, batch: PageWrites) -> AfterCommit:
         for tag, gen in list(self.io.catalog):
             batch.delete(tag, gen)
         return self.active.clear
 
-    def flush(self, batch: Batch) -> AfterCommit:
+    def flush(self, batch: PageWrites) -> AfterCommit:
         batch.delete(TAG_ACTIVE, SNAPSHOT_GEN)
         batch.put_table(TAG_ACTIVE, SNAPSHOT_GEN, self.active)
         return nothing
@@ -137,7 +137,7 @@ class OneBitHistory(History):
             last.assign(self.active.spans(), current)
         return HistoryImage(current, exact_from, last, writesets, self.active)
 
-    def adopt(self, batch: Batch, image: HistoryImage, live: np.ndarray) -> AfterCommit:
+    def adopt(self, batch: PageWrites, image: HistoryImage, live: np.ndarray) -> AfterCommit:
         # Live intervals that start before exact_from get one writeset each:
         # the chunks they wrote last.  Intervals starting there need the
         # "changed since" answer, so exact_from stays while any is live.
