@@ -39,6 +39,7 @@ STRATEGIES = {
     "one-bit": tiered.Strategy("one-bit"),
     "multi-bit-8": tiered.Strategy("multi-bit", width=8),
     "multi-bit-16": tiered.Strategy("multi-bit", width=16),
+    "multi-bit-32": tiered.Strategy("multi-bit", width=32),
     "hybrid": tiered.Strategy("hybrid", recent=1),
     "hybrid-3": tiered.Strategy("hybrid", recent=3, cache_bytes=0),
 }
