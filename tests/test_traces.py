@@ -598,3 +598,13 @@ def test_damaged_lines_raise_only_trace_format_errors(tmp_path: Path, fmt: str) 
                 list(read_trace(path, format=fmt, skip_bad=skip_bad))
             except TraceFormatError as exc:
                 assert re.match(re.escape(str(path)) + r":\d+: ", str(exc)), str(exc)
+
+
+def test_a_byte_order_mark_and_crlf_line_ends(tmp_path: Path) -> None:
+    # As a Windows tool saves a CSV: the MSR traces were recorded on Windows.
+    path = tmp_path / "win.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + (DATA / "msr_hm_1.csv").read_bytes().replace(b"\n", b"\r\n"))
+    reader = read_trace(path)
+    assert reader.format == "msr"
+    _, offs, lens, _ = collect(reader)
+    assert pairs(offs, lens) == plain_writes(DATA / "msr_hm_1.csv", "msr")[0]

@@ -187,7 +187,7 @@ class TraceInput:
             else:
                 stream = self._source
             self._text = io.TextIOWrapper(
-                io.BufferedReader(stream, buffer_size=CHUNK), encoding="utf-8", errors="replace"
+                io.BufferedReader(stream, buffer_size=CHUNK), encoding="utf-8-sig", errors="replace"
             )
         return self._text
 
@@ -235,7 +235,7 @@ class TraceInput:
 
 
 def _lines(data: bytes) -> list[str]:
-    return data.decode("utf-8", errors="replace").splitlines(keepends=True)
+    return data.decode("utf-8-sig", errors="replace").splitlines(keepends=True)
 
 
 def open_input(path: str | os.PathLike[str]) -> TraceInput:
