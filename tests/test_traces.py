@@ -608,3 +608,11 @@ def test_a_byte_order_mark_and_crlf_line_ends(tmp_path: Path) -> None:
     assert reader.format == "msr"
     _, offs, lens, _ = collect(reader)
     assert pairs(offs, lens) == plain_writes(DATA / "msr_hm_1.csv", "msr")[0]
+
+
+def test_fio_format_given_keeps_v3_times(tmp_path: Path) -> None:
+    for path in (write(tmp_path, FIO_V3), DATA / "fio_v3_syncs.iolog"):
+        _, _, _, times = collect(read_trace(path, format="fio"))
+        assert times is not None and times[0] > 0
+    _, _, _, times = collect(read_trace(write(tmp_path, FIO_V2, "v2"), format="fio"))
+    assert times is None

@@ -80,6 +80,10 @@ class TraceReader:
                 self.format, self._fio_version = judge(peek(source), self.name)
             else:
                 self.format, self._fio_version = format, 0
+                if format == "fio":
+                    # The header's version says whether lines have times; a
+                    # wrong or missing header is reported at its line.
+                    self._fio_version = _fio_version(source)
         except BaseException:
             source.close()
             raise
@@ -90,7 +94,6 @@ class TraceReader:
             source.close()
         else:
             self._source = source
-        self._read_once = False
         self.lines = 0
         self.writes = 0
         self.skipped = 0
@@ -167,7 +170,9 @@ class TraceReader:
             raise TraceFormatError(f"{self.name}:{number + 1}: {exc}") from None
         self.lines = number
         if isinstance(parser, FioParser) and not parser.header_seen:
-            raise TraceFormatError(f"{self.name}:{max(number, 1)}: expected the header 'fio version 2 iolog' or 'fio version 3 iolog'")
+            raise TraceFormatError(
+                f"{self.name}:{max(number, 1)}: expected the header 'fio version 2 iolog' or 'fio version 3 iolog'"
+            )
         if n:
             self.writes += n
             yield WriteBatch(offsets[:n], lengths[:n], None if times is None else times[:n])
@@ -190,6 +195,14 @@ class TraceReader:
             np.empty(size, np.int64),
             np.empty(size, np.float64) if with_times else None,
         )
+
+
+def _fio_version(source: TraceInput) -> int:
+    try:
+        detected, version = judge(peek(source), source.name)
+    except TraceFormatError:
+        return 0
+    return version if detected == "fio" else 0
 
 
 def read_trace(
