@@ -52,10 +52,9 @@ class CorruptInput(Exception):
 
 
 class _Source(io.RawIOBase):
-    """``unread`` bytes first, then the rest of ``read``: a peek that loses nothing.
-
-    ``read(n)`` returns up to ``n`` bytes, ``b""`` at the end.
-    """
+    """A raw stream over ``read(n)`` (up to ``n`` bytes, ``b""`` at the end)
+    that can look ahead: what :meth:`peek` read comes out first, then the
+    rest, so looking loses nothing."""
 
     def __init__(self, read: Callable[[int], bytes], close: Callable[[], None]) -> None:
         super().__init__()
@@ -99,7 +98,11 @@ class _Zstd:
 
     The ``zstandard`` package's ``stream_reader`` returns a truncated frame's
     bytes without complaint; ``decompressobj`` tells whether a frame ended.
+    Compressed bytes go in by small pieces, so that what one piece inflates
+    to stays small.
     """
+
+    PIECE = 1 << 13
 
     def __init__(self, source: _Source) -> None:
         import zstandard
@@ -108,26 +111,28 @@ class _Zstd:
         self._new = zstandard.ZstdDecompressor().decompressobj
         self._frame = self._new()
         self._started = False  # bytes of the current frame have been fed
-        self._out = b""
+        self._out = memoryview(b"")
 
     def read(self, n: int) -> bytes:
         while not self._out:
-            data = self._source.read(CHUNK)
+            data = self._source.read(self.PIECE)
             if not data:
                 if self._started:
                     raise EOFError("the stream ends inside a zstd frame")
                 return b""
+            out = b""
             while data:
                 self._started = True
-                self._out += self._frame.decompress(data)
+                out += self._frame.decompress(data)
                 if not self._frame.eof:
                     break
                 # A frame ended: the next one (concatenated frames) starts
                 # with the bytes this one did not use.
                 data = self._frame.unused_data
                 self._frame, self._started = self._new(), False
+            self._out = memoryview(out)
         out, self._out = self._out[:n], self._out[n:]
-        return out
+        return bytes(out)
 
 
 def _decompressor(kind: str, source: _Source) -> tuple[Callable[[int], bytes], tuple[type[BaseException], ...]]:
@@ -177,7 +182,8 @@ class TraceInput:
     @property
     def text(self) -> io.TextIOWrapper:
         """The trace's text, from its first byte, decoded as UTF-8 (an
-        undecodable byte becomes U+FFFD), with universal newlines."""
+        undecodable byte becomes U+FFFD, a leading byte order mark is
+        dropped), with universal newlines."""
         if self._text is None:
             if self.rereadable and self.compression is None:
                 # A plain file: read it directly from the start, what was
