@@ -34,7 +34,7 @@ Formats (``format=`` names):
     total summaries at the end, blank lines -- are not events and are passed
     over.  All devices in the output come out together.
 ``"msr"``
-    MSR Cambridge CSV (SNIA IOTTA, "MSR Cambridge Traces"):
+    MSR Cambridge CSV (the README of the MSR Cambridge traces, SNIA IOTTA):
     ``Timestamp,Hostname,DiskNumber,Type,Offset,Size,ResponseTime``, times in
     Windows filetime (100 ns ticks), with or without a header line.  All
     disks come out together.
