@@ -104,11 +104,23 @@ def _compare_recording(args: argparse.Namespace, configs: Any, path: str, progre
     if args.size is not None:
         compare.check_volume_size(args.size, configs)
     reader = read_trace(args.trace, args.format, skip_bad=args.skip_bad)
-    events = schedule_checkpoints(reader, every, args.checkpoint_seconds)
-    rec = compare.record(events, path, args.size, f"trace {args.trace} ({reader.format})", progress)
+    events = schedule_checkpoints(_writes_required(reader), every, args.checkpoint_seconds)
+    rec = compare.record(events, path, args.size, f"trace {reader.name} ({reader.format})", progress)
     if reader.skipped:
-        warn(f"skipped {reader.skipped:,} malformed lines of {args.trace}")
+        warn(f"skipped {reader.skipped:,} malformed lines of {reader.name}")
     return rec
+
+
+def _writes_required(reader: Any) -> Any:
+    """The reader's batches; a trace without a single write says so in one line."""
+    yield from reader
+    if not reader.writes:
+        from ..errors import TraceFormatError
+
+        raise TraceFormatError(
+            f"{reader.name}: no writes to replay in {reader.lines:,} lines "
+            f"({reader.ignored:,} reads, syncs and other I/Os that write nothing)"
+        )
 
 
 def cache_budgets(args: argparse.Namespace) -> list[int]:
