@@ -402,3 +402,43 @@ def test_memory_is_measured_by_the_kernel():
         after = sampler.sample()
     assert during - before >= 60 << 20
     assert after < during and sampler.peak >= during
+
+
+def test_progress_on_a_terminal_is_a_bar_with_a_total_and_an_eta():
+    import io
+
+    from tiered.replay.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    with Progress(stream=screen) as progress:
+        progress.stage("replaying", 4000, "writes")
+        progress.set(1000)
+        progress._bar.refresh()
+        drawn = screen.getvalue()
+    assert "replaying" in drawn and "25%" in drawn and "1.00k/4.00k" in drawn
+    assert "<" in drawn  # elapsed<remaining: the ETA
+
+
+def test_progress_elsewhere_is_a_status_line_for_reading_and_replaying(tmp_path, capsys, monkeypatch):
+    from tiered.replay import progress
+
+    monkeypatch.setattr(progress, "STATUS_SECONDS", 0.0)  # every update is due
+    trace = write_trace(tmp_path / "t.log", 3000)
+    code, out, err = run_cli(capsys, "compare", "--trace", trace, "--checkpoint-every", "300", "--mode",
+                             "one-bit,hybrid", "--json", "--no-sync", "--dir", str(tmp_path))
+    assert code == 0, err
+    lines = err.splitlines()
+    assert all(line.startswith("tiered compare: ") for line in lines), err
+    # Reading the trace: lines against the total estimated from its size.
+    assert any(line.startswith("tiered compare: reading t.log: 3,003 of ") and "lines (" in line for line in lines)
+    assert any("1/2 one-bit 64K cache 64M: 3,000 of 6,000 writes (50%)" in line and "left" in line for line in lines)
+    assert "tiered compare: measured 1/2: one-bit 64K cache 64M" in lines
+    assert "tiered compare: measured 2/2: hybrid r8 64K cache 64M" in lines
+    assert json.loads(out)["writes"] == 3000
+    code, out, err = run_cli(capsys, "compare", "--trace", trace, "--mode", "one-bit", "--json", "--no-sync",
+                             "--no-progress", "--dir", str(tmp_path))
+    assert (code, err) == (0, "")
