@@ -231,6 +231,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 def test_cli_lists_match_the_engine():
     assert cli_compare.WORKLOAD_KINDS == KINDS
     assert cli_compare.TRACE_FORMATS == FORMATS
+    assert cli_compare.MODES == tiered.config.MODES
 
 
 def test_cli_compare_prints_a_table_and_a_recommendation(tmp_path, capsys):

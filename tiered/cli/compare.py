@@ -270,7 +270,8 @@ def _measure_all(args: argparse.Namespace, run: _Run, progress: Any) -> None:
 
     workdir = None
     try:
-        workdir = tempfile.mkdtemp(prefix="tiered-compare-", dir=args.dir)
+        with held():  # made and remembered at once: a signal cannot come between
+            workdir = tempfile.mkdtemp(prefix="tiered-compare-", dir=args.dir)
         run.rec = rec = _compare_recording(args, run.configs, os.path.join(workdir, "writes.bin"), progress)
         progress.close()  # the recording's bar goes before the header comes
         widths = report.column_widths([c.label for c in run.configs])
