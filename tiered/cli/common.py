@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import re
+import math
 import sys
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from ..units import UNITS
+from .. import units
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -26,23 +27,88 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-# -- sizes ---------------------------------------------------------------
+# -- argument types ----------------------------------------------------------
+# Each wraps one parser of ..units (where the rule for K, KiB and kB is
+# written down) and turns its ValueError into argparse's usage error.
 
-_SIZE_RE = re.compile(r"(\d+)([KMGTPE](?:iB)?)?", re.IGNORECASE)
+
+class UsageError(Exception):
+    """Arguments that cannot work together: exit 2, before any work."""
+
+
+def _argument(parse: Callable[[str], Any], text: str) -> Any:
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_size(text: str) -> int:
-    """Bytes from ``4096``, ``64K``, ``1M``, ``64KiB``... (binary units)."""
-    match = _SIZE_RE.fullmatch(text.strip())
-    if match is None:
-        raise argparse.ArgumentTypeError(
-            f"invalid size {text!r}: expected a number of bytes, optionally "
-            "followed by K, M, G, T, P or E (or KiB, MiB...)"
-        )
-    digits, unit = match.groups()
-    return int(digits) << UNITS[(unit or "")[:1].upper()]
+    """Bytes from ``4096``, ``64K``, ``64KiB``, ``64kB``, ``1.5G`` (see :mod:`tiered.units`)."""
+    return _argument(units.parse_size, text)
 
 
+def positive_size(text: str) -> int:
+    value = parse_size(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 byte, got {text!r}")
+    return value
+
+
+def parse_size_list(text: str) -> list[int]:
+    """``4K,64K``: one size or a comma-separated sweep, each positive, none twice."""
+    return _no_duplicates([positive_size(part) for part in text.split(",")], text)
+
+
+def _no_duplicates(values: list[Any], text: str) -> list[Any]:
+    seen = [v for i, v in enumerate(values) if v in values[:i]]
+    if seen:
+        raise argparse.ArgumentTypeError(f"{text!r} names {seen[0]!r} twice")
+    return values
+
+
+def choice_list(choices: Sequence[str]) -> Callable[[str], list[str]]:
+    """A comma-separated list of some of ``choices``, none twice."""
+
+    def parse(text: str) -> list[str]:
+        values = [part.strip() for part in text.split(",")]
+        for value in values:
+            if value not in choices:
+                raise argparse.ArgumentTypeError(
+                    f"invalid choice {value!r} (choose from {', '.join(choices)})"
+                )
+        return _no_duplicates(values, text)
+
+    return parse
+
+
+def positive_int(text: str) -> int:
+    """A count: ``100000``, ``100k``, ``1M`` (decimal)."""
+    value = _argument(units.parse_count, text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
+def _positive(value: float, text: str) -> float:
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be positive and finite, got {text!r}")
+    return value
+
+
+def positive_rate(text: str) -> float:
+    """Per second: ``2500000``, ``2.5M``, ``800k`` (decimal)."""
+    return _positive(_argument(units.parse_rate, text), text)
+
+
+def positive_seconds(text: str) -> float:
+    """Seconds: ``5``, ``0.5``, ``500ms``, ``2m``."""
+    return _positive(_argument(lambda t: units.parse_duration(t, 1.0), text), text)
+
+
+def positive_ms(text: str) -> float:
+    """Milliseconds: ``20``, ``20ms``, ``0.5s``."""
+    return _positive(_argument(lambda t: units.parse_duration(t, 1e-3), text) * 1e3, text)
 
 
 def iso_utc(timestamp: float) -> str:
@@ -91,30 +157,3 @@ def add_volume_argument(parser: argparse.ArgumentParser) -> None:
 def add_json_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
-
-def parse_size_list(text: str) -> list[int]:
-    """``4K,64K``: one size or a comma-separated sweep."""
-    return [parse_size(part) for part in text.split(",")]
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
-    return value
-
-
-# Kept here so that `tiered compare --help` needs no engine import; a test

@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Callable, NoReturn
 
-from .common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG
+from .common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, UsageError
 from .compare import add_compare_arguments, cmd_compare
 from .convert import add_convert_arguments, cmd_convert
 from .inspect import (
@@ -105,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAILURE
+    except UsageError as exc:
+        # Arguments that cannot work together, found before any work: a
+        # usage error like argparse's own.
+        sys.stderr.write(f"{PROG}: error: {exc} (see '{PROG} {args.command} --help')\n")
+        return EXIT_USAGE
     except (TieredError, OSError, ValueError) as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return EXIT_FAILURE

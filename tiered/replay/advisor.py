@@ -5,6 +5,10 @@ that breaks a limit; of the rest, take the one whose worst measure is
 closest to the best any of them achieved (the smallest "worst ratio to the
 best"), so no cost is traded away for another without bound.  Ties go to
 the smaller peak RAM.
+
+The reason given then compares the choice with every configuration
+measured, on every measure the table shows, and names each one on which
+the choice is not the best, with its value, the best and the ratio.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 from .compare import Measurement
 from ..errors import InvalidArgumentError
+from ..units import format_bytes, format_ms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,31 +30,35 @@ class Metric:
     show: Callable[[float], str]
 
 
-def _bytes(n: float) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            return f"{n / (1 << shift):.1f} {unit}"
-    return f"{n:.0f} bytes"
-
-
-def _ms(x: float) -> str:
-    return f"{x:.1f} ms" if x >= 1 else f"{x:.2f} ms"
-
-
 def _rate(x: float) -> str:
-    return f"{x / 1e6:.1f} M writes/s"
+    return f"{x / 1e6:.2f} M writes/s"
 
 
+def _cpu(x: float) -> str:
+    return f"{x:.2f} s"
+
+
+# What the choice is made on.
 METRICS = (
-    Metric("ram_peak_bytes", "peak RAM", True, _bytes),
-    Metric("query_oldest_ms", "cold query of the oldest checkpoint", True, _ms),
-    Metric("checkpoint_max_ms", "worst checkpoint", True, _ms),
+    Metric("ram_peak_bytes", "peak RAM", True, format_bytes),
+    Metric("query_oldest_ms", "cold query of the oldest checkpoint", True, format_ms),
+    Metric("checkpoint_max_ms", "worst checkpoint", True, format_ms),
     Metric("writes_per_s", "mark throughput", False, _rate),
-    Metric("disk_bytes", "disk", True, _bytes),
+    Metric("disk_bytes", "disk", True, format_bytes),
 )
-_BY_FIELD = {m.field: m for m in METRICS}
-# Closer to the best than this is a tie: the machine's noise is larger.
-NEAR_BEST = 1.05
+# What the reason compares: every measure of the table.
+SHOWN = (
+    METRICS[3],
+    Metric("checkpoint_p50_ms", "median checkpoint", True, format_ms),
+    METRICS[2],
+    Metric("query_newest_ms", "cold query of the newest checkpoint", True, format_ms),
+    METRICS[1],
+    METRICS[0],
+    Metric("ram_steady_bytes", "steady RAM", True, format_bytes),
+    METRICS[4],
+    Metric("cpu_s", "CPU time", True, _cpu),
+)
+_BY_FIELD = {m.field: m for m in SHOWN}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +109,10 @@ def violations(m: Measurement, limits: Limits) -> list[str]:
 @dataclasses.dataclass(frozen=True)
 class Advice:
     choice: Measurement | None
+    #: Why, in one sentence: the rule, then each measure on which the
+    #: choice is not the best (also in ``worse``, one item each).
     reason: str
+    worse: tuple[str, ...] = ()
 
 
 def _ratios(m: Measurement, pool: Sequence[Measurement]) -> dict[str, float]:
@@ -138,20 +150,49 @@ def recommend(results: Sequence[Measurement], limits: Limits) -> Advice:
         )
     scored = sorted(fitting, key=lambda m: (max(_ratios(m, fitting).values()), m.ram_peak_bytes))
     choice = scored[0]
-    ratios = _ratios(choice, fitting)
-    weakest = max(ratios, key=lambda f: ratios[f])
-    metric = _BY_FIELD[weakest]
     meets = f"meets {limits.describe()}" if limits.checks() else "no limits were given"
     if len(fitting) == 1:
-        reason = f"{meets}, and it is the only configuration that does"
-    elif ratios[weakest] < NEAR_BEST:
-        reason = f"{meets}; of the {len(fitting)} candidates it is the best, or within 5% of it, on every measure"
+        why = f"{meets}, and it is the only configuration that does"
     else:
+        names = ", ".join(m.name for m in METRICS)
+        of = f"of the {len(fitting)} that do" if limits.checks() else f"of the {len(fitting)} measured"
+        why = f"{meets}; {of}, its worst ratio to the best on {names} is the smallest"
+    worse = _against_the_best(choice, measured)
+    if not worse:
+        return Advice(choice, f"{why}; of all {len(measured)} measured it is the best on every measure")
+    summary = f"against all {len(measured)} measured it is worse than the best on {len(worse)} measures"
+    return Advice(choice, f"{why}; {summary}: {'; '.join(worse)}", tuple(worse))
+
+
+def _against_the_best(choice: Measurement, measured: Sequence[Measurement]) -> list[str]:
+    """Each measure of the table on which ``choice`` is not the best of
+    ``measured``: its value, the best's, and how far apart."""
+    worse = []
+    for metric in SHOWN:
         pick = min if metric.lower_is_better else max
-        best = pick(fitting, key=lambda m: getattr(m, weakest))
-        reason = (
-            f"{meets}; of the {len(fitting)} candidates it stays closest to the best on every measure: "
-            f"its weakest is {metric.name}, {metric.show(getattr(choice, weakest))}, "
-            f"{ratios[weakest]:.1f}x that of {best.label} ({metric.show(getattr(best, weakest))})"
-        )
-    return Advice(choice, reason)
+        best = pick(measured, key=lambda m: getattr(m, metric.field))
+        mine, top = getattr(choice, metric.field), getattr(best, metric.field)
+        if mine == top or best is choice:
+            continue
+        worse.append(f"{metric.name} {metric.show(mine)}, {_how_far(mine, top, metric)} "
+                     f"({metric.show(top)}, {best.label})")
+    return worse
+
+
+def _how_far(mine: float, best: float, metric: Metric) -> str:
+    """'2.6x the best', '4% over the best', '20% under the best', or a
+    difference when the best is not positive."""
+    if metric.lower_is_better:
+        if best <= 0:
+            return f"{metric.show(mine - best)} more than the best"
+        ratio = mine / best
+        if ratio < 1.1:
+            return f"{_percent(ratio - 1)} over the best"
+        return f"{ratio:.1f}x the best" if ratio < 10 else f"{ratio:.0f}x the best"
+    if mine <= 0:
+        return "none, against the best"
+    return f"{_percent(1 - mine / best)} under the best"
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:.0f}%" if fraction >= 0.005 else f"{fraction * 100:.1f}%"

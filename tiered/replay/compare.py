@@ -33,11 +33,8 @@ import gc
 import hashlib
 import os
 import shutil
-import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,6 +42,7 @@ import numpy as np
 from .batches import WriteBatch
 from ..config import Strategy
 from ..errors import InvalidArgumentError, OutOfRangeError, TieredError
+from .progress import Progress
 from .memory import PeakSampler, anon_rss, reset_rss_high_water_mark, rss_high_water_mark, rss_now
 from ..units import format_size
 from .workloads import CheckpointMark, Event, Workload, generate
@@ -84,31 +82,68 @@ class Recording:
     description: str
 
 
-def record(
-    events: Iterable[Event], path: str, size: int | None, description: str, progress: bool = False
-) -> Recording:
-    """Write ``events`` to ``path`` once; ``size`` None: the writes' extent."""
-    from tqdm import tqdm
+class CheckpointScheduleError(InvalidArgumentError):
+    """The schedule would make more checkpoints than a comparison can take."""
 
+    def __init__(self, count: int, limit: int, description: str) -> None:
+        self.count, self.limit = count, limit
+        super().__init__(
+            f"{description}: the checkpoint schedule makes {count:,} checkpoints, more than {limit:,}; "
+            "the replay would measure little but checkpoints"
+        )
+
+
+def record(
+    events: Iterable[Event],
+    path: str,
+    size: int | None,
+    description: str,
+    progress: bool | Callable[[int], None] = False,
+    max_checkpoints: int | None = None,
+) -> Recording:
+    """Write ``events`` to ``path`` once; ``size`` None: the writes' extent.
+
+    ``progress`` True shows a bar of the writes recorded on stderr; a
+    callable is called with the writes recorded so far after each batch.
+    More than ``max_checkpoints`` marks raises
+    :class:`CheckpointScheduleError` once all are counted (the writes past
+    that point are counted, not recorded).
+    """
+    report: Callable[[int], None] | None
+    bar = None
+    if progress is True:
+        bar = Progress()
+        bar.stage("recording", None, "writes")
+        report = bar.set
+    else:
+        report = progress or None
     marks: list[int] = []
-    writes = extent = 0
-    with open(path, "wb") as f, tqdm(
-        unit="writes", unit_scale=True, desc="recording", disable=not progress or None, leave=False
-    ) as bar:
-        for event in events:
-            if isinstance(event, CheckpointMark):
-                marks.append(writes)
-                continue
-            if not len(event):
-                continue
-            if int(event.offsets.min()) < 0 or int(event.lengths.min()) < 0:
-                raise InvalidArgumentError(f"{description}: a write has a negative offset or length")
-            extent = max(extent, int((event.offsets + event.lengths).max()))
-            if size is not None and extent > size:
-                raise OutOfRangeError(f"{description}: writes reach byte {extent}, past the volume size {size}")
-            np.stack((event.offsets, event.lengths), axis=1).tofile(f)
-            writes += len(event)
-            bar.update(len(event))
+    count = writes = extent = 0
+    try:
+        with open(path, "wb") as f:
+            for event in events:
+                if isinstance(event, CheckpointMark):
+                    count += 1
+                    if max_checkpoints is None or count <= max_checkpoints:
+                        marks.append(writes)
+                    continue
+                if not len(event):
+                    continue
+                if int(event.offsets.min()) < 0 or int(event.lengths.min()) < 0:
+                    raise InvalidArgumentError(f"{description}: a write has a negative offset or length")
+                extent = max(extent, int((event.offsets + event.lengths).max()))
+                if size is not None and extent > size:
+                    raise OutOfRangeError(f"{description}: writes reach byte {extent}, past the volume size {size}")
+                if count <= len(marks):
+                    np.stack((event.offsets, event.lengths), axis=1).tofile(f)
+                writes += len(event)
+                if report is not None:
+                    report(writes)
+    finally:
+        if bar is not None:
+            bar.close()
+    if max_checkpoints is not None and count > max_checkpoints:
+        raise CheckpointScheduleError(count, max_checkpoints, description)
     if not writes:
         raise InvalidArgumentError(f"{description}: no writes to replay")
     if size is None:
@@ -116,11 +151,13 @@ def record(
     return Recording(path, writes, tuple(marks), size, extent, description)
 
 
-def record_workload(workload: Workload, path: str, progress: bool = False) -> Recording:
+def record_workload(
+    workload: Workload, path: str, progress: bool | Callable[[int], None] = False, max_checkpoints: int | None = None
+) -> Recording:
     w = workload
     sizes = ", ".join(format_size(int(s)) for s in w.size_choices()[0])
     text = f"the {w.kind} workload ({sizes} writes, seed {w.seed})"
-    return record(generate(w), path, w.volume_size, text, progress)
+    return record(generate(w), path, w.volume_size, text, progress, max_checkpoints)
 
 
 def read_recording(rec: Recording) -> Iterator[Event]:
@@ -232,13 +269,15 @@ def _digest(extents: Any) -> str:
 @dataclasses.dataclass(frozen=True)
 class RunOptions:
     sync: bool = True
-    progress: bool = True
     #: Times each query is measured; the median is reported.
     repeat: int = 3
 
 
-def measure(config: Config, rec: Recording, root: str, options: RunOptions) -> Measurement:
-    """Replay ``rec`` into a fresh store under ``root``: run in a child process."""
+def measure(
+    config: Config, rec: Recording, root: str, options: RunOptions, report: Callable[[int], None] | None = None
+) -> Measurement:
+    """Replay ``rec`` into a fresh store under ``root``: run in a child process.
+    ``report`` is called with the writes replayed so far after each batch."""
     result = _empty_measurement(config)
     try:
         _warm_up(config, root)
@@ -248,7 +287,7 @@ def measure(config: Config, rec: Recording, root: str, options: RunOptions) -> M
         wall0, cpu0 = time.perf_counter(), time.process_time()
         path = os.path.join(root, "store")
         with PeakSampler() as sampler:
-            names = _write_phase(config, rec, path, options, sampler, base, result)
+            names = _write_phase(config, rec, path, options, sampler, base, result, report)
             gc.collect()  # the writer's cache must not outlive it into the cold phase
             _cold_phase(config, path, names, options.repeat, sampler, result)
         result.cpu_s = time.process_time() - cpu0
@@ -264,14 +303,14 @@ def measure(config: Config, rec: Recording, root: str, options: RunOptions) -> M
 
 def _write_phase(
     config: Config, rec: Recording, path: str, options: RunOptions, sampler: PeakSampler, base: int,
-    result: Measurement,
+    result: Measurement, report: Callable[[int], None] | None,
 ) -> list[str]:
     """Replay, then query in the writer (warm); returns the checkpoint names."""
     from .. import store as store_module
 
     with store_module.open(path, sync=options.sync) as store:
         vol = store.create_volume("replay", size=rec.size, granularity=config.granularity, strategy=config.strategy)
-        mark_s, ckpt_s = _replay(vol, rec, sampler, options.progress, config.label)
+        mark_s, ckpt_s = _replay(vol, rec, sampler, report)
         result.ram_replay_peak_bytes = sampler.peak - base
         result.writes = rec.writes
         result.checkpoints = len(ckpt_s)
@@ -325,23 +364,24 @@ def _median_ms(seconds: list[float]) -> float:
     return float(np.median(seconds)) * 1e3
 
 
-def _replay(vol: Any, rec: Recording, sampler: PeakSampler, progress: bool, label: str) -> tuple[float, list[float]]:
+def _replay(
+    vol: Any, rec: Recording, sampler: PeakSampler, report: Callable[[int], None] | None
+) -> tuple[float, list[float]]:
     """Feed the recording to the volume: (seconds in mark_many, seconds per checkpoint)."""
-    from tqdm import tqdm
-
     mark_s = 0.0
     ckpt_s: list[float] = []
-    with tqdm(total=rec.writes, unit="writes", unit_scale=True, desc=label, disable=not progress or None,
-              leave=False) as bar:
-        for event in read_recording(rec):
-            if isinstance(event, CheckpointMark):
-                _, seconds = _timed(vol.checkpoint, f"c{event.index}")
-                ckpt_s.append(seconds)
-            else:
-                _, seconds = _timed(vol.mark_many, event.offsets, event.lengths)
-                mark_s += seconds
-                bar.update(len(event))
-            sampler.sample()
+    done = 0
+    for event in read_recording(rec):
+        if isinstance(event, CheckpointMark):
+            _, seconds = _timed(vol.checkpoint, f"c{event.index}")
+            ckpt_s.append(seconds)
+        else:
+            _, seconds = _timed(vol.mark_many, event.offsets, event.lengths)
+            mark_s += seconds
+            done += len(event)
+            if report is not None:
+                report(done)
+        sampler.sample()
     return mark_s, ckpt_s
 
 
@@ -388,23 +428,12 @@ def compare(
     repeat: int = 3,
 ) -> list[Measurement]:
     """Measure every configuration on the recording, one child process each;
-    each query is timed ``repeat`` times and the median reported."""
-    if not configs:
-        raise InvalidArgumentError("nothing to compare: no configuration given")
-    check_volume_size(rec.size, configs)
-    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
-        raise InvalidArgumentError(f"repeat must be a positive int, got {repeat!r}")
-    options = RunOptions(sync, progress, repeat)
-    context = get_context("spawn")
-    results = []
-    for config in configs:
-        root = tempfile.mkdtemp(prefix="tiered-compare-", dir=workdir)
-        try:
-            with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-                results.append(pool.submit(measure, config, rec, root, options).result())
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-    return results
+    each query is timed ``repeat`` times and the median reported.  See
+    :func:`tiered.replay.runner.run_each` to have each result as it comes."""
+    from .runner import run_each
+
+    with Progress(progress) as bar:
+        return list(run_each(rec, configs, workdir=workdir, sync=sync, repeat=repeat, progress=bar))
 
 
 def disagreements(results: Sequence[Measurement]) -> list[str]:

@@ -9,18 +9,10 @@ from typing import Any, TextIO
 
 from .advisor import Advice, Limits
 from .compare import Measurement, Recording
-from ..units import format_size
+from ..units import format_bytes, format_ms, format_rate, format_size
 
 HEADER = ("CONFIGURATION", "WRITES/S", "CKPT P50", "CKPT MAX", "Q NEWEST", "Q OLDEST",
           "RAM PEAK", "RAM STEADY", "DISK", "CPU")
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f}M"
-
-
-def _ms(x: float) -> str:
-    return f"{x:.1f}ms" if x >= 10 else f"{x:.2f}ms"
 
 
 def _row(m: Measurement) -> tuple[str, ...]:
@@ -28,27 +20,47 @@ def _row(m: Measurement) -> tuple[str, ...]:
         return (m.label, f"failed: {m.error}")
     return (
         m.label,
-        f"{m.writes_per_s / 1e6:.1f}M",
-        _ms(m.checkpoint_p50_ms),
-        _ms(m.checkpoint_max_ms),
-        _ms(m.query_newest_ms),
-        _ms(m.query_oldest_ms),
-        _mib(m.ram_peak_bytes),
-        _mib(m.ram_steady_bytes),
-        _mib(m.disk_bytes),
+        format_rate(m.writes_per_s),
+        format_ms(m.checkpoint_p50_ms, ""),
+        format_ms(m.checkpoint_max_ms, ""),
+        format_ms(m.query_newest_ms, ""),
+        format_ms(m.query_oldest_ms, ""),
+        format_bytes(m.ram_peak_bytes, ""),
+        format_bytes(m.ram_steady_bytes, ""),
+        format_bytes(m.disk_bytes, ""),
         f"{m.cpu_s:.2f}s",
     )
 
 
+# Wide enough for every cell but the label ("123.4MiB", "1234.5ms"), so that
+# rows can be printed one by one, as each configuration finishes.
+_CELL = 9
+
+
+def column_widths(labels: Sequence[str]) -> list[int]:
+    return [max(len(HEADER[0]), *map(len, labels))] + [max(_CELL, len(h)) for h in HEADER[1:]]
+
+
+def format_row(row: Sequence[str], widths: Sequence[int]) -> str:
+    if len(row) < len(HEADER):  # a failure: one wide cell
+        return f"{row[0].ljust(widths[0])}  {row[1]}"
+    cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+    return "  ".join(cells)
+
+
+def header_line(widths: Sequence[int]) -> str:
+    return format_row(HEADER, widths)
+
+
+def row_line(m: Measurement, widths: Sequence[int]) -> str:
+    return format_row(_row(m), widths)
+
+
 def write_table(out: TextIO, results: Sequence[Measurement]) -> None:
-    rows = [_row(m) for m in results]
-    widths = [max(len(r[i]) for r in [HEADER, *rows] if i < len(r)) for i in range(len(HEADER))]
-    for r in [HEADER, *rows]:
-        if len(r) < len(HEADER):  # a failure: one wide cell
-            out.write(f"{r[0].ljust(widths[0])}  {r[1]}\n")
-            continue
-        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
-        out.write("  ".join(cells) + "\n")
+    widths = column_widths([m.label for m in results])
+    out.write(header_line(widths) + "\n")
+    for m in results:
+        out.write(row_line(m, widths) + "\n")
 
 
 def apply_command(m: Measurement) -> str:
@@ -59,9 +71,9 @@ def apply_command(m: Measurement) -> str:
 
 def write_verdict(out: TextIO, results: Sequence[Measurement], advice: Advice, problems: Sequence[str]) -> None:
     out.write(
-        "\nWRITES/S: mark_many throughput.  CKPT: checkpoint() latency.  Q: changed_since after a\n"
-        "reopen (cold cache).  RAM: measured growth of the process's anonymous memory (peak, and\n"
-        "after the replay).  DISK: the volume's bytes in the store.  CPU: process CPU seconds.\n"
+        "\nWRITES/S: mark_many throughput (M = million).  CKPT: checkpoint() latency.  Q: changed_since\n"
+        "after a reopen (cold cache).  RAM: measured growth of the process's anonymous memory (peak,\n"
+        "and after the replay).  DISK: the volume's bytes in the store.  CPU: process CPU seconds.\n"
     )
     done = [m for m in results if m.ok]
     if problems:
@@ -80,14 +92,20 @@ def write_verdict(out: TextIO, results: Sequence[Measurement], advice: Advice, p
         for granularity, m in by_granularity.items():
             # 16 bytes per extent: the answer's offset and length arrays, part of RAM PEAK.
             out.write(
-                f"  at {format_size(granularity)} chunks: {m.changed_bytes / 2**30:.2f} GiB in {m.extents:,} "
-                f"extents ({m.extents * 16 / 2**20:.1f} MiB of answer arrays, counted in RAM PEAK)\n"
+                f"  at {format_size(granularity)} chunks: {format_bytes(m.changed_bytes)} in {m.extents:,} "
+                f"extents ({format_bytes(m.extents * 16)} of answer arrays, counted in RAM PEAK)\n"
             )
     if advice.choice is None:
         out.write(f"\nNo recommendation: {advice.reason}.\n")
         return
     m = advice.choice
-    out.write(f"\nRecommended: {m.label}\n  why: {advice.reason}.\n")
+    if advice.worse:
+        why, _, _ = advice.reason.partition(": ")
+        out.write(f"\nRecommended: {m.label}\n  why: {why}:\n")
+        for item in advice.worse:
+            out.write(f"    {item}\n")
+    else:
+        out.write(f"\nRecommended: {m.label}\n  why: {advice.reason}.\n")
     out.write(f"  apply to an existing volume: {apply_command(m)}\n")
     out.write(
         f"  granularity is fixed when a volume is created (granularity={m.granularity}); the cache "
@@ -137,3 +155,20 @@ def document(
         "recommendation": chosen,
         "reason": advice.reason,
     }
+
+
+def stopped_document(
+    rec: Recording | None, results: Sequence[Measurement], limits: Limits, signal_name: str, configurations: int
+) -> dict[str, Any]:
+    """What ``--json`` writes when the run is stopped: the rows that finished."""
+    doc: dict[str, Any] = {"stopped_by": signal_name, "configurations": configurations}
+    if rec is not None:
+        doc.update(workload=rec.description, volume_size=rec.size, writes=rec.writes, checkpoints=len(rec.marks))
+    doc.update(
+        machine=machine(),
+        limits={k: v for k, v in vars(limits).items() if v is not None},
+        results=[m.to_dict() for m in results],
+        recommendation=None,
+        reason=f"stopped by {signal_name} after {len(results)} of {configurations} configurations",
+    )
+    return doc
