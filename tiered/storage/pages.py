@@ -5,6 +5,12 @@ knows what to read without scanning LMDB; the pages themselves are decoded
 only when a query or a merge needs them, through an LRU cache bounded in
 bytes.  Writes go through a :class:`PageWrites` bound to one LMDB transaction;
 the catalog and cache follow only once that transaction has committed.
+
+Nothing read is trusted: page keys are parsed with their length and volume
+checked, a page number beyond the volume is a ``CorruptionError`` when the
+catalog loads (before any kernel sees it), and every value is checked
+against the key it was read under and the format of the snapshot it came
+from (:mod:`tiered.storage.codec`).
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ import numpy as np
 from . import codec
 from ..errors import CorruptionError
 from ..bitmaps.table import SegmentTable, Spans
+from ..config import PAGE_SEGMENTS, SEG_CHUNKS
 from .environment import Storage
 from .keys import page_key, parse_page_key
+from .versions import read_format
 
 Key = tuple[bytes, int]  # (tag, generation)
 
@@ -108,11 +116,12 @@ class PageWrites:
         chosen = spans.pages() if only is None else np.intersect1d(spans.pages(), only)
         for page in chosen.tolist():
             part = spans.page_slice(page)
+            key = page_key(self.io.vol_id, tag, gen, page)
             if table.is_bits:
-                value = codec.encode_bits_page(part, page)
+                value = codec.encode_bits_page(part, page, key)
             else:
-                value = codec.encode_gens_page(part, page)
-            self.txn.put(page_key(self.io.vol_id, tag, gen, page), value, db=self.io.storage.pages)
+                value = codec.encode_gens_page(part, page, key)
+            self.txn.put(key, value, db=self.io.storage.pages)
             pages.add(page)
 
     def delete(self, tag: bytes, gen: int) -> None:
@@ -125,12 +134,20 @@ class PageWrites:
 
 
 class PageIO:
-    """Reads, writes and caches the stored pages of one volume."""
+    """Reads, writes and caches the stored pages of one volume of
+    ``n_chunks`` chunks."""
 
-    def __init__(self, storage: Storage, vol_id: int, cache_bytes: int, gens_dtype: np.dtype) -> None:
+    def __init__(self, storage: Storage, vol_id: int, cache_bytes: int, gens_dtype: np.dtype, n_chunks: int) -> None:
         self.storage = storage
         self.vol_id = vol_id
         self.gens_dtype = np.dtype(gens_dtype)
+        #: Segments of the volume: what bounds every page a decoder fills.
+        self.n_segments = -(-n_chunks // SEG_CHUNKS)
+        self.n_pages = -(-self.n_segments // PAGE_SEGMENTS)
+        #: Format of the store this volume's pages are read from: the one
+        #: this code writes, unless load_catalog found a format-1 snapshot
+        #: (a reader of a store no writer has upgraded yet).
+        self.version = codec.FORMAT_VERSION
         self.cache = PageCache(cache_bytes)
         #: A read-only volume reads every page from the snapshot it was
         #: loaded from; a writer owns the store and reads the latest state.
@@ -141,10 +158,21 @@ class PageIO:
         self._gens: dict[bytes, list[int]] = {}
 
     def load_catalog(self, txn: lmdb.Transaction) -> None:
+        """List the stored pages (keys only: nothing is decoded), and take
+        the store's format from the same snapshot.
+
+        Raises CorruptionError for a malformed key or a page beyond the
+        volume, which no decoder may be handed."""
+        self.version = read_format(self.storage, txn)
         found: dict[Key, list[int]] = {}
         prefix = page_key(self.vol_id, b"\0", 0, 0)[:8]
         for key, _ in self.storage.scan_prefix(txn, self.storage.pages, prefix):
-            tag, gen, page = parse_page_key(key)
+            tag, gen, page = parse_page_key(key, self.vol_id)
+            if page >= self.n_pages:
+                raise CorruptionError(
+                    f"volume {self.vol_id}: stored page {tag!r}/{gen}/{page} lies beyond the volume's "
+                    f"{self.n_pages} pages"
+                )
             found.setdefault((tag, gen), []).append(page)
         self.catalog = {k: np.array(v, np.int64) for k, v in found.items()}
         self._gens = {}
@@ -182,7 +210,10 @@ class PageIO:
                 value, what = self._fetch(own, tag, gen, page)
         else:
             value, what = self._fetch(txn, tag, gen, page)
-        spans = codec.decode_page(value, page, self.gens_dtype, what)
+        spans = codec.decode_page(
+            value, page, self.gens_dtype, what,
+            key=page_key(self.vol_id, tag, gen, page), version=self.version, n_segments=self.n_segments,
+        )
         if keep:
             self.cache.put(key, spans)
         return spans
@@ -199,7 +230,9 @@ class PageIO:
         """Decode one stored generation page into (an empty page of) ``table``,
         bypassing the cache: for a page about to be rewritten."""
         value, what = self._fetch(txn, tag, gen, page)
-        codec.load_gens_page(value, page, self.gens_dtype, what, table)
+        codec.load_gens_page(
+            value, page, self.gens_dtype, what, table, key=page_key(self.vol_id, tag, gen, page), version=self.version
+        )
 
     def or_at_least(self, tag: bytes, gen: int, page_range: range, table: SegmentTable, at_least: int) -> None:
         """OR into a bitmap table the chunks ``>= at_least`` of a stored
@@ -216,7 +249,10 @@ class PageIO:
         try:
             for page in pages:
                 value, what = self._fetch(txn, tag, gen, page)
-                codec.or_gens_page_at_least(value, page, self.gens_dtype, what, table, at_least)
+                codec.or_gens_page_at_least(
+                    value, page, self.gens_dtype, what, table, at_least,
+                    key=page_key(self.vol_id, tag, gen, page), version=self.version,
+                )
         finally:
             if own is not None:
                 own.abort()
