@@ -7,7 +7,12 @@ check is O(catalog) and decodes no page) are checked against each other:
 
 * the record has every field, of the right type and range, and its id is
   its key's;
-* checkpoint generations lie in [1, generation], names are valid and unique;
+* checkpoint generations lie in [1, generation], names are valid and unique,
+  and (format 2) there are as many as the record counts: a checkpoint whose
+  key lost its volume id would otherwise just vanish;
+* (format 2) the digest of the page keys is the one the record holds: a
+  page whose key changed is missing from where queries look for it, and a
+  region query would never read the page that now fails its checksum;
 * page tags are those the strategy uses (one-bit: ``W``, ``A``; multi-bit:
   ``G``; hybrid: all three), ``A`` and ``G`` pages have generation 0, and a
   ``W`` page belongs to a sealed period a live checkpoint can still ask
@@ -49,9 +54,9 @@ def _valid_name(name: object) -> bool:
         return False
 
 
-def check_record(vol_id: int, record: dict[str, Any]) -> Strategy:
-    """Check a volume record read under the key of ``vol_id``; return the
-    strategy it stores."""
+def check_record(vol_id: int, record: dict[str, Any], version: int) -> Strategy:
+    """Check a volume record read under the key of ``vol_id`` from a store
+    of format ``version``; return the strategy it stores."""
     from .store import check_geometry  # the store owns the geometry limits
 
     label = f"volume {record.get('name')!r} (id {vol_id})" if isinstance(record.get("name"), str) else f"volume id {vol_id}"
@@ -75,6 +80,14 @@ def check_record(vol_id: int, record: dict[str, Any]) -> Strategy:
     for field in ("unflushed", "dirty"):
         if field in record and not isinstance(record[field], bool):
             raise bad(f"field {field!r} is {record[field]!r}, not a bool")
+    if version >= 2:
+        # Format 2 names the flag "unflushed" and counts what the keys hold.
+        if "dirty" in record or "unflushed" not in record:
+            raise bad("names its unflushed flag as format 1 did")
+        for field in ("checkpoints", "pages_digest"):
+            v = record.get(field)
+            if not _is_int(v) or not 0 <= v < 1 << 64:
+                raise bad(f"field {field!r} is {v!r}, not a count")
     stored = record.get("strategy")
     if not isinstance(stored, dict) or stored.get("mode") not in MODES:
         raise bad(f"has an unknown strategy {stored!r}")
@@ -108,12 +121,23 @@ def check_history(
     strategy: Strategy,
     checkpoints: list[tuple[int, dict[str, Any]]],
     tables: Iterable[tuple[bytes, int]],
+    pages_digest: int,
 ) -> None:
     """Check a volume's checkpoints (generation and stored record, in key
-    order) and its stored tables ((tag, generation) of the page catalog)
-    against its record (already checked by :func:`check_record`)."""
+    order), its stored tables ((tag, generation) of the page catalog) and
+    the digest of its page keys against its record (already checked by
+    :func:`check_record`)."""
     label = f"volume {record['name']!r} (id {vol_id})"
     gen = record["generation"]
+    if "checkpoints" in record and record["checkpoints"] != len(checkpoints):
+        raise CorruptionError(
+            f"{label}: the record counts {record['checkpoints']} checkpoints, the store holds {len(checkpoints)}"
+        )
+    if "pages_digest" in record and record["pages_digest"] != pages_digest:
+        raise CorruptionError(
+            f"{label}: the keys of its stored pages are not those it wrote (a page key was changed, "
+            "lost or added)"
+        )
     names: set[str] = set()
     for g, rec in checkpoints:
         if not 1 <= g <= gen:

@@ -22,7 +22,7 @@ from .errors import (
     VolumeNotFoundError,
 )
 from .storage.environment import Storage
-from .storage.keys import checkpoint_key_gen, parse_page_key, parse_volume_key, volume_key
+from .storage.keys import checkpoint_key_gen, key_digest, parse_page_key, parse_volume_key, volume_key
 from .storage.versions import format_record, read_format, upgrade_v1
 from .storage.codec import FORMAT_VERSION
 from .checks import as_int
@@ -113,7 +113,7 @@ class Store:
         for key, value in db.scan_prefix(txn, db.volumes, b""):
             vol_id = parse_volume_key(key)
             record = unpack_json(value, key, version, f"volume record {bytes(key).hex()}")
-            strategy = check_record(vol_id, record)
+            strategy = check_record(vol_id, record, version)
             if record["name"] in ids:
                 raise CorruptionError(f"two volume records name {record['name']!r} (ids {ids[record['name']]} and {vol_id})")
             ids[record["name"]] = vol_id
@@ -123,8 +123,12 @@ class Store:
                     (checkpoint_key_gen(k, vol_id), unpack_json(v, k, version, f"checkpoint of volume {vol_id}"))
                     for k, v in db.scan_prefix(txn, db.checkpoints, prefix)
                 ]
-                tables = {parse_page_key(k, vol_id)[:2] for k, _ in db.scan_prefix(txn, db.pages, prefix)}
-                check_history(vol_id, record, strategy, checkpoints, sorted(tables))
+                tables: set[tuple[bytes, int]] = set()
+                digest = 0
+                for k, _ in db.scan_prefix(txn, db.pages, prefix):
+                    tables.add(parse_page_key(k, vol_id)[:2])
+                    digest ^= key_digest(k)
+                check_history(vol_id, record, strategy, checkpoints, sorted(tables), digest)
         counter = txn.get(NEXT_VOLUME_KEY, db=db.meta)
         if counter is None:
             raise CorruptionError(f"{self.path!r} holds no volume counter")
@@ -182,6 +186,8 @@ class Store:
                 "generation": 0,
                 "lost_generation": 0,
                 "unflushed": False,
+                "checkpoints": 0,
+                "pages_digest": 0,
                 "created": time.time(),
             }
 
@@ -226,8 +232,9 @@ class Store:
             value = txn.get(key, db=self._storage.volumes)
             if value is None:  # removed by the writer since this reader listed it
                 raise VolumeNotFoundError(f"store has no volume {name!r}")
-            record = unpack_json(value, key, read_format(self._storage, txn), f"volume record of {name!r}")
-            stored_strategy = check_record(self._ids[name], record)
+            version = read_format(self._storage, txn)
+            record = unpack_json(value, key, version, f"volume record of {name!r}")
+            stored_strategy = check_record(self._ids[name], record, version)
             if record["name"] != name:
                 raise CorruptionError(f"volume record of {name!r} names {record['name']!r}")
             if strategy is None:

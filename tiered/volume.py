@@ -117,7 +117,7 @@ class Volume:
             for key, value in self._storage.scan_prefix(txn, self._storage.checkpoints, volume_key(self._id))
         ]
         # Before any page is decoded: record, checkpoints and catalog agree.
-        check_history(self._id, record, strategy, stored, self._io.catalog)
+        check_history(self._id, record, strategy, stored, self._io.catalog, self._io.digest)
         self._checkpoints: list[Checkpoint] = [Checkpoint(rec["name"], rec["created"], gen) for gen, rec in stored]
         self._history = make_history(strategy, self._io, self._n_chunks)
         self._history.load(txn, record)
@@ -152,6 +152,7 @@ class Volume:
             generation=self._gen,
             lost_generation=self._lost,
             unflushed=self._unflushed,
+            checkpoints=len(self._checkpoints),
             **self._history.record_fields(),
         )
         rec.update(changes)
@@ -170,7 +171,7 @@ class Volume:
             batch = self._io.batch(txn)
             staged["batch"] = batch
             staged["after"] = build(batch)
-            record = self._volume_record(**{**record_changes, **batch.record})
+            record = self._volume_record(**{**record_changes, **batch.record, "pages_digest": batch.digest_after()})
             key = volume_key(self._id)
             txn.put(key, pack_json(record, key), db=self._storage.volumes)
             staged["record"] = record
@@ -284,7 +285,10 @@ class Volume:
                 return after
 
             self._transact(
-                build, generation=new.generation, unflushed=False if flushed else self._unflushed
+                build,
+                generation=new.generation,
+                unflushed=False if flushed else self._unflushed,
+                checkpoints=len(self._checkpoints) + 1,
             )
             self._checkpoints.append(new)
             self._by_name[name] = new
@@ -366,7 +370,7 @@ class Volume:
                     return history.reset(batch)
                 return history.remove(batch, prev, gone.generation, nxt)
 
-            changes: dict[str, Any] = {"lost_generation": lost}
+            changes: dict[str, Any] = {"lost_generation": lost, "checkpoints": len(remaining)}
             if not remaining:
                 changes["unflushed"] = False  # nothing is tracked any more
             self._transact(build, **changes)
@@ -481,7 +485,8 @@ class Volume:
                     self._put_checkpoints(txn, checkpoints)
                 record = {k: v for k, v in self._record.items() if k not in old_fields}
                 record.update(
-                    strategy=target.fixed(), generation=gen, lost_generation=lost, unflushed=False, **new.record
+                    strategy=target.fixed(), generation=gen, lost_generation=lost, unflushed=False,
+                    checkpoints=len(checkpoints), pages_digest=new.digest_after(), **new.record
                 )
                 key = volume_key(self._id)
                 txn.put(key, pack_json(record, key), db=self._storage.volumes)

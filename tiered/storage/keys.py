@@ -5,13 +5,18 @@ Keys carry meaning (volume id, generation, tag, page) but no checksum of
 their own: format 2 folds the key into the CRC of its value
 (:mod:`tiered.storage.codec`), so a key read back with a flipped bit fails
 its value's check.  Each database's keys have their own length (8, 16, 25
-bytes; ``meta`` keys are names), so a key also names its database.  The
-parsers here still check the length and the volume id of every key they
-are handed, and raise ``CorruptionError`` rather than ``struct.error``.
+bytes; ``meta`` keys are names), so a key also names its database.  A key
+whose bit flips moves its value out of reach rather than into a wrong
+place, so the volume record also holds what its keys must be: the number
+of its checkpoints and a digest of its page keys (:func:`key_digest`),
+checked when the volume opens.  The parsers here check the length and the
+volume id of every key they are handed, and raise ``CorruptionError``
+rather than ``struct.error``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
 from ..errors import CorruptionError
@@ -66,3 +71,10 @@ def parse_page_key(key: bytes, vol_id: int) -> tuple[bytes, int, int]:
     if owner != vol_id:
         raise CorruptionError(f"volume {vol_id}: page key {bytes(key).hex()} names volume {owner}")
     return tag, gen, page
+
+
+def key_digest(key: bytes) -> int:
+    """A 64-bit hash of one key; XORed over a set of keys it gives a digest
+    that a write updates per key added or removed (XOR is its own inverse)
+    and that any changed, missing or extra key alters."""
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")

@@ -28,7 +28,7 @@ from ..errors import CorruptionError
 from ..bitmaps.table import SegmentTable, Spans
 from ..config import PAGE_SEGMENTS, SEG_CHUNKS
 from .environment import Storage
-from .keys import page_key, parse_page_key
+from .keys import key_digest, page_key, parse_page_key
 from .versions import read_format
 
 Key = tuple[bytes, int]  # (tag, generation)
@@ -124,6 +124,26 @@ class PageWrites:
             self.txn.put(key, value, db=self.io.storage.pages)
             pages.add(page)
 
+    def digest_after(self) -> int:
+        """The digest of the volume's page keys once this batch commits
+        (see :func:`tiered.storage.keys.key_digest`); the volume record
+        stores it in the same transaction.  Costs a hash per page written
+        or deleted."""
+        io = self.io
+        digest = io.digest
+        for key in set(self.written) | self.deleted:
+            tag, gen = key
+            old = io.catalog.get(key)
+            old_pages = set() if old is None else set(old.tolist())
+            new_pages = set(self.written.get(key, ()))
+            if key in self.deleted:
+                changed = old_pages ^ new_pages
+            else:
+                changed = new_pages - old_pages
+            for page in changed:
+                digest ^= key_digest(page_key(io.vol_id, tag, gen, page))
+        return digest
+
     def delete(self, tag: bytes, gen: int) -> None:
         """Delete every stored page of (tag, gen), committed or staged."""
         for page in self.io.catalog.get((tag, gen), ()):
@@ -153,6 +173,8 @@ class PageIO:
         #: loaded from; a writer owns the store and reads the latest state.
         self.snapshot: lmdb.Transaction | None = None
         self.catalog: dict[Key, np.ndarray] = {}
+        #: XOR of key_digest over the stored page keys (the catalog's keys).
+        self.digest = 0
         # Generations per tag, kept sorted so range lookups stay logarithmic
         # with tens of thousands of sealed periods.
         self._gens: dict[bytes, list[int]] = {}
@@ -165,9 +187,11 @@ class PageIO:
         volume, which no decoder may be handed."""
         self.version = read_format(self.storage, txn)
         found: dict[Key, list[int]] = {}
+        digest = 0
         prefix = page_key(self.vol_id, b"\0", 0, 0)[:8]
         for key, _ in self.storage.scan_prefix(txn, self.storage.pages, prefix):
             tag, gen, page = parse_page_key(key, self.vol_id)
+            digest ^= key_digest(key)
             if page >= self.n_pages:
                 raise CorruptionError(
                     f"volume {self.vol_id}: stored page {tag!r}/{gen}/{page} lies beyond the volume's "
@@ -175,6 +199,7 @@ class PageIO:
                 )
             found.setdefault((tag, gen), []).append(page)
         self.catalog = {k: np.array(v, np.int64) for k, v in found.items()}
+        self.digest = digest
         self._gens = {}
         for tag, gen in sorted(self.catalog):
             self._gens.setdefault(tag, []).append(gen)
@@ -273,6 +298,7 @@ class PageIO:
 
     def apply(self, batch: PageWrites) -> None:
         """Bring catalog and cache in line with a committed batch."""
+        self.digest = batch.digest_after()
         for key in batch.deleted:
             pages = self.catalog.pop(key, None)
             if pages is None:

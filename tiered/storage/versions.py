@@ -6,8 +6,9 @@ A store is in one format at a time, named by its ``meta`` record
 (:func:`tiered.storage.codec.unwrap`).  Readers read format 1 as it is.  A
 writer upgrades a format-1 store when it opens it, in one write transaction:
 every value is checked as format 1 (payload CRC, header), then written
-again as format 2 (CRC over key, header and payload), volume records take
-``unflushed`` for format 1's ``dirty``, and the ``meta`` record says 2 last.
+again as format 2 (CRC over key, header and payload); volume records take
+``unflushed`` for format 1's ``dirty`` and gain the count of their
+checkpoints and the digest of their page keys; the ``meta`` record says 2.
 A value that fails its format-1 check aborts the upgrade, which changes
 nothing: rewriting it would give damaged data a valid format-2 checksum.
 """
@@ -21,6 +22,7 @@ import lmdb
 from . import codec
 from ..errors import CorruptionError
 from .environment import Storage
+from .keys import key_digest
 
 FORMAT_KEY = b"format"
 
@@ -56,6 +58,13 @@ def upgrade_v1(storage: Storage, txn: lmdb.Transaction) -> int:
     """Rewrite every value of a format-1 store as format 2 inside ``txn``;
     returns how many values were rewritten.  The caller has checked the
     volumes' meaning (:mod:`tiered.integrity`) in the same transaction."""
+    # What format 2 records hold about each volume's keys, from the keys.
+    counts: dict[bytes, int] = {}
+    digests: dict[bytes, int] = {}
+    for key, _ in storage.scan_prefix(txn, storage.checkpoints, b""):
+        counts[bytes(key[:8])] = counts.get(bytes(key[:8]), 0) + 1
+    for key, _ in storage.scan_prefix(txn, storage.pages, b""):
+        digests[bytes(key[:8])] = digests.get(bytes(key[:8]), 0) ^ key_digest(key)
     rewritten = 0
     for name, db in (
         ("meta", storage.meta),
@@ -76,7 +85,10 @@ def upgrade_v1(storage: Storage, txn: lmdb.Transaction) -> int:
                 new = codec.wrap(kind, codec.unwrap(value, kind, key, 1, what), key)
             else:
                 record = codec.unpack_json(value, key, 1, what)
-                new = codec.pack_json(_upgrade_record(name, key, record), key)
+                record = _upgrade_record(name, key, record)
+                if name == "volumes":
+                    record.update(checkpoints=counts.get(key, 0), pages_digest=digests.get(key, 0))
+                new = codec.pack_json(record, key)
             cursor.put(key, new)
             rewritten += 1
             more = cursor.next()
