@@ -332,3 +332,95 @@ def test_forged_volume_counter_is_refused(tmp_path):
     forge(path, lambda txn, dbs, put: put("meta", b"next_volume", codec.KIND_JSON, b'{"id": 2}'))
     with pytest.raises(tiered.CorruptionError, match="volume counter"):
         tiered.open(path, readonly=True)
+
+
+# -- format 1 --------------------------------------------------------------
+
+
+def read_raw(path: str) -> dict[str, dict[bytes, bytes]]:
+    """Every stored key and value, by database."""
+    import lmdb
+
+    env = lmdb.open(path, readonly=True, lock=False, max_dbs=4)
+    try:
+        out = {}
+        with env.begin() as txn:
+            for name in ("meta", "volumes", "checkpoints", "pages"):
+                out[name] = {bytes(k): bytes(v) for k, v in txn.cursor(env.open_db(name.encode(), txn=txn))}
+        return out
+    finally:
+        env.close()
+
+
+def test_a_writer_upgrades_a_format_1_store_in_place(tmp_path):
+    path, expected = golden_copy(tmp_path, "v1")
+    before = read_raw(path)
+    assert {v[2] for db in before.values() for v in db.values()} == {1}
+    with tiered.open(path):
+        pass
+    after = read_raw(path)
+    # Every value is now format 2, under the same keys, with the same payload
+    # except the records that format 2 extends.
+    assert {name: set(db) for name, db in after.items()} == {name: set(db) for name, db in before.items()}
+    assert {v[2] for db in after.values() for v in db.values()} == {2}
+    for name in ("checkpoints", "pages"):
+        for key, value in after[name].items():
+            assert value[codec.HEADER.size :] == before[name][key][codec.HEADER.size :]
+    assert json.loads(after["meta"][b"format"][codec.HEADER.size :]) == {"format": 2}
+    for key, value in after["volumes"].items():
+        record = json.loads(value[codec.HEADER.size :])
+        old = json.loads(before["volumes"][key][codec.HEADER.size :])
+        assert "dirty" not in record and record["unflushed"] == old["dirty"]
+        n_ckpt = sum(1 for k in after["checkpoints"] if k[:8] == key)
+        assert record["checkpoints"] == n_ckpt
+        # the volume that died unflushed is now known to have lost tracking
+        if record["name"] != "crashed":
+            assert {k: v for k, v in record.items() if k not in ("checkpoints", "pages_digest", "unflushed")} == {
+                k: v for k, v in old.items() if k != "dirty"
+            }
+
+
+def test_a_damaged_format_1_store_is_not_upgraded(tmp_path):
+    """The upgrade checks every value first: a damaged one is refused, and
+    the store is left as it was (the upgrade must not give damaged data a
+    valid format-2 checksum).  Readers still read the undamaged volumes."""
+    path, expected = golden_copy(tmp_path, "v1")
+    victim = next(k for k in read_raw(path)["pages"] if k[:8] == keys.volume_key(1))
+
+    def damage(txn, dbs):
+        value = bytearray(txn.get(victim, db=dbs["pages"]))
+        value[-1] ^= 0x10
+        txn.put(victim, bytes(value), db=dbs["pages"])
+
+    raw_edit(path, damage)
+    before = read_raw(path)
+    with pytest.raises(tiered.CorruptionError, match="checksum"):
+        tiered.open(path)
+    assert read_raw(path) == before
+    with tiered.open(path, readonly=True) as store:
+        assert answers_of(store, "hybrid") == expected_of(expected["volumes"]["hybrid"])
+
+
+def test_a_renamed_key_in_a_format_1_store_is_refused(tmp_path):
+    """Format 1 cannot check keys against values, but the cross-checks
+    still refuse a writeset moved to period 0 (W/1/0 -> W/0/0), for readers
+    and for the upgrade."""
+    path, _ = golden_copy(tmp_path, "v1")
+    raw_edit(path, rename("pages", pk(1, b"W", 1, 0), pk(1, b"W", 0, 0)))
+    got = answers_or_refuses(path, "one", "c1")
+    assert isinstance(got, tiered.CorruptionError) and "no live checkpoint" in str(got), got
+    with pytest.raises(tiered.CorruptionError, match="no live checkpoint"):
+        tiered.open(path)
+
+
+def test_a_reader_of_format_1_keeps_reading_while_a_writer_upgrades(tmp_path):
+    """A reader's volume reads its snapshot in the format of that snapshot."""
+    path, expected = golden_copy(tmp_path, "v1")
+    with tiered.open(path, readonly=True) as store:
+        before = answers_of(store, "one")
+        run_isolated(f"import tiered\ntiered.open({path!r}).close()\n")
+        with store._storage.reading() as txn:
+            assert txn.get(b"format", db=store._storage.meta)[2] == 2
+        assert answers_of(store, "one") == before == expected_of(expected["volumes"]["one"])
+        assert store.volumes() == sorted(expected["volumes"])
+        assert answers_of(store, "multi8") == expected_of(expected["volumes"]["multi8"])
