@@ -55,7 +55,7 @@ def expected_of(entry: dict) -> dict:
     return {k: v for k, v in entry.items() if k != "record"}
 
 
-@pytest.mark.parametrize("version", ["v1"])
+@pytest.mark.parametrize("version", ["v1", "v2"])
 @pytest.mark.parametrize("readonly", [True, False])
 def test_golden_store_answers_as_recorded(tmp_path, version, readonly):
     path, expected = golden_copy(tmp_path, version)
@@ -70,7 +70,17 @@ def test_golden_store_answers_as_recorded(tmp_path, version, readonly):
             assert answers_of(store, name) == expected_of(entry), name
 
 
-@pytest.mark.parametrize("version", ["v1"])
+def test_golden_stores_of_every_format_hold_the_same_history():
+    """Both stores were written by the same script, so the same writes: every
+    format must have given the same answers."""
+    answers = []
+    for version in ("v1", "v2"):
+        with open(os.path.join(FIXTURES, version, "answers.json")) as f:
+            answers.append({n: expected_of(e) for n, e in json.load(f)["volumes"].items()})
+    assert answers[0] == answers[1]
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
 def test_golden_store_keeps_tracking(tmp_path, version):
     """A writer carries on with an old store: new marks, checkpoints and
     removals answer as on a new store."""
