@@ -127,20 +127,21 @@ class PageWrites:
     def digest_after(self) -> int:
         """The digest of the volume's page keys once this batch commits
         (see :func:`tiered.storage.keys.key_digest`); the volume record
-        stores it in the same transaction.  Costs a hash per page written
-        or deleted."""
+        stores it in the same transaction.  Costs a hash per page key added
+        or removed, and a binary search per page rewritten."""
         io = self.io
         digest = io.digest
         for key in set(self.written) | self.deleted:
             tag, gen = key
-            old = io.catalog.get(key)
-            old_pages = set() if old is None else set(old.tolist())
-            new_pages = set(self.written.get(key, ()))
+            old = io.catalog.get(key, np.empty(0, np.int64))  # sorted
+            new = np.fromiter(self.written.get(key, ()), np.int64)
             if key in self.deleted:
-                changed = old_pages ^ new_pages
+                changed = np.setxor1d(old, new)
             else:
-                changed = new_pages - old_pages
-            for page in changed:
+                at = np.searchsorted(old, new).clip(max=max(len(old) - 1, 0))
+                known = (old[at] == new) if len(old) else np.zeros(len(new), bool)
+                changed = new[~known]
+            for page in changed.tolist():
                 digest ^= key_digest(page_key(io.vol_id, tag, gen, page))
         return digest
 
