@@ -125,6 +125,13 @@ CRAFTED = {
     "uniform past the volume's last segment": ("gens", payload(1, PAGE_SEGMENTS - 1, 1, B([UNIFORM]), 7), 2, None),
     "raw generations past the volume": ("gens", payload(1, PAGE_SEGMENTS // 2 + 3, 1, B([GRAW])) + bytes(4 * SEG_CHUNKS), 2, None),
     "volume of no segment": ("gens", payload(1, 0, 1, B([UNIFORM]), 7), 0, 0),
+    # Directory entries are int32 and a uniform segment stores -(gen + 2):
+    # a generation above MAX_GEN_32 would wrap into a row index.
+    "uniform generation past int32 entries": ("gens", payload(1, 0, 1, B([UNIFORM]), 1 << 31), 0, None),
+    "whole page of a generation past int32": ("gens", payload(1, 0, PAGE_SEGMENTS, B([UNIFORM]), (1 << 32) - 1), 0, None),
+    "sparse generation past MAX_GEN_32": ("gens", payload(1, 0, 1, B([SPARSE]), 1, 0, 1 << 31), 0, None),
+    "raw generation past MAX_GEN_32": ("gens", payload(1, 0, 1, B([GRAW])) + bytes(4 * SEG_CHUNKS - 4) + b"\xff" * 4, 0, None),
+    "packed generation past MAX_GEN_32": ("gens", payload(1, 0, 1, B([PACKED]), B([4]), b"\x01" + bytes(8 * SEG_WORDS - 1), b"\xff" * 4), 0, None),
 }
 
 

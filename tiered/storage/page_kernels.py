@@ -24,7 +24,7 @@ from numba import njit
 
 from ..bitmaps.kernels import FULL_ENTRY, NO_LIMIT, _jit, _popcount, _set_bits, uniform_entry, uniform_value
 from ..bitmaps.span_kernels import NEVER, _set_span, _writable_row, threshold_spans
-from ..config import PAGE_SEGMENTS, PAGE_SHIFT, SEG_CHUNKS, SEG_WORDS
+from ..config import MAX_GEN_32, PAGE_SEGMENTS, PAGE_SHIFT, SEG_CHUNKS, SEG_WORDS
 # --------------------------------------------------------------------------
 # page codec: span lists <-> bytes
 # --------------------------------------------------------------------------
@@ -455,6 +455,14 @@ def encode_gen_spans(first, count, ref, rows, page, out):
     return p
 
 
+@njit(inline="always", **_jit)
+def _max_generation(width):
+    """Largest generation a page of ``width``-byte values may hold.
+    Directory entries are int32 and a uniform segment stores -(gen + 2), so
+    a larger one would wrap into a row index (MAX_GEN_32)."""
+    return min((np.int64(1) << (8 * width)) - 1, np.int64(MAX_GEN_32))
+
+
 @njit(**_jit)
 def _get_gen_row(buf, p, end, kind, row, width, maxval):
     """Decode one segment record's generations into ``row`` (zeroed for
@@ -483,6 +491,12 @@ def _get_gen_row(buf, p, end, kind, row, width, maxval):
         if p + width * SEG_CHUNKS > end:
             return -1
         _get_raw_generations(buf, p, row, width)
+        if width == 4:  # narrower widths cannot exceed maxval
+            top = np.int64(0)
+            for k in range(SEG_CHUNKS):
+                top = max(top, np.int64(row[k]))
+            if top > maxval:
+                return -1
         return p + width * SEG_CHUNKS
     return -1
 
@@ -495,7 +509,7 @@ def load_gen_page(buf, page, seg_limit, index, pool, n_top):
     copy in between.  Returns False if the page is malformed."""
     end = buf.shape[0]
     width = pool.itemsize
-    maxval = (np.int64(1) << (8 * width)) - 1
+    maxval = _max_generation(width)
     n, p = _page_records(buf)
     prev_end, page_end = _page_bounds(page, seg_limit)
     if p < 0 or page_end < 0:
@@ -534,7 +548,7 @@ def decode_gen_spans(buf, page, seg_limit, rows_like, index, pool, n_top, at_lea
     """
     end = buf.shape[0]
     width = rows_like.itemsize
-    maxval = (np.int64(1) << (8 * width)) - 1
+    maxval = _max_generation(width)
     stream = at_least > 0
     n, p = _page_records(buf)
     prev_end, page_end = _page_bounds(page, seg_limit)
