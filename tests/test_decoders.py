@@ -137,7 +137,7 @@ CRAFTED = {
 
 def test_crafted_pages_are_refused():
     """Each crafted page, in a child process: refused, not decoded."""
-    code = f"""
+    code = """
     import sys
     from test_decoders import CRAFTED, outcome
     for name, (kind, body, page, n_seg) in CRAFTED.items():

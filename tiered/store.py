@@ -133,8 +133,12 @@ class Store:
         if counter is None:
             raise CorruptionError(f"{self.path!r} holds no volume counter")
         next_id = unpack_json(counter, NEXT_VOLUME_KEY, version, "volume counter").get("id")
-        if not isinstance(next_id, int) or isinstance(next_id, bool) or next_id <= max(ids.values(), default=0):
-            raise CorruptionError(f"volume counter {next_id!r} is not above every volume id")
+        if (
+            not isinstance(next_id, int)
+            or isinstance(next_id, bool)
+            or not max(ids.values(), default=0) < next_id < 1 << 63
+        ):
+            raise CorruptionError(f"volume counter {next_id!r} is not above every volume id (and below 2**63)")
         return ids
 
     def _load_names(self) -> dict[str, int]:
