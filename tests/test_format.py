@@ -10,12 +10,10 @@ import shutil
 
 import pytest
 from fixtures.make_store import PAGE_BYTES, SEG_BYTES, extents_digest
-
 from test_decoders import run_isolated
 
-from tiered.storage import codec, keys
-
 import tiered
+from tiered.storage import codec, keys
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
@@ -172,22 +170,26 @@ def pk(vol: int, tag: bytes, gen: int, page: int) -> bytes:
 
 
 @pytest.mark.parametrize(
-    "old,new",
+    "mode,old,new",
     [
-        (pk(1, b"W", 1, 0), pk(1, b"W", 0, 0)),  # generation 1 -> 0: one bit
-        (pk(1, b"W", 1, 0), pk(1, b"W", 3, 0)),  # generation 1 -> 3: one bit
-        (pk(1, b"W", 1, 0), pk(3, b"W", 1, 0)),  # out of the volume
-        (pk(2, b"W", 1, 0), pk(1, b"W", 1, 0)),  # into the volume (its own W/1 removed first)
-        (pk(1, b"A", 0, 0), pk(1, b"A", 0, 1)),  # page 0 -> 1 (beyond this volume)
-        (pk(1, b"W", 1, 0), pk(1, b"W", 1, 2 ** 63)),  # page near 2**63
+        ("one-bit", pk(1, b"W", 1, 0), pk(1, b"W", 0, 0)),  # generation 1 -> 0: one bit
+        ("one-bit", pk(1, b"W", 1, 0), pk(1, b"W", 3, 0)),  # generation 1 -> 3: one bit
+        ("one-bit", pk(1, b"W", 1, 0), pk(3, b"W", 1, 0)),  # out of the volume
+        ("one-bit", pk(2, b"W", 1, 0), pk(1, b"W", 1, 0)),  # into the volume (its own W/1 removed first)
+        ("one-bit", pk(1, b"A", 0, 0), pk(1, b"A", 0, 1)),  # page 0 -> 1 (beyond this volume)
+        ("one-bit", pk(1, b"W", 1, 0), pk(1, b"W", 1, 2 ** 63)),  # page near 2**63
+        ("multi-bit", pk(1, b"G", 0, 0), pk(1, b"G", 2, 0)),  # generation array under a period
+        ("multi-bit", pk(1, b"G", 0, 0), pk(1, b"W", 0, 0)),  # tag G -> W
+        ("hybrid", pk(1, b"W", 1, 0), pk(1, b"W", 0, 0)),
     ],
-    ids=["gen-to-0", "gen-to-3", "out-of-volume", "into-volume", "page-beyond", "page-2**63"],
+    ids=["gen-to-0", "gen-to-3", "out-of-volume", "into-volume", "page-beyond", "page-2**63",
+         "multi-gen", "multi-tag", "hybrid-gen-to-0"],
 )
-def test_a_changed_page_key_is_refused_not_missed(tmp_path, old, new):
+def test_a_changed_page_key_is_refused_not_missed(tmp_path, mode, old, new):
     """Renaming W/1/0 to W/0/0 used to make changed_since("c1") miss chunk 0
     with exact=True.  Any changed page key is a CorruptionError now."""
     path = str(tmp_path / "s")
-    make_store(path)
+    make_store(path, mode)
     if old[:8] != new[:8] and new[:8] == keys.volume_key(1):
         raw_edit(path, lambda txn, dbs: txn.delete(new, db=dbs["pages"]))
     raw_edit(path, rename("pages", old, new))
