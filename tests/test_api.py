@@ -419,7 +419,7 @@ def test_second_writer_process_is_refused(tmp_path):
 def test_readonly_open_checks_the_format(tmp_path):
     path = str(tmp_path / "s")
     with tiered.open(path, sync=False) as s:
-        s._storage.write(lambda txn: txn.put(b"format", codec.pack_json({"format": 99}), db=s._storage.meta))
+        s._storage.write(lambda txn: txn.put(b"format", codec.pack_json({"format": 99}, b"format"), db=s._storage.meta))
     with pytest.raises(tiered.CorruptionError, match="format 99"):
         tiered.open(path, readonly=True)
 
@@ -586,7 +586,7 @@ def test_a_multi_bit_flush_writes_only_the_pages_changed_since_the_last(tmp_path
     twin = store.create_volume("t", size=size, granularity=4096, strategy="one-bit")
     written: list[int] = []
     encode = codec.encode_gens_page
-    monkeypatch.setattr(codec, "encode_gens_page", lambda spans, page: written.append(page) or encode(spans, page))
+    monkeypatch.setattr(codec, "encode_gens_page", lambda spans, page, key: written.append(page) or encode(spans, page, key))
     page_bytes = PAGE_CHUNKS * 4096
 
     def write(page: int, at: int) -> None:

@@ -8,12 +8,13 @@ import pytest
 from hypothesis import given, settings
 from naive import naive_mark_bits, naive_mark_gens, naive_runs
 
-from tiered.storage import codec
-from tiered.config import PAGE_CHUNKS, SEG_CHUNKS
+from tiered.storage import codec, keys
+from tiered.config import PAGE_CHUNKS, PAGE_SEGMENTS, SEG_CHUNKS
 from tiered.errors import CorruptionError
 from tiered.bitmaps.table import SegmentTable
 
 N_CHUNKS = 2 * PAGE_CHUNKS + 3 * SEG_CHUNKS + 17
+N_SEGMENTS = -(-N_CHUNKS // SEG_CHUNKS)
 SHIFT = 9  # 512-byte chunks
 BOUNDARIES = [0, 63, 64, SEG_CHUNKS - 1, SEG_CHUNKS, PAGE_CHUNKS - 1, PAGE_CHUNKS, N_CHUNKS - 1]
 
@@ -167,6 +168,19 @@ def test_whole_volume_mark_stays_small():
 # -- codec ---------------------------------------------------------------
 
 
+def page_key(page: int, tag: bytes = b"W") -> bytes:
+    return keys.page_key(7, tag, 3, page)
+
+
+def decode(value: bytes, page: int, dtype=None, n_segments: int | None = None, key: bytes | None = None):
+    """Decode a stored page as PageIO does (format 2, this page's key)."""
+    where = dict(key=page_key(page) if key is None else key, version=codec.FORMAT_VERSION,
+                 n_segments=N_SEGMENTS if n_segments is None else n_segments)
+    if dtype is None:
+        return codec.decode_bits_page(value, page, "test", **where)
+    return codec.decode_gens_page(value, page, dtype, "test", **where)
+
+
 def pages_roundtrip(table: SegmentTable, into: bool = False) -> SegmentTable:
     """Encode every page and decode it back: to spans loaded into a new
     table, or (``into``, generation tables only) straight into the table."""
@@ -174,12 +188,16 @@ def pages_roundtrip(table: SegmentTable, into: bool = False) -> SegmentTable:
     spans = table.spans()
     for page in spans.pages().tolist():
         part = spans.page_slice(page)
+        n_seg = table.n_segments
         if table.is_bits:
-            back.load(codec.decode_bits_page(codec.encode_bits_page(part, page), page, "test"))
+            back.load(decode(codec.encode_bits_page(part, page, page_key(page)), page, n_segments=n_seg))
         elif into:
-            codec.load_gens_page(codec.encode_gens_page(part, page), page, table.row_dtype, "test", back)
+            codec.load_gens_page(
+                codec.encode_gens_page(part, page, page_key(page)), page, table.row_dtype, "test", back,
+                key=page_key(page), version=codec.FORMAT_VERSION,
+            )
         else:
-            back.load(codec.decode_gens_page(codec.encode_gens_page(part, page), page, table.row_dtype, "test"))
+            back.load(decode(codec.encode_gens_page(part, page, page_key(page)), page, table.row_dtype, n_seg))
     return back
 
 
@@ -212,26 +230,35 @@ def test_random_bits_encode_below_two_bytes_per_chunk():
     chunks = rng.choice(1 << 20, size=10_000, replace=False)
     table.mark_many(chunks.astype(np.int64) << SHIFT, np.full(len(chunks), 512, np.int64), SHIFT, 1)
     spans = table.spans()
-    size = sum(len(codec.encode_bits_page(spans.page_slice(p), p)) for p in spans.pages().tolist())
+    size = sum(len(codec.encode_bits_page(spans.page_slice(p), p, page_key(p))) - codec.HEADER.size for p in spans.pages().tolist())
     assert size < 2 * len(chunks)  # a roaring array container needs 2 bytes each
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "version", "kind"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "version", "old-version", "kind", "flags", "reserved", "key"])
 def test_damaged_page_is_detected(damage):
     table = SegmentTable(N_CHUNKS)
     table.mark(0, 1 << 20, SHIFT, 1)
     table.mark(5 << 20, 3000, SHIFT, 1)
-    value = bytearray(codec.encode_bits_page(table.spans().page_slice(0), 0))
+    value = bytearray(codec.encode_bits_page(table.spans().page_slice(0), 0, page_key(0)))
+    key = page_key(0)
     if damage == "flip":
         value[-1] ^= 0x40
     elif damage == "truncate":
         value = value[:-3]
     elif damage == "version":
         value[2] = 99
-    else:
+    elif damage == "old-version":
+        value[2] = 1  # a format-1 header skips the key check: refused in a format-2 store
+    elif damage == "kind":
         value[3] = codec.KIND_GENS_PAGE
+    elif damage == "flags":
+        value[4] = 1
+    elif damage == "reserved":
+        value[5] = 1
+    else:
+        key = keys.page_key(7, b"W", 2, 0)  # the same value read under another generation
     with pytest.raises(CorruptionError):
-        codec.decode_bits_page(bytes(value), 0, "test page")
+        decode(bytes(value), 0, key=key)
 
 
 def loaded_table(spans, dtype) -> SegmentTable:
@@ -243,18 +270,19 @@ def loaded_table(spans, dtype) -> SegmentTable:
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300), st.sampled_from(["bits", "gens8", "gens32"]))
 def test_garbage_payload_never_crashes_decoder(payload, kind):
+    key = page_key(3)
     try:
         if kind == "bits":
-            spans = codec.decode_bits_page(codec.wrap(codec.KIND_BITS_PAGE, payload), 3, "fuzz")
+            spans = decode(codec.wrap(codec.KIND_BITS_PAGE, payload, key), 3, n_segments=4 * PAGE_SEGMENTS)
         else:
             dtype = np.uint8 if kind == "gens8" else np.uint32
-            value = codec.wrap(codec.KIND_GENS_PAGE, bytes([np.dtype(dtype).itemsize]) + payload)
+            value = codec.wrap(codec.KIND_GENS_PAGE, bytes([np.dtype(dtype).itemsize]) + payload, key)
             table = SegmentTable(4 * PAGE_CHUNKS, dtype)
             try:
-                codec.load_gens_page(value, 3, dtype, "fuzz", table)
+                codec.load_gens_page(value, 3, dtype, "fuzz", table, key=key, version=codec.FORMAT_VERSION)
             except CorruptionError:
                 pass
-            spans = codec.decode_gens_page(value, 3, dtype, "fuzz")
+            spans = decode(value, 3, dtype, n_segments=4 * PAGE_SEGMENTS)
             # What decodes loads into a table to the same values.
             assert table_gens(table) == table_gens(loaded_table(spans, dtype))
     except CorruptionError:

@@ -61,7 +61,8 @@ class ClosedError(TieredError):
 
 
 class CorruptionError(TieredError):
-    """A stored value failed its checksum, format or version check."""
+    """A stored value failed its checksum, format or version check, or
+    stored values contradict each other (docs/format.md)."""
 
 
 class StoreBusyError(TieredError):

@@ -1,4 +1,9 @@
-"""A store: one LMDB environment holding many volumes."""
+"""A store: one LMDB environment holding many volumes.
+
+Opening checks the store's format (:mod:`tiered.storage.versions`); a
+writer upgrades a format-1 store to format 2 in place, after checking every
+volume's record, checkpoints and catalog (:mod:`tiered.integrity`).
+"""
 
 from __future__ import annotations
 
@@ -17,11 +22,14 @@ from .errors import (
     VolumeNotFoundError,
 )
 from .storage.environment import Storage
-from .storage.keys import volume_key
+from .storage.keys import checkpoint_key_gen, key_digest, parse_page_key, parse_volume_key, volume_key
+from .storage.versions import format_record, read_format, upgrade_v1
+from .storage.codec import FORMAT_VERSION
 from .checks import as_int
+from .integrity import check_history, check_record
 from .volume import Volume, check_name
 
-FORMAT = 1
+NEXT_VOLUME_KEY = b"next_volume"
 # The directory keeps one int32 per page of the volume (see tiered/bitmaps/table.py);
 # capping the chunk count keeps that below 16 MiB.
 MAX_CHUNKS = 1 << 44
@@ -67,7 +75,7 @@ class Store:
         try:
             if readonly:
                 with self._storage.reading() as txn:
-                    self._check_format(txn.get(b"format", db=self._storage.meta))
+                    read_format(self._storage, txn)
             else:
                 self._storage.write(self._init_meta)
             self._ids = self._load_names()
@@ -84,27 +92,58 @@ class Store:
         return self._storage.readonly
 
     def _init_meta(self, txn: Any) -> None:
-        value = txn.get(b"format", db=self._storage.meta)
-        if value is None:
-            txn.put(b"format", pack_json({"format": FORMAT}), db=self._storage.meta)
-            txn.put(b"next_volume", pack_json({"id": 1}), db=self._storage.meta)
+        if txn.get(b"format", db=self._storage.meta) is None:
+            if txn.stat(self._storage.volumes)["entries"] or txn.stat(self._storage.pages)["entries"]:
+                raise CorruptionError(f"{self.path!r} holds volumes but no tiered format record")
+            txn.put(b"format", format_record(), db=self._storage.meta)
+            txn.put(NEXT_VOLUME_KEY, pack_json({"id": 1}, NEXT_VOLUME_KEY), db=self._storage.meta)
             return
-        self._check_format(value)
+        version = read_format(self._storage, txn)
+        if version == 1:
+            # Check what every volume means before the upgrade gives its
+            # values format-2 checksums; any failure aborts the transaction.
+            self._read_names(txn, version, deep=True)
+            upgrade_v1(self._storage, txn)
 
-    def _check_format(self, value: bytes | None) -> None:
-        if value is None:
-            raise CorruptionError(f"{self.path!r} holds no tiered format record")
-        fmt = unpack_json(value, "store format record").get("format")
-        if fmt != FORMAT:
-            raise CorruptionError(f"store format {fmt}, this tiered reads format {FORMAT}")
+    def _read_names(self, txn: Any, version: int, deep: bool = False) -> dict[str, int]:
+        """Volume names -> ids, each record checked; ``deep`` also checks
+        each volume's checkpoints and catalog (keys only)."""
+        ids: dict[str, int] = {}
+        db = self._storage
+        for key, value in db.scan_prefix(txn, db.volumes, b""):
+            vol_id = parse_volume_key(key)
+            record = unpack_json(value, key, version, f"volume record {bytes(key).hex()}")
+            strategy = check_record(vol_id, record, version)
+            if record["name"] in ids:
+                raise CorruptionError(f"two volume records name {record['name']!r} (ids {ids[record['name']]} and {vol_id})")
+            ids[record["name"]] = vol_id
+            if deep:
+                prefix = volume_key(vol_id)
+                checkpoints = [
+                    (checkpoint_key_gen(k, vol_id), unpack_json(v, k, version, f"checkpoint of volume {vol_id}"))
+                    for k, v in db.scan_prefix(txn, db.checkpoints, prefix)
+                ]
+                tables: set[tuple[bytes, int]] = set()
+                digest = 0
+                for k, _ in db.scan_prefix(txn, db.pages, prefix):
+                    tables.add(parse_page_key(k, vol_id)[:2])
+                    digest ^= key_digest(k)
+                check_history(vol_id, record, strategy, checkpoints, sorted(tables), digest)
+        counter = txn.get(NEXT_VOLUME_KEY, db=db.meta)
+        if counter is None:
+            raise CorruptionError(f"{self.path!r} holds no volume counter")
+        next_id = unpack_json(counter, NEXT_VOLUME_KEY, version, "volume counter").get("id")
+        if (
+            not isinstance(next_id, int)
+            or isinstance(next_id, bool)
+            or not max(ids.values(), default=0) < next_id < 1 << 63
+        ):
+            raise CorruptionError(f"volume counter {next_id!r} is not above every volume id (and below 2**63)")
+        return ids
 
     def _load_names(self) -> dict[str, int]:
-        ids: dict[str, int] = {}
         with self._storage.reading() as txn:
-            for key, value in self._storage.scan_prefix(txn, self._storage.volumes, b""):
-                record = unpack_json(value, f"volume record {key.hex()}")
-                ids[record["name"]] = record["id"]
-        return ids
+            return self._read_names(txn, read_format(self._storage, txn))
 
     def _check_open(self) -> None:
         if self._closed:
@@ -151,14 +190,19 @@ class Store:
                 "generation": 0,
                 "lost_generation": 0,
                 "unflushed": False,
+                "checkpoints": 0,
+                "pages_digest": 0,
                 "created": time.time(),
             }
 
             def body(txn: Any) -> int:
-                counter = unpack_json(txn.get(b"next_volume", db=self._storage.meta), "volume counter")
+                counter = unpack_json(
+                    txn.get(NEXT_VOLUME_KEY, db=self._storage.meta), NEXT_VOLUME_KEY, FORMAT_VERSION, "volume counter"
+                )
                 vol_id = counter["id"]
-                txn.put(b"next_volume", pack_json({"id": vol_id + 1}), db=self._storage.meta)
-                txn.put(volume_key(vol_id), pack_json({**record, "id": vol_id}), db=self._storage.volumes)
+                txn.put(NEXT_VOLUME_KEY, pack_json({"id": vol_id + 1}, NEXT_VOLUME_KEY), db=self._storage.meta)
+                key = volume_key(vol_id)
+                txn.put(key, pack_json({**record, "id": vol_id}, key), db=self._storage.volumes)
                 return vol_id
 
             vol_id = self._storage.write(body)
@@ -188,15 +232,19 @@ class Store:
         # while another process writes.
         txn = self._storage.begin_read()
         try:
-            value = txn.get(volume_key(self._ids[name]), db=self._storage.volumes)
+            key = volume_key(self._ids[name])
+            value = txn.get(key, db=self._storage.volumes)
             if value is None:  # removed by the writer since this reader listed it
                 raise VolumeNotFoundError(f"store has no volume {name!r}")
-            record = unpack_json(value, f"volume record of {name!r}")
-            stored = record["strategy"]
+            version = read_format(self._storage, txn)
+            record = unpack_json(value, key, version, f"volume record of {name!r}")
+            stored_strategy = check_record(self._ids[name], record, version)
+            if record["name"] != name:
+                raise CorruptionError(f"volume record of {name!r} names {record['name']!r}")
             if strategy is None:
-                strategy = Strategy(**stored)
+                strategy = stored_strategy
             else:
-                strategy.check_compatible(stored, name)
+                strategy.check_compatible(record["strategy"], name)
             vol = Volume(self, record, strategy, txn)
         except BaseException:
             txn.abort()

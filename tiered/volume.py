@@ -31,6 +31,7 @@ from .errors import (
 )
 from .bitmaps.table import check_writes
 from .extents import Extents
+from .integrity import check_history
 from .storage.pages import PageWrites, PageCache, PageIO
 from .storage.keys import checkpoint_key, checkpoint_key_gen, volume_key
 from .strategies import gens_dtype, make_history
@@ -109,15 +110,17 @@ class Volume:
         self._marking = False
         self._pending_offsets = array("q")
         self._pending_lengths = array("q")
-        self._io = PageIO(self._storage, self._id, strategy.cache_bytes, gens_dtype(strategy))
+        self._io = PageIO(self._storage, self._id, strategy.cache_bytes, gens_dtype(strategy), self._n_chunks)
         self._io.load_catalog(txn)
+        stored = [
+            (checkpoint_key_gen(key, self._id), unpack_json(value, key, self._io.version, f"checkpoint of volume {self.name!r}"))
+            for key, value in self._storage.scan_prefix(txn, self._storage.checkpoints, volume_key(self._id))
+        ]
+        # Before any page is decoded: record, checkpoints and catalog agree.
+        check_history(self._id, record, strategy, stored, self._io.catalog, self._io.digest)
+        self._checkpoints: list[Checkpoint] = [Checkpoint(rec["name"], rec["created"], gen) for gen, rec in stored]
         self._history = make_history(strategy, self._io, self._n_chunks)
         self._history.load(txn, record)
-        self._checkpoints: list[Checkpoint] = []
-        prefix = volume_key(self._id)
-        for key, value in self._storage.scan_prefix(txn, self._storage.checkpoints, prefix):
-            rec = unpack_json(value, f"checkpoint of volume {self.name!r}")
-            self._checkpoints.append(Checkpoint(rec["name"], rec["created"], checkpoint_key_gen(key)))
         self._by_name = {c.name: c for c in self._checkpoints}
         self.unclean_shutdown = False
         if self._unflushed:
@@ -144,10 +147,12 @@ class Volume:
 
     def _volume_record(self, **changes: Any) -> dict[str, Any]:
         rec = dict(self._record)
+        rec.pop("dirty", None)  # format 1's name of "unflushed"
         rec.update(
             generation=self._gen,
             lost_generation=self._lost,
             unflushed=self._unflushed,
+            checkpoints=len(self._checkpoints),
             **self._history.record_fields(),
         )
         rec.update(changes)
@@ -166,8 +171,9 @@ class Volume:
             batch = self._io.batch(txn)
             staged["batch"] = batch
             staged["after"] = build(batch)
-            record = self._volume_record(**{**record_changes, **batch.record})
-            txn.put(volume_key(self._id), pack_json(record), db=self._storage.volumes)
+            record = self._volume_record(**{**record_changes, **batch.record, "pages_digest": batch.digest_after()})
+            key = volume_key(self._id)
+            txn.put(key, pack_json(record, key), db=self._storage.volumes)
             staged["record"] = record
 
         try:
@@ -274,15 +280,15 @@ class Volume:
 
             def build(batch: PageWrites) -> Callable[[], None]:
                 after = history.seal(batch, self._gen) if tracking else nothing
-                batch.txn.put(
-                    checkpoint_key(self._id, new.generation),
-                    pack_json({"name": name, "created": new.created}),
-                    db=self._storage.checkpoints,
-                )
+                key = checkpoint_key(self._id, new.generation)
+                batch.txn.put(key, pack_json({"name": name, "created": new.created}, key), db=self._storage.checkpoints)
                 return after
 
             self._transact(
-                build, generation=new.generation, unflushed=False if flushed else self._unflushed
+                build,
+                generation=new.generation,
+                unflushed=False if flushed else self._unflushed,
+                checkpoints=len(self._checkpoints) + 1,
             )
             self._checkpoints.append(new)
             self._by_name[name] = new
@@ -323,11 +329,8 @@ class Volume:
         """Replace the stored checkpoints (after renumbering)."""
         self._storage.delete_prefix(txn, self._storage.checkpoints, volume_key(self._id))
         for c in checkpoints:
-            txn.put(
-                checkpoint_key(self._id, c.generation),
-                pack_json({"name": c.name, "created": c.created}),
-                db=self._storage.checkpoints,
-            )
+            key = checkpoint_key(self._id, c.generation)
+            txn.put(key, pack_json({"name": c.name, "created": c.created}, key), db=self._storage.checkpoints)
 
     def checkpoints(self) -> list[Checkpoint]:
         """Live checkpoints, oldest first."""
@@ -367,7 +370,7 @@ class Volume:
                     return history.reset(batch)
                 return history.remove(batch, prev, gone.generation, nxt)
 
-            changes: dict[str, Any] = {"lost_generation": lost}
+            changes: dict[str, Any] = {"lost_generation": lost, "checkpoints": len(remaining)}
             if not remaining:
                 changes["unflushed"] = False  # nothing is tracked any more
             self._transact(build, **changes)
@@ -450,7 +453,7 @@ class Volume:
                 self._io.cache = PageCache(target.cache_bytes)
                 self.strategy = target
                 return
-            io = PageIO(self._storage, self._id, target.cache_bytes, gens_dtype(target))
+            io = PageIO(self._storage, self._id, target.cache_bytes, gens_dtype(target), self._n_chunks)
             history = make_history(target, io, self._n_chunks)
             live = np.array([c.generation for c in self._checkpoints], np.int64)
             renumber = self._gen > history.max_generation
@@ -482,9 +485,11 @@ class Volume:
                     self._put_checkpoints(txn, checkpoints)
                 record = {k: v for k, v in self._record.items() if k not in old_fields}
                 record.update(
-                    strategy=target.fixed(), generation=gen, lost_generation=lost, unflushed=False, **new.record
+                    strategy=target.fixed(), generation=gen, lost_generation=lost, unflushed=False,
+                    checkpoints=len(checkpoints), pages_digest=new.digest_after(), **new.record
                 )
-                txn.put(volume_key(self._id), pack_json(record), db=self._storage.volumes)
+                key = volume_key(self._id)
+                txn.put(key, pack_json(record, key), db=self._storage.volumes)
                 staged["record"] = record
 
             self._storage.write(body)

@@ -1,7 +1,7 @@
 """The LMDB layout: one environment per store, four sub-databases.
 
 ``meta``
-    ``b"format"`` -> JSON ``{"format": 1}``; ``b"next_volume"`` -> JSON counter.
+    ``b"format"`` -> JSON ``{"format": 2}``; ``b"next_volume"`` -> JSON counter.
 ``volumes``
     volume id (8 bytes big-endian) -> JSON volume record (name, geometry,
     strategy, generation counter, clean flag...).

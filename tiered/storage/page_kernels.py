@@ -1,9 +1,18 @@
 """Numba kernels of the stored page format: span lists <-> bytes.
 
-Every decoder bounds each count, position and length it reads against the
-page and the buffer before using it; the Python wrappers in
-:mod:`tiered.storage.codec` check the envelope and turn failures into
-``CorruptionError``.
+A stored page passed its checksum, but its numbers are still not trusted:
+the kernels run with ``boundscheck=False``, so one unchecked number is an
+out-of-bounds write.  Every decoder therefore bounds each count, gap,
+position and length it reads before using it, and compares the remaining
+room with the number (``g > room``) rather than adding the number to a
+position first (``pos + g > end``), because int64 sums of a varint near
+2**63 wrap silently.  Varints themselves are read as at most 63 bits, so
+every value is in [0, 2**63).  The page number, which comes from the key,
+and the volume's segment count ``seg_limit`` bound where records may land:
+a record past the volume's last segment is malformed, not clipped.
+
+The Python wrappers in :mod:`tiered.storage.codec` check the envelope and
+turn failures into ``CorruptionError``.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from numba import njit
 
 from ..bitmaps.kernels import FULL_ENTRY, NO_LIMIT, _jit, _popcount, _set_bits, uniform_entry, uniform_value
 from ..bitmaps.span_kernels import NEVER, _set_span, _writable_row, threshold_spans
-from ..config import PAGE_SEGMENTS, PAGE_SHIFT, SEG_CHUNKS, SEG_WORDS
+from ..config import MAX_GEN_32, PAGE_SEGMENTS, PAGE_SHIFT, SEG_CHUNKS, SEG_WORDS
 # --------------------------------------------------------------------------
 # page codec: span lists <-> bytes
 # --------------------------------------------------------------------------
@@ -57,7 +66,8 @@ def _put_record_header(out, p, gap, count):
 
 @njit(inline="always", **_jit)
 def _get_varint(buf, p, end):
-    """Returns (value, new position); position -1 on truncated input."""
+    """Returns (value, new position); position -1 on truncated input or a
+    varint longer than 9 bytes.  The value is in [0, 2**63)."""
     v = np.int64(0)
     shift = 0
     while p < end and shift < 63:
@@ -171,26 +181,56 @@ def _page_records(buf):
 
 
 @njit(**_jit)
+def _page_bounds(page, seg_limit):
+    """First segment of ``page`` and the end of its segments inside a volume
+    of ``seg_limit`` segments; (0, -1) when the page lies outside the volume.
+
+    ``page`` is checked before it is shifted: a page number near 2**63
+    would wrap to a small or negative segment.
+    """
+    if seg_limit < 1 or page < 0 or page > (seg_limit - 1) >> PAGE_SHIFT:
+        return np.int64(0), np.int64(-1)
+    start = np.int64(page) << PAGE_SHIFT
+    return start, min(start + PAGE_SEGMENTS, np.int64(seg_limit))
+
+
+@njit(**_jit)
 def _record_header(buf, p, prev_end, page_end):
     """Read a record header: (first segment, count, kind, position after).
 
     The position is -1 when the header is truncated or leaves the page.
+    ``prev_end <= page_end``, so ``page_end - prev_end`` is the room left and
+    the bounds below never add an unchecked varint.
     """
     end = buf.shape[0]
     gap, p = _get_varint(buf, p, end)
-    if p < 0:
+    if p < 0 or gap > page_end - prev_end:
         return 0, 0, 0, -1
     c, p = _get_varint(buf, p, end)
-    if p < 0 or p >= end or c < 1 or prev_end + gap + c > page_end:
+    if p < 0 or p >= end or c < 1 or c > page_end - prev_end - gap:
         return 0, 0, 0, -1
     return prev_end + gap, c, np.int64(buf[p]), p + 1
 
 
+@njit(inline="always", **_jit)
+def _next_position(buf, p, end, prev):
+    """Read a position gap after position ``prev`` (-1 before the first):
+    (position, new p); p is -1 when truncated or past the segment."""
+    g, p = _get_varint(buf, p, end)
+    if p < 0 or g > SEG_CHUNKS - 2 - prev:
+        return 0, -1
+    return prev + g + 1, p
+
+
 @njit(**_jit)
-def decode_bit_spans(buf, page):
-    """Inverse of encode_bit_spans.  Returns (ok, first, count, ref, rows)."""
+def decode_bit_spans(buf, page, seg_limit):
+    """Inverse of encode_bit_spans for a page of a volume of ``seg_limit``
+    segments.  Returns (ok, first, count, ref, rows)."""
     end = buf.shape[0]
     n, p = _page_records(buf)
+    prev_end, page_end = _page_bounds(page, seg_limit)
+    if page_end < 0:
+        n, p = 0, -1
     first = np.empty(n, np.int64)
     count = np.empty(n, np.int64)
     ref = np.empty(n, np.int64)
@@ -198,8 +238,6 @@ def decode_bit_spans(buf, page):
     if p < 0:
         return False, first, count, ref, rows
     nrows = 0
-    prev_end = page << PAGE_SHIFT
-    page_end = prev_end + PAGE_SEGMENTS
     for i in range(n):
         first[i], c, kind, p = _record_header(buf, p, prev_end, page_end)
         if p < 0:
@@ -216,31 +254,34 @@ def decode_bit_spans(buf, page):
         nrows += 1
         if kind == KIND_POS:
             k, p = _get_varint(buf, p, end)
+            if k > SEG_CHUNKS:
+                return False, first, count, ref, rows
             prev = -1
             for _ in range(k):
                 if p < 0:
                     break
-                g, p = _get_varint(buf, p, end)
-                prev = prev + g + 1
-                if prev >= SEG_CHUNKS:
-                    p = -1
+                prev, p = _next_position(buf, p, end, prev)
+                if p < 0:
                     break
                 row[prev >> 6] |= np.uint64(1) << np.uint64(prev & 63)
         elif kind == KIND_RUNS:
             k, p = _get_varint(buf, p, end)
+            if k > SEG_CHUNKS:
+                return False, first, count, ref, rows
             run_end = 0
             for _ in range(k):
                 if p < 0:
                     break
                 g, p = _get_varint(buf, p, end)
-                if p < 0:
-                    break
-                ln, p = _get_varint(buf, p, end)
-                s = run_end + g
-                run_end = s + ln + 1
-                if run_end > SEG_CHUNKS:
+                if p < 0 or g > SEG_CHUNKS - 1 - run_end:
                     p = -1
                     break
+                s = run_end + g
+                ln, p = _get_varint(buf, p, end)
+                if p < 0 or ln > SEG_CHUNKS - 1 - s:
+                    p = -1
+                    break
+                run_end = s + ln + 1
                 _set_bits(rows, nrows - 1, s, run_end - 1)
         elif kind == KIND_RAW:
             if p + 8 * SEG_WORDS > end:
@@ -414,6 +455,14 @@ def encode_gen_spans(first, count, ref, rows, page, out):
     return p
 
 
+@njit(inline="always", **_jit)
+def _max_generation(width):
+    """Largest generation a page of ``width``-byte values may hold.
+    Directory entries are int32 and a uniform segment stores -(gen + 2), so
+    a larger one would wrap into a row index (MAX_GEN_32)."""
+    return min((np.int64(1) << (8 * width)) - 1, np.int64(MAX_GEN_32))
+
+
 @njit(**_jit)
 def _get_gen_row(buf, p, end, kind, row, width, maxval):
     """Decode one segment record's generations into ``row`` (zeroed for
@@ -424,16 +473,17 @@ def _get_gen_row(buf, p, end, kind, row, width, maxval):
         return _get_packed_generations(buf, p + 1, end, row, np.int64(buf[p]), maxval)
     if kind == KIND_SPARSE:
         k, p = _get_varint(buf, p, end)
+        if k > SEG_CHUNKS:
+            return -1
         prev = -1
         for _ in range(k):
             if p < 0:
                 return -1
-            g, p = _get_varint(buf, p, end)
+            prev, p = _next_position(buf, p, end, prev)
             if p < 0:
                 return -1
             v, p = _get_varint(buf, p, end)
-            prev = prev + g + 1
-            if prev >= SEG_CHUNKS or v > maxval:
+            if p < 0 or v > maxval:
                 return -1
             row[prev] = v
         return p
@@ -441,24 +491,29 @@ def _get_gen_row(buf, p, end, kind, row, width, maxval):
         if p + width * SEG_CHUNKS > end:
             return -1
         _get_raw_generations(buf, p, row, width)
+        if width == 4:  # narrower widths cannot exceed maxval
+            top = np.int64(0)
+            for k in range(SEG_CHUNKS):
+                top = max(top, np.int64(row[k]))
+            if top > maxval:
+                return -1
         return p + width * SEG_CHUNKS
     return -1
 
 
 @njit(**_jit)
-def load_gen_page(buf, page, index, pool, n_top):
-    """Decode a generation page straight into a generation table whose page
-    is empty and has room for a page's rows.  A fold rewrites the array
-    page by page this way, with no decoded copy in between.  Returns False
-    if the page is malformed."""
+def load_gen_page(buf, page, seg_limit, index, pool, n_top):
+    """Decode a generation page straight into a generation table of
+    ``seg_limit`` segments whose page is empty and has room for a page's
+    rows.  A fold rewrites the array page by page this way, with no decoded
+    copy in between.  Returns False if the page is malformed."""
     end = buf.shape[0]
     width = pool.itemsize
-    maxval = (np.int64(1) << (8 * width)) - 1
+    maxval = _max_generation(width)
     n, p = _page_records(buf)
-    if p < 0:
+    prev_end, page_end = _page_bounds(page, seg_limit)
+    if p < 0 or page_end < 0:
         return False
-    prev_end = page << PAGE_SHIFT
-    page_end = prev_end + PAGE_SEGMENTS
     for _ in range(n):
         first, c, kind, p = _record_header(buf, p, prev_end, page_end)
         if p < 0:
@@ -482,8 +537,9 @@ def load_gen_page(buf, page, index, pool, n_top):
 
 
 @njit(**_jit)
-def decode_gen_spans(buf, page, rows_like, index, pool, n_top, at_least):
-    """Inverse of encode_gen_spans; rows get the dtype of ``rows_like``.
+def decode_gen_spans(buf, page, seg_limit, rows_like, index, pool, n_top, at_least):
+    """Inverse of encode_gen_spans for a page of a volume of ``seg_limit``
+    segments; rows get the dtype of ``rows_like``.
 
     With ``at_least > 0`` the page is not kept: each segment is decoded into
     one scratch row and its chunks ``>= at_least`` are ORed into the bitmap
@@ -492,9 +548,12 @@ def decode_gen_spans(buf, page, rows_like, index, pool, n_top, at_least):
     """
     end = buf.shape[0]
     width = rows_like.itemsize
-    maxval = (np.int64(1) << (8 * width)) - 1
+    maxval = _max_generation(width)
     stream = at_least > 0
     n, p = _page_records(buf)
+    prev_end, page_end = _page_bounds(page, seg_limit)
+    if page_end < 0:
+        n, p = 0, -1
     first = np.empty(n, np.int64)
     count = np.empty(n, np.int64)
     ref = np.empty(n, np.int64)
@@ -502,8 +561,6 @@ def decode_gen_spans(buf, page, rows_like, index, pool, n_top, at_least):
     if p < 0:
         return False, first, count, ref, rows
     nrows = 0
-    prev_end = page << PAGE_SHIFT
-    page_end = prev_end + PAGE_SEGMENTS
     for i in range(n):
         first[i], c, kind, p = _record_header(buf, p, prev_end, page_end)
         if p < 0:

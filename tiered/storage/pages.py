@@ -5,6 +5,12 @@ knows what to read without scanning LMDB; the pages themselves are decoded
 only when a query or a merge needs them, through an LRU cache bounded in
 bytes.  Writes go through a :class:`PageWrites` bound to one LMDB transaction;
 the catalog and cache follow only once that transaction has committed.
+
+Nothing read is trusted: page keys are parsed with their length and volume
+checked, a page number beyond the volume is a ``CorruptionError`` when the
+catalog loads (before any kernel sees it), and every value is checked
+against the key it was read under and the format of the snapshot it came
+from (:mod:`tiered.storage.codec`).
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ import numpy as np
 from . import codec
 from ..errors import CorruptionError
 from ..bitmaps.table import SegmentTable, Spans
+from ..config import PAGE_SEGMENTS, SEG_CHUNKS
 from .environment import Storage
-from .keys import page_key, parse_page_key
+from .keys import key_digest, page_key, parse_page_key
+from .versions import read_format
 
 Key = tuple[bytes, int]  # (tag, generation)
 
@@ -108,12 +116,34 @@ class PageWrites:
         chosen = spans.pages() if only is None else np.intersect1d(spans.pages(), only)
         for page in chosen.tolist():
             part = spans.page_slice(page)
+            key = page_key(self.io.vol_id, tag, gen, page)
             if table.is_bits:
-                value = codec.encode_bits_page(part, page)
+                value = codec.encode_bits_page(part, page, key)
             else:
-                value = codec.encode_gens_page(part, page)
-            self.txn.put(page_key(self.io.vol_id, tag, gen, page), value, db=self.io.storage.pages)
+                value = codec.encode_gens_page(part, page, key)
+            self.txn.put(key, value, db=self.io.storage.pages)
             pages.add(page)
+
+    def digest_after(self) -> int:
+        """The digest of the volume's page keys once this batch commits
+        (see :func:`tiered.storage.keys.key_digest`); the volume record
+        stores it in the same transaction.  Costs a hash per page key added
+        or removed, and a binary search per page rewritten."""
+        io = self.io
+        digest = io.digest
+        for key in set(self.written) | self.deleted:
+            tag, gen = key
+            old = io.catalog.get(key, np.empty(0, np.int64))  # sorted
+            new = np.fromiter(self.written.get(key, ()), np.int64)
+            if key in self.deleted:
+                changed = np.setxor1d(old, new)
+            else:
+                at = np.searchsorted(old, new).clip(max=max(len(old) - 1, 0))
+                known = (old[at] == new) if len(old) else np.zeros(len(new), bool)
+                changed = new[~known]
+            for page in changed.tolist():
+                digest ^= key_digest(page_key(io.vol_id, tag, gen, page))
+        return digest
 
     def delete(self, tag: bytes, gen: int) -> None:
         """Delete every stored page of (tag, gen), committed or staged."""
@@ -125,28 +155,52 @@ class PageWrites:
 
 
 class PageIO:
-    """Reads, writes and caches the stored pages of one volume."""
+    """Reads, writes and caches the stored pages of one volume of
+    ``n_chunks`` chunks."""
 
-    def __init__(self, storage: Storage, vol_id: int, cache_bytes: int, gens_dtype: np.dtype) -> None:
+    def __init__(self, storage: Storage, vol_id: int, cache_bytes: int, gens_dtype: np.dtype, n_chunks: int) -> None:
         self.storage = storage
         self.vol_id = vol_id
         self.gens_dtype = np.dtype(gens_dtype)
+        #: Segments of the volume: what bounds every page a decoder fills.
+        self.n_segments = -(-n_chunks // SEG_CHUNKS)
+        self.n_pages = -(-self.n_segments // PAGE_SEGMENTS)
+        #: Format of the store this volume's pages are read from: the one
+        #: this code writes, unless load_catalog found a format-1 snapshot
+        #: (a reader of a store no writer has upgraded yet).
+        self.version = codec.FORMAT_VERSION
         self.cache = PageCache(cache_bytes)
         #: A read-only volume reads every page from the snapshot it was
         #: loaded from; a writer owns the store and reads the latest state.
         self.snapshot: lmdb.Transaction | None = None
         self.catalog: dict[Key, np.ndarray] = {}
+        #: XOR of key_digest over the stored page keys (the catalog's keys).
+        self.digest = 0
         # Generations per tag, kept sorted so range lookups stay logarithmic
         # with tens of thousands of sealed periods.
         self._gens: dict[bytes, list[int]] = {}
 
     def load_catalog(self, txn: lmdb.Transaction) -> None:
+        """List the stored pages (keys only: nothing is decoded), and take
+        the store's format from the same snapshot.
+
+        Raises CorruptionError for a malformed key or a page beyond the
+        volume, which no decoder may be handed."""
+        self.version = read_format(self.storage, txn)
         found: dict[Key, list[int]] = {}
+        digest = 0
         prefix = page_key(self.vol_id, b"\0", 0, 0)[:8]
         for key, _ in self.storage.scan_prefix(txn, self.storage.pages, prefix):
-            tag, gen, page = parse_page_key(key)
+            tag, gen, page = parse_page_key(key, self.vol_id)
+            digest ^= key_digest(key)
+            if page >= self.n_pages:
+                raise CorruptionError(
+                    f"volume {self.vol_id}: stored page {tag!r}/{gen}/{page} lies beyond the volume's "
+                    f"{self.n_pages} pages"
+                )
             found.setdefault((tag, gen), []).append(page)
         self.catalog = {k: np.array(v, np.int64) for k, v in found.items()}
+        self.digest = digest
         self._gens = {}
         for tag, gen in sorted(self.catalog):
             self._gens.setdefault(tag, []).append(gen)
@@ -182,7 +236,10 @@ class PageIO:
                 value, what = self._fetch(own, tag, gen, page)
         else:
             value, what = self._fetch(txn, tag, gen, page)
-        spans = codec.decode_page(value, page, self.gens_dtype, what)
+        spans = codec.decode_page(
+            value, page, self.gens_dtype, what,
+            key=page_key(self.vol_id, tag, gen, page), version=self.version, n_segments=self.n_segments,
+        )
         if keep:
             self.cache.put(key, spans)
         return spans
@@ -199,7 +256,9 @@ class PageIO:
         """Decode one stored generation page into (an empty page of) ``table``,
         bypassing the cache: for a page about to be rewritten."""
         value, what = self._fetch(txn, tag, gen, page)
-        codec.load_gens_page(value, page, self.gens_dtype, what, table)
+        codec.load_gens_page(
+            value, page, self.gens_dtype, what, table, key=page_key(self.vol_id, tag, gen, page), version=self.version
+        )
 
     def or_at_least(self, tag: bytes, gen: int, page_range: range, table: SegmentTable, at_least: int) -> None:
         """OR into a bitmap table the chunks ``>= at_least`` of a stored
@@ -216,7 +275,10 @@ class PageIO:
         try:
             for page in pages:
                 value, what = self._fetch(txn, tag, gen, page)
-                codec.or_gens_page_at_least(value, page, self.gens_dtype, what, table, at_least)
+                codec.or_gens_page_at_least(
+                    value, page, self.gens_dtype, what, table, at_least,
+                    key=page_key(self.vol_id, tag, gen, page), version=self.version,
+                )
         finally:
             if own is not None:
                 own.abort()
@@ -237,6 +299,7 @@ class PageIO:
 
     def apply(self, batch: PageWrites) -> None:
         """Bring catalog and cache in line with a committed batch."""
+        self.digest = batch.digest_after()
         for key in batch.deleted:
             pages = self.catalog.pop(key, None)
             if pages is None:
