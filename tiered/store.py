@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import threading
 import time
 from typing import Any
@@ -14,9 +16,10 @@ from .errors import (
     CorruptionError,
     InvalidArgumentError,
     ReadOnlyError,
+    TieredError,
     VolumeNotFoundError,
 )
-from .storage.environment import Storage
+from .storage.environment import Storage, guarded
 from .storage.keys import volume_key
 from .checks import as_int
 from .volume import Volume, check_name
@@ -51,7 +54,10 @@ def open(path: str, readonly: bool = False, *, sync: bool = True, map_size: int 
 
     ``sync=False`` skips fsync at commit: faster, but a power loss may then
     undo recent checkpoints (never corrupt the store).  ``map_size`` is only
-    the starting size; the map grows by itself.
+    the starting size; the map grows by itself.  A writer creates a store
+    only in a missing or empty directory.  Raises InvalidArgumentError (an
+    empty path), NotAStoreError, CorruptionError, StoreBusyError,
+    StorageError or StoreFullError; a failed open leaves nothing behind.
     """
     return Store(path, readonly=readonly, sync=sync, map_size=map_size)
 
@@ -60,16 +66,13 @@ class Store:
     """Many volumes in one LMDB environment.  Use as a context manager."""
 
     def __init__(self, path: str, *, readonly: bool = False, sync: bool = True, map_size: int | None = None) -> None:
-        self._storage = Storage(path, readonly=readonly, sync=sync, map_size=map_size)
+        self._storage = Storage(path, readonly=readonly, sync=sync, map_size=map_size, init=self._init_meta)
         self._lock = threading.Lock()
         self._open: dict[str, Volume] = {}
         self._closed = False
         try:
-            if readonly:
-                with self._storage.reading() as txn:
-                    self._check_format(txn.get(b"format", db=self._storage.meta))
-            else:
-                self._storage.write(self._init_meta)
+            with self._storage.reading() as txn:
+                self._check_format(txn.get(b"format", db=self._storage.meta))
             self._ids = self._load_names()
         except BaseException:
             self._storage.close()
@@ -83,13 +86,11 @@ class Store:
     def readonly(self) -> bool:
         return self._storage.readonly
 
-    def _init_meta(self, txn: Any) -> None:
-        value = txn.get(b"format", db=self._storage.meta)
-        if value is None:
-            txn.put(b"format", pack_json({"format": FORMAT}), db=self._storage.meta)
-            txn.put(b"next_volume", pack_json({"id": 1}), db=self._storage.meta)
-            return
-        self._check_format(value)
+    @staticmethod
+    def _init_meta(txn: Any, dbs: dict[bytes, Any]) -> None:
+        """Write the records of a new store, in the transaction that creates it."""
+        txn.put(b"format", pack_json({"format": FORMAT}), db=dbs[b"meta"])
+        txn.put(b"next_volume", pack_json({"id": 1}), db=dbs[b"meta"])
 
     def _check_format(self, value: bytes | None) -> None:
         if value is None:
@@ -117,6 +118,7 @@ class Store:
         if self.readonly:
             self._ids = self._load_names()
 
+    @guarded
     def volumes(self) -> list[str]:
         """Names of the volumes in the store, sorted."""
         with self._lock:
@@ -124,6 +126,7 @@ class Store:
             self._refresh_names()
             return sorted(self._ids)
 
+    @guarded
     def create_volume(
         self,
         name: str,
@@ -165,6 +168,7 @@ class Store:
             self._ids[name] = vol_id
             return self._open_volume(name, chosen)
 
+    @guarded
     def volume(self, name: str, strategy: Strategy | str | None = None) -> Volume:
         """An existing volume.  ``strategy``, if given, must match the stored
         settings; only its ``cache_bytes`` may differ."""
@@ -183,18 +187,27 @@ class Store:
             return self._open_volume(name, None if strategy is None else Strategy.coerce(strategy))
 
     def _open_volume(self, name: str, strategy: Strategy | None) -> Volume:
+        vol = self._load_volume(name, self._ids[name], strategy)
+        self._open[name] = vol
+        return vol
+
+    def _load_volume(
+        self, name: str, vol_id: int, strategy: Strategy | None, cache_bytes: int | None = None
+    ) -> Volume:
         # A reader keeps the transaction it loaded the volume in, so that its
         # catalog and the pages it reads later come from one snapshot even
         # while another process writes.
         txn = self._storage.begin_read()
         try:
-            value = txn.get(volume_key(self._ids[name]), db=self._storage.volumes)
+            value = txn.get(volume_key(vol_id), db=self._storage.volumes)
             if value is None:  # removed by the writer since this reader listed it
                 raise VolumeNotFoundError(f"store has no volume {name!r}")
             record = unpack_json(value, f"volume record of {name!r}")
             stored = record["strategy"]
             if strategy is None:
                 strategy = Strategy(**stored)
+                if cache_bytes is not None:
+                    strategy = dataclasses.replace(strategy, cache_bytes=cache_bytes)
             else:
                 strategy.check_compatible(stored, name)
             vol = Volume(self, record, strategy, txn)
@@ -205,9 +218,29 @@ class Store:
             vol._io.snapshot = txn
         else:
             txn.abort()
-        self._open[name] = vol
         return vol
 
+    def _reload(self, vol: Volume) -> None:
+        """Give a read-only volume a new snapshot (under the volume's lock).
+
+        A remap of the store (the writer grew the file past this reader's
+        map) ends every read transaction of the process; the volume then
+        shows the latest committed state, as if closed and opened again.
+        Raises VolumeNotFoundError (and closes it) if the writer removed it.
+        """
+        with contextlib.suppress(Exception):
+            vol._io.snapshot.abort()  # already ended by the remap
+        vol._io.snapshot = None
+        try:
+            fresh = self._load_volume(vol.name, vol._id, None, vol.strategy.cache_bytes)
+        except VolumeNotFoundError:
+            vol._closed = True
+            if self._open.get(vol.name) is vol:
+                self._open.pop(vol.name)
+            raise VolumeNotFoundError(f"volume {vol.name!r} was removed from the store") from None
+        vars(vol).update({k: v for k, v in vars(fresh).items() if k != "_lock"})
+
+    @guarded
     def remove_volume(self, name: str) -> None:
         """Delete a volume and all its history."""
         check_name(name, "volume")
@@ -235,11 +268,25 @@ class Store:
     # -- lifetime -------------------------------------------------------
 
     def close(self) -> None:
-        """Close every open volume (persisting its active state), then the store."""
+        """Close every open volume (persisting its active state), then the store.
+
+        If a volume cannot persist its state (a full disk: StoreFullError),
+        the others are still closed, then the first error is raised and the
+        store stays open with that volume open and unchanged, so that
+        ``close()`` can be called again once space is freed.  (A process
+        that exits instead loses nothing it was told was persisted: the
+        volume's next open reports ``unclean_shutdown``.)
+        """
         if self._closed:
             return
+        failed: BaseException | None = None
         for vol in list(self._open.values()):
-            vol.close()
+            try:
+                vol.close()
+            except TieredError as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
         self._closed = True
         self._storage.close()
 
