@@ -590,13 +590,18 @@ class Volume:
 
     @guarded
     def close(self) -> None:
-        """Persist the active state and release the volume (idempotent)."""
+        """Persist the active state and release the volume (idempotent).
+
+        If persisting fails (StoreFullError, StorageError) the volume stays
+        open and unchanged: call close() again once space is freed.
+        """
         with self._lock:
             if self._closed:
                 return
             if self._storage.readonly:
                 if self._io.snapshot is not None:
-                    self._io.snapshot.abort()
+                    if self._epoch == self._storage.epoch:  # else a remap already ended it
+                        self._io.snapshot.abort()
                     self._io.snapshot = None
             else:
                 self._transact(self._history.flush, unflushed=False)

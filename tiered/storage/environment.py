@@ -312,6 +312,11 @@ class Storage:
             if doing == "open":
                 return NotAStoreError(f"{self.path!r} holds a {DATA_FILE} that is not an LMDB file")
             return CorruptionError(f"{where} is damaged: {exc}")
+        if isinstance(exc, lmdb.PanicError):
+            return StorageError(
+                f"{where}: LMDB stopped the environment after a failed write ({exc}); "
+                "close the store and open it again"
+            )
         if isinstance(exc, lmdb.ReadersFullError):
             return TieredError(f"{where} has no free reader slot: close some read-only volumes or stores")
         code = _code(exc)
