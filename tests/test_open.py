@@ -109,6 +109,7 @@ def test_empty_directory_and_path_like_make_a_store(tmp_path):
 
 def test_failed_open_leaves_nothing_behind(tmp_path, monkeypatch):
     path = tmp_path / "new"
+    deep = tmp_path / "parent" / "child" / "s"
 
     def full() -> None:
         exc = lmdb.DiskError("mdb_txn_commit: No space left on device")
@@ -119,6 +120,9 @@ def test_failed_open_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(tiered.StoreFullError):
         tiered.open(str(path))
     assert not path.exists()
+    with pytest.raises(tiered.StoreFullError):
+        tiered.open(str(deep))
+    assert not (tmp_path / "parent").exists()
     path.mkdir()
     with pytest.raises(tiered.StoreFullError):
         tiered.open(str(path))

@@ -23,6 +23,7 @@ import fcntl
 import functools
 import os
 import threading
+import contextlib
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -158,15 +159,20 @@ class Storage:
 
     def _prepare_dir(self) -> list[str]:
         """Create the directory if missing and take the writer lock.  Returns
-        what a failed open must remove: "" for the directory, and the LMDB
-        files that do not exist yet."""
+        what a failed open must remove: the directories it created (as
+        absolute paths), then the LMDB files that do not exist yet."""
         made: list[str] = []
         try:
             if os.path.lexists(self.path) and not os.path.isdir(self.path):
                 raise NotAStoreError(f"{self.path!r} exists and is not a directory, so it cannot be a store")
             if not os.path.exists(self.path):
+                # Every directory created here, deepest first, goes if the open fails.
+                missing, parent = [], self.path
+                while not os.path.lexists(parent):
+                    missing.append(parent)
+                    parent = os.path.dirname(parent)
                 os.makedirs(self.path)
-                made.append("")
+                made += missing  # absolute: self.path is a realpath
             self._lock_writer()
             present = set(os.listdir(self.path))
         except FileExistsError:
@@ -184,16 +190,13 @@ class Storage:
     def _remove_created(self, made: list[str]) -> None:
         """Undo what a failed open created (the lock is still held)."""
         for name in made:
-            if name:
-                try:
+            if not os.path.isabs(name):
+                with contextlib.suppress(OSError):
                     os.unlink(os.path.join(self.path, name))
-                except OSError:
-                    pass
-        if "" in made:
-            try:
-                os.rmdir(self.path)
-            except OSError:
-                pass
+        for name in made:
+            if os.path.isabs(name):
+                with contextlib.suppress(OSError):
+                    os.rmdir(name)
 
     def _lock_writer(self) -> None:
         """Take the store's single-writer lock, or fail at once.
@@ -327,7 +330,7 @@ class Storage:
             )
             full.errno = errno.ENOSPC
             return full
-        failed = StorageError(f"{where}: {doing} failed with an I/O error ({exc}); nothing was changed")
+        failed = StorageError(f"{where}: {doing} failed ({exc}); nothing was changed")
         failed.errno = code if code and code > 0 else None
         return failed
 
