@@ -210,7 +210,7 @@ class Storage:
         self._locks.append(fd)
         legacy = os.path.join(self.path, LEGACY_WRITER_LOCK)
         if os.path.exists(legacy):
-            self._locks.append(os.open(legacy, os.O_RDWR))
+            self._locks.append(os.open(legacy, os.O_RDONLY))  # flock needs no write access
         for fd in self._locks:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
