@@ -67,3 +67,18 @@ class CorruptionError(TieredError):
 
 class StoreBusyError(TieredError):
     """The store is already open in this process."""
+
+
+class NotAStoreError(InvalidArgumentError):
+    """The path is not a tiered store: empty, a regular file, a foreign LMDB
+    environment, or a non-empty directory that holds no store."""
+
+
+class StorageError(TieredError, OSError):
+    """The store's files could not be written or read (an I/O error of the
+    disk); the call that raised it changed nothing."""
+
+
+class StoreFullError(StorageError):
+    """The disk holding the store, or its LMDB map, is full; the call that
+    raised it changed nothing, and the store works again once space returns."""

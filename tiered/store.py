@@ -7,6 +7,8 @@ volume's record, checkpoints and catalog (:mod:`tiered.integrity`).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import threading
 import time
 from typing import Any
@@ -19,12 +21,13 @@ from .errors import (
     CorruptionError,
     InvalidArgumentError,
     ReadOnlyError,
+    TieredError,
     VolumeNotFoundError,
 )
-from .storage.environment import Storage
+from .storage.codec import FORMAT_VERSION
+from .storage.environment import Storage, guarded
 from .storage.keys import checkpoint_key_gen, key_digest, parse_page_key, parse_volume_key, volume_key
 from .storage.versions import format_record, read_format, upgrade_v1
-from .storage.codec import FORMAT_VERSION
 from .checks import as_int
 from .integrity import check_history, check_record
 from .volume import Volume, check_name
@@ -59,7 +62,10 @@ def open(path: str, readonly: bool = False, *, sync: bool = True, map_size: int 
 
     ``sync=False`` skips fsync at commit: faster, but a power loss may then
     undo recent checkpoints (never corrupt the store).  ``map_size`` is only
-    the starting size; the map grows by itself.
+    the starting size; the map grows by itself.  A writer creates a store
+    only in a missing or empty directory.  Raises InvalidArgumentError (an
+    empty path), NotAStoreError, CorruptionError, StoreBusyError,
+    StorageError or StoreFullError; a failed open leaves nothing behind.
     """
     return Store(path, readonly=readonly, sync=sync, map_size=map_size)
 
@@ -68,16 +74,15 @@ class Store:
     """Many volumes in one LMDB environment.  Use as a context manager."""
 
     def __init__(self, path: str, *, readonly: bool = False, sync: bool = True, map_size: int | None = None) -> None:
-        self._storage = Storage(path, readonly=readonly, sync=sync, map_size=map_size)
+        self._storage = Storage(path, readonly=readonly, sync=sync, map_size=map_size, init=self._init_meta)
         self._lock = threading.Lock()
         self._open: dict[str, Volume] = {}
         self._closed = False
         try:
-            if readonly:
-                with self._storage.reading() as txn:
-                    read_format(self._storage, txn)
-            else:
-                self._storage.write(self._init_meta)
+            with self._storage.reading() as txn:
+                version = read_format(self._storage, txn)
+            if version == 1 and not readonly:
+                self._storage.write(self._upgrade)
             self._ids = self._load_names()
         except BaseException:
             self._storage.close()
@@ -91,19 +96,18 @@ class Store:
     def readonly(self) -> bool:
         return self._storage.readonly
 
-    def _init_meta(self, txn: Any) -> None:
-        if txn.get(b"format", db=self._storage.meta) is None:
-            if txn.stat(self._storage.volumes)["entries"] or txn.stat(self._storage.pages)["entries"]:
-                raise CorruptionError(f"{self.path!r} holds volumes but no tiered format record")
-            txn.put(b"format", format_record(), db=self._storage.meta)
-            txn.put(NEXT_VOLUME_KEY, pack_json({"id": 1}, NEXT_VOLUME_KEY), db=self._storage.meta)
-            return
-        version = read_format(self._storage, txn)
-        if version == 1:
-            # Check what every volume means before the upgrade gives its
-            # values format-2 checksums; any failure aborts the transaction.
-            self._read_names(txn, version, deep=True)
-            upgrade_v1(self._storage, txn)
+    @staticmethod
+    def _init_meta(txn: Any, dbs: dict[bytes, Any]) -> None:
+        """Write the records of a new store, in the transaction that creates it."""
+        txn.put(b"format", format_record(), db=dbs[b"meta"])
+        txn.put(NEXT_VOLUME_KEY, pack_json({"id": 1}, NEXT_VOLUME_KEY), db=dbs[b"meta"])
+
+    def _upgrade(self, txn: Any) -> None:
+        """Rewrite a format-1 store in format 2, in one transaction."""
+        # Check what every volume means before the upgrade gives its values
+        # format-2 checksums; any failure aborts the transaction.
+        self._read_names(txn, 1, deep=True)
+        upgrade_v1(self._storage, txn)
 
     def _read_names(self, txn: Any, version: int, deep: bool = False) -> dict[str, int]:
         """Volume names -> ids, each record checked; ``deep`` also checks
@@ -156,6 +160,7 @@ class Store:
         if self.readonly:
             self._ids = self._load_names()
 
+    @guarded
     def volumes(self) -> list[str]:
         """Names of the volumes in the store, sorted."""
         with self._lock:
@@ -163,6 +168,7 @@ class Store:
             self._refresh_names()
             return sorted(self._ids)
 
+    @guarded
     def create_volume(
         self,
         name: str,
@@ -209,6 +215,7 @@ class Store:
             self._ids[name] = vol_id
             return self._open_volume(name, chosen)
 
+    @guarded
     def volume(self, name: str, strategy: Strategy | str | None = None) -> Volume:
         """An existing volume.  ``strategy``, if given, must match the stored
         settings; only its ``cache_bytes`` may differ."""
@@ -227,22 +234,31 @@ class Store:
             return self._open_volume(name, None if strategy is None else Strategy.coerce(strategy))
 
     def _open_volume(self, name: str, strategy: Strategy | None) -> Volume:
+        vol = self._load_volume(name, self._ids[name], strategy)
+        self._open[name] = vol
+        return vol
+
+    def _load_volume(
+        self, name: str, vol_id: int, strategy: Strategy | None, cache_bytes: int | None = None
+    ) -> Volume:
         # A reader keeps the transaction it loaded the volume in, so that its
         # catalog and the pages it reads later come from one snapshot even
         # while another process writes.
         txn = self._storage.begin_read()
         try:
-            key = volume_key(self._ids[name])
+            key = volume_key(vol_id)
             value = txn.get(key, db=self._storage.volumes)
             if value is None:  # removed by the writer since this reader listed it
                 raise VolumeNotFoundError(f"store has no volume {name!r}")
             version = read_format(self._storage, txn)
             record = unpack_json(value, key, version, f"volume record of {name!r}")
-            stored_strategy = check_record(self._ids[name], record, version)
+            stored_strategy = check_record(vol_id, record, version)
             if record["name"] != name:
                 raise CorruptionError(f"volume record of {name!r} names {record['name']!r}")
             if strategy is None:
                 strategy = stored_strategy
+                if cache_bytes is not None:
+                    strategy = dataclasses.replace(strategy, cache_bytes=cache_bytes)
             else:
                 strategy.check_compatible(record["strategy"], name)
             vol = Volume(self, record, strategy, txn)
@@ -253,9 +269,29 @@ class Store:
             vol._io.snapshot = txn
         else:
             txn.abort()
-        self._open[name] = vol
         return vol
 
+    def _reload(self, vol: Volume) -> None:
+        """Give a read-only volume a new snapshot (under the volume's lock).
+
+        A remap of the store (the writer grew the file past this reader's
+        map) ends every read transaction of the process; the volume then
+        shows the latest committed state, as if closed and opened again.
+        Raises VolumeNotFoundError (and closes it) if the writer removed it.
+        """
+        with contextlib.suppress(Exception):
+            vol._io.snapshot.abort()  # already ended by the remap
+        vol._io.snapshot = None
+        try:
+            fresh = self._load_volume(vol.name, vol._id, None, vol.strategy.cache_bytes)
+        except VolumeNotFoundError:
+            vol._closed = True
+            if self._open.get(vol.name) is vol:
+                self._open.pop(vol.name)
+            raise VolumeNotFoundError(f"volume {vol.name!r} was removed from the store") from None
+        vars(vol).update({k: v for k, v in vars(fresh).items() if k != "_lock"})
+
+    @guarded
     def remove_volume(self, name: str) -> None:
         """Delete a volume and all its history."""
         check_name(name, "volume")
@@ -283,11 +319,25 @@ class Store:
     # -- lifetime -------------------------------------------------------
 
     def close(self) -> None:
-        """Close every open volume (persisting its active state), then the store."""
+        """Close every open volume (persisting its active state), then the store.
+
+        If a volume cannot persist its state (a full disk: StoreFullError),
+        the others are still closed, then the first error is raised and the
+        store stays open with that volume open and unchanged, so that
+        ``close()`` can be called again once space is freed.  (A process
+        that exits instead loses nothing it was told was persisted: the
+        volume's next open reports ``unclean_shutdown``.)
+        """
         if self._closed:
             return
+        failed: BaseException | None = None
         for vol in list(self._open.values()):
-            vol.close()
+            try:
+                vol.close()
+            except TieredError as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
         self._closed = True
         self._storage.close()
 

@@ -32,6 +32,7 @@ from .errors import (
 from .bitmaps.table import check_writes
 from .extents import Extents
 from .integrity import check_history
+from .storage.environment import guarded
 from .storage.pages import PageWrites, PageCache, PageIO
 from .storage.keys import checkpoint_key, checkpoint_key_gen, volume_key
 from .strategies import gens_dtype, make_history
@@ -107,6 +108,8 @@ class Volume:
         self._unflushed: bool = record_unflushed(record)
         self._closed = False
         self._lock = threading.Lock()
+        #: The storage epoch of this volume's snapshot (readers; see _check_open).
+        self._epoch = self._storage.epoch
         self._marking = False
         self._pending_offsets = array("q")
         self._pending_lengths = array("q")
@@ -139,6 +142,9 @@ class Volume:
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError(f"volume {self.name!r} is closed")
+        if self._io.snapshot is not None and self._epoch != self._storage.epoch:
+            # This process remapped the store, which ended our snapshot.
+            self._store._reload(self)
 
     def _check_writable(self) -> None:
         self._check_open()
@@ -163,12 +169,16 @@ class Volume:
 
         ``build`` stages writes and returns what to do in RAM once they have
         committed; the volume record is rewritten in the same transaction.
+        Nothing in RAM changes before the commit, so when it fails
+        (StoreFullError, StorageError...) RAM and disk stay as they were.
         """
         self._drain()
         staged: dict[str, Any] = {}
+        attempts: list[PageWrites] = []  # the map may fill: one batch per try
 
         def body(txn: Any) -> None:
             batch = self._io.batch(txn)
+            attempts.append(batch)
             staged["batch"] = batch
             staged["after"] = build(batch)
             record = self._volume_record(**{**record_changes, **batch.record, "pages_digest": batch.digest_after()})
@@ -179,9 +189,11 @@ class Volume:
         try:
             self._storage.write(body)
         except BaseException:
-            if "batch" in staged:
-                self._io.forget(staged["batch"])
+            for batch in attempts:
+                self._io.forget(batch)
             raise
+        for batch in attempts[:-1]:
+            self._io.forget(batch)
         self._io.apply(staged["batch"])
         staged["after"]()
         self._record = staged["record"]
@@ -264,40 +276,68 @@ class Volume:
 
     # -- checkpoints ----------------------------------------------------
 
+    @guarded
     def checkpoint(self, name: str) -> Checkpoint:
-        """Start a new period; the checkpoint survives a crash once this returns."""
+        """Start a new period; the checkpoint survives a crash once this returns.
+
+        Raises InvalidArgumentError, AlreadyExistsError, CheckpointLimitError,
+        ReadOnlyError, ClosedError, StoreFullError or StorageError; then
+        nothing changed.
+        """
         check_name(name, "checkpoint")
         with self._lock:
             self._check_writable()
             if name in self._by_name:
                 raise AlreadyExistsError(f"volume {self.name!r} already has a checkpoint {name!r}")
-            if self._gen + 1 > self._history.max_generation:
-                self._renumber()
-            new = Checkpoint(name, time.time(), self._gen + 1)
+            self._drain()  # buffered marks carry the current numbering
+            renumber = self._gen + 1 > self._history.max_generation
+            checkpoints, gen, lost = self._checkpoints, self._gen, self._lost
+            if renumber:
+                checkpoints, gen, lost = self._renumbered()
+            new = Checkpoint(name, time.time(), gen + 1)
             tracking = bool(self._checkpoints)
             history = self._history
-            flushed = not tracking or history.seal_flushes
+            live = np.array([c.generation for c in self._checkpoints], np.int64) if renumber else None
+            # A renumbering persists the whole array, and so every mark.
+            flushed = not tracking or history.seal_flushes or renumber
 
             def build(batch: PageWrites) -> Callable[[], None]:
-                after = history.seal(batch, self._gen) if tracking else nothing
+                # Renumbering and the new checkpoint commit together: either
+                # both or neither, in RAM as on disk.
+                renumbered = nothing
+                if renumber:
+                    self._put_checkpoints(batch.txn, checkpoints)
+                    renumbered = history.renumber(batch, live)
+                sealed = history.seal(batch, gen) if tracking else nothing
                 key = checkpoint_key(self._id, new.generation)
                 batch.txn.put(key, pack_json({"name": name, "created": new.created}, key), db=self._storage.checkpoints)
+
+                def after() -> None:
+                    renumbered()
+                    sealed()
+
                 return after
 
             self._transact(
                 build,
                 generation=new.generation,
+                lost_generation=lost,
                 unflushed=False if flushed else self._unflushed,
                 checkpoints=len(self._checkpoints) + 1,
             )
+            if renumber:
+                self._checkpoints = checkpoints
+                self._by_name = {c.name: c for c in checkpoints}
             self._checkpoints.append(new)
             self._by_name[name] = new
             self._update_marking()
             return new
 
-    def _renumber(self) -> None:
-        """Renumber generations compactly when the counter would overflow."""
-        self._drain()  # buffered marks carry the old numbering
+    def _renumbered(self) -> tuple[list[Checkpoint], int, int]:
+        """The checkpoints, generation counter and lost generation after
+        renumbering live generations compactly (the counter would overflow);
+        RAM is left unchanged.  Raises CheckpointLimitError if that cannot
+        make room."""
         live = np.array([c.generation for c in self._checkpoints], np.int64)
         limit = self._history.max_generation
         if len(live) + 1 > limit:
@@ -310,20 +350,9 @@ class Volume:
             raise CheckpointLimitError(
                 f"volume {self.name!r} has used all {limit} generations of its {self.strategy.describe()}"
             )
-        # RAM first, as one step: the array, the checkpoints and the counters
-        # stay consistent with each other even if the write below fails.
-        self._history.renumber(live)
-        self._checkpoints = [dataclasses.replace(c, generation=i + 1) for i, c in enumerate(self._checkpoints)]
-        self._by_name = {c.name: c for c in self._checkpoints}
-        self._gen = len(live)
-        self._lost = int(np.searchsorted(live, self._lost, side="right"))
-        history = self._history
-
-        def build(batch: PageWrites) -> Callable[[], None]:
-            self._put_checkpoints(batch.txn, self._checkpoints)
-            return history.flush(batch)
-
-        self._transact(build, unflushed=False)
+        checkpoints = [dataclasses.replace(c, generation=i + 1) for i, c in enumerate(self._checkpoints)]
+        lost = int(np.searchsorted(live, self._lost, side="right"))
+        return checkpoints, len(live), lost
 
     def _put_checkpoints(self, txn: Any, checkpoints: list[Checkpoint]) -> None:
         """Replace the stored checkpoints (after renumbering)."""
@@ -332,6 +361,7 @@ class Volume:
             key = checkpoint_key(self._id, c.generation)
             txn.put(key, pack_json({"name": c.name, "created": c.created}, key), db=self._storage.checkpoints)
 
+    @guarded
     def checkpoints(self) -> list[Checkpoint]:
         """Live checkpoints, oldest first."""
         with self._lock:
@@ -348,6 +378,7 @@ class Volume:
                 f"volume {self.name!r} has no checkpoint {name!r}"
             ) from None
 
+    @guarded
     def remove_checkpoint(self, name: str) -> None:
         """Forget a checkpoint; every other answer stays the same."""
         with self._lock:
@@ -410,6 +441,7 @@ class Volume:
         offsets, lengths = spans.runs(c_lo, c_hi, self._shift, lo, hi)
         return Extents(offsets, lengths, granularity=self.granularity, exact=exact)
 
+    @guarded
     def changed_since(self, name: str, offset: int = 0, length: int | None = None) -> Extents:
         """Byte ranges written after checkpoint ``name`` was created."""
         lo, hi = self._region(offset, length)
@@ -417,6 +449,7 @@ class Volume:
             self._check_open()
             return self._answer(self._lookup(name), None, lo, hi)
 
+    @guarded
     def changed_between(
         self, older: str, newer: str, offset: int = 0, length: int | None = None
     ) -> Extents:
@@ -433,6 +466,7 @@ class Volume:
 
     # -- conversion -------------------------------------------------------
 
+    @guarded
     def convert(self, strategy: Strategy | str) -> None:
         """Keep this volume's history with another strategy from now on.
 
@@ -492,7 +526,12 @@ class Volume:
                 txn.put(key, pack_json(record, key), db=self._storage.volumes)
                 staged["record"] = record
 
-            self._storage.write(body)
+            try:
+                self._storage.write(body)
+            except BaseException:
+                if "batch" in staged:
+                    io.forget(staged["batch"])
+                raise
             io.apply(staged["batch"])
             staged["after"]()
             self._io, self._history, self.strategy = io, history, target
@@ -504,6 +543,7 @@ class Volume:
 
     # -- persistence and costs --------------------------------------------
 
+    @guarded
     def flush(self) -> None:
         """Persist what RAM holds, so that a crash from here loses nothing."""
         with self._lock:
@@ -518,6 +558,7 @@ class Volume:
             with self._storage.reading() as txn:
                 yield txn
 
+    @guarded
     def stats(self) -> dict[str, Any]:
         """Honest costs: bitmap RAM (active, arrays, cache), bytes in LMDB, cache counters."""
         with self._lock:
@@ -550,14 +591,20 @@ class Volume:
                 "unclean_shutdown": self.unclean_shutdown,
             }
 
+    @guarded
     def close(self) -> None:
-        """Persist the active state and release the volume (idempotent)."""
+        """Persist the active state and release the volume (idempotent).
+
+        If persisting fails (StoreFullError, StorageError) the volume stays
+        open and unchanged: call close() again once space is freed.
+        """
         with self._lock:
             if self._closed:
                 return
             if self._storage.readonly:
                 if self._io.snapshot is not None:
-                    self._io.snapshot.abort()
+                    if self._epoch == self._storage.epoch:  # else a remap already ended it
+                        self._io.snapshot.abort()
                     self._io.snapshot = None
             else:
                 self._transact(self._history.flush, unflushed=False)

@@ -18,21 +18,44 @@ names may take 1023.  Storage knows keys and bytes, never strategies.
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import functools
 import os
 import threading
+import contextlib
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
 
 import lmdb
 
-from ..errors import ReadOnlyError, StoreBusyError, TieredError
+from ..errors import (
+    CorruptionError,
+    InvalidArgumentError,
+    NotAStoreError,
+    ReadOnlyError,
+    StorageError,
+    StoreBusyError,
+    StoreFullError,
+    TieredError,
+)
+from .lmdbfile import DATA_FILE, check_data_file
 
 T = TypeVar("T")
 
 INITIAL_MAP_SIZE = 64 << 20
-WRITER_LOCK = "writer.lock"
-MAX_DBS = 4
+# A reader maps this much address space (not memory) from the start, so that
+# a writer growing the file rarely forces a remap, which would end every
+# read transaction of the process (see Storage.begin_read).
+READER_MAP_SIZE = 1 << 40
+#: Written by tiered before 0.2; still honoured so an older writer excludes a newer one.
+LEGACY_WRITER_LOCK = "writer.lock"
+LOCK_FILE = "lock.mdb"
+DB_NAMES = (b"meta", b"volumes", b"checkpoints", b"pages")
+MAX_DBS = len(DB_NAMES)
+# Below this much free space, an I/O error at commit is taken for a full disk:
+# LMDB reports a write cut short by a full disk as EIO, not ENOSPC.
+NEARLY_FULL_BYTES = 16 << 20
 
 # One Environment per path per process: LMDB forbids opening the same
 # environment twice in one process (locks are per process).
@@ -40,74 +63,184 @@ _open_paths: set[str] = set()
 _open_paths_lock = threading.Lock()
 
 
-class Storage:
-    """An LMDB environment that grows its map by itself."""
+def check_path(path: object) -> str:
+    """A store path as a non-empty str, or InvalidArgumentError."""
+    try:
+        text = os.fspath(path)  # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidArgumentError(f"store path must be a str or path-like, got {type(path).__name__}") from None
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if not text:
+        # "" would silently put a store in the current directory
+        raise InvalidArgumentError("store path must not be empty")
+    return text
 
-    def __init__(self, path: str, *, readonly: bool, sync: bool, map_size: int | None) -> None:
+
+def _code(exc: lmdb.Error) -> int | None:
+    """The errno (or LMDB code) behind an lmdb error, if it carries one."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, int) and code:
+        return code
+    text = str(exc)
+    for known in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES):
+        if text.endswith(os.strerror(known)):
+            return known
+    return None
+
+
+class Storage:
+    """An LMDB environment that grows its map by itself.
+
+    Every lmdb exception is turned into a :class:`TieredError` here (see
+    :meth:`error`); callers outside reach LMDB through :func:`guarded` methods.
+    """
+
+    #: Called with no argument just before each write transaction commits;
+    #: raising aborts it exactly as a failed commit would.  None in normal
+    #: use: it lets tests fail the k-th commit the way a full disk does.
+    commit_hook: Callable[[], None] | None = None
+
+    def __init__(
+        self,
+        path: object,
+        *,
+        readonly: bool,
+        sync: bool,
+        map_size: int | None,
+        init: Callable[[lmdb.Transaction, dict[bytes, Any]], None] | None = None,
+    ) -> None:
+        """Open the environment at ``path``.
+
+        A writer creates a store in a missing or empty directory, calling
+        ``init(txn, dbs)`` in the transaction that creates the sub-databases.
+        Raises InvalidArgumentError (bad path), NotAStoreError (a regular
+        file, a foreign LMDB environment, a non-empty directory without a
+        store, or for a reader no store), CorruptionError (a truncated or
+        damaged data file), StoreBusyError, StorageError or StoreFullError.
+        """
         # realpath: the same store reached through a symlink is the same store
-        self.path = os.path.realpath(path)
+        self.path = os.path.realpath(check_path(path))
         self.readonly = readonly
+        self._closed = True
+        #: Bumped whenever a remap ended the process's read transactions.
+        self.epoch = 0
         with _open_paths_lock:
             if self.path in _open_paths:
                 raise StoreBusyError(
                     f"store {self.path!r} is already open in this process; share the open store"
                 )
             _open_paths.add(self.path)
-        self._writer_lock: int | None = None
+        self._locks: list[int] = []
+        self._locked = False
+        made: list[str] = []  # what this open created, removed again if it fails
+        self.env: lmdb.Environment | None = None
         try:
-            if not readonly:
-                os.makedirs(self.path, exist_ok=True)
-                self._writer_lock = self._lock_writer()
-            elif not os.path.isdir(self.path):
-                raise TieredError(f"no store at {self.path!r}")
-            try:
-                self.env = self._open_env(readonly, sync, max(map_size or 0, INITIAL_MAP_SIZE), lock=True)
-            except lmdb.Error as exc:
-                if not readonly:
-                    raise TieredError(f"cannot open store {self.path!r}: {exc}") from None
-                # A store on read-only media cannot take the reader lock; read
-                # it without (safe only while no writer runs).
-                try:
-                    self.env = self._open_env(readonly, sync, INITIAL_MAP_SIZE, lock=False)
-                except lmdb.Error as exc2:
-                    raise TieredError(f"cannot open store {self.path!r}: {exc2}") from None
-            create = not readonly
-            try:
-                self.meta = self.env.open_db(b"meta", create=create)
-                self.volumes = self.env.open_db(b"volumes", create=create)
-                self.checkpoints = self.env.open_db(b"checkpoints", create=create)
-                self.pages = self.env.open_db(b"pages", create=create)
-            except lmdb.Error as exc:
-                self.env.close()
-                raise TieredError(f"{self.path!r} is not a tiered store: {exc}") from None
+            if readonly:
+                if not os.path.isdir(self.path) or not os.path.exists(os.path.join(self.path, DATA_FILE)):
+                    raise NotAStoreError(f"no store at {self.path!r}")
+            else:
+                made = self._prepare_dir()
+            check_data_file(self.path)
+            self.env = self._open(readonly, sync, map_size)
+            self._open_dbs(init)
         except BaseException:
+            if self.env is not None:
+                self.env.close()
+            if self._locked and made:
+                self._remove_created(made)
             self._unlock_writer()
             with _open_paths_lock:
                 _open_paths.discard(self.path)
             raise
         self._closed = False
 
-    def _lock_writer(self) -> int:
+    # -- opening ----------------------------------------------------------
+
+    def _prepare_dir(self) -> list[str]:
+        """Create the directory if missing and take the writer lock.  Returns
+        what a failed open must remove: the directories it created (as
+        absolute paths), then the LMDB files that do not exist yet."""
+        made: list[str] = []
+        try:
+            if os.path.lexists(self.path) and not os.path.isdir(self.path):
+                raise NotAStoreError(f"{self.path!r} exists and is not a directory, so it cannot be a store")
+            if not os.path.exists(self.path):
+                # Every directory created here, deepest first, goes if the open fails.
+                missing, parent = [], self.path
+                while not os.path.lexists(parent):
+                    missing.append(parent)
+                    parent = os.path.dirname(parent)
+                os.makedirs(self.path)
+                made += missing  # absolute: self.path is a realpath
+            self._lock_writer()
+            present = set(os.listdir(self.path))
+        except FileExistsError:
+            raise NotAStoreError(f"{self.path!r} exists and is not a directory, so it cannot be a store") from None
+        except OSError as exc:
+            raise StorageError(f"cannot open store directory {self.path!r}: {exc.strerror or exc}") from None
+        if DATA_FILE not in present and present - {LOCK_FILE, LEGACY_WRITER_LOCK}:
+            raise NotAStoreError(
+                f"{self.path!r} is a non-empty directory that holds no tiered store; "
+                "a new store needs a missing or empty directory"
+            )
+        made += [f for f in (DATA_FILE, LOCK_FILE) if f not in present]
+        return made
+
+    def _remove_created(self, made: list[str]) -> None:
+        """Undo what a failed open created (the lock is still held)."""
+        for name in made:
+            if not os.path.isabs(name):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.path, name))
+        for name in made:
+            if os.path.isabs(name):
+                with contextlib.suppress(OSError):
+                    os.rmdir(name)
+
+    def _lock_writer(self) -> None:
         """Take the store's single-writer lock, or fail at once.
 
         The active state of a volume lives in the RAM of the process that
         marks it: two writers would each seal their own half of the writes.
+        The lock is an flock on the store directory itself, which no one
+        deletes by mistake while the store is in use (a lock file could be).
         """
-        fd = os.open(os.path.join(self.path, WRITER_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StoreBusyError(
-                f"store {self.path!r} is open for writing in another process, and a store has one "
-                "writer at a time: stop that process and retry, or open the store readonly=True to read"
-            ) from None
-        return fd
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        self._locks.append(fd)
+        legacy = os.path.join(self.path, LEGACY_WRITER_LOCK)
+        if os.path.exists(legacy):
+            self._locks.append(os.open(legacy, os.O_RDONLY))  # flock needs no write access
+        for fd in self._locks:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StoreBusyError(
+                    f"store {self.path!r} is open for writing in another process, and a store has one "
+                    "writer at a time: stop that process and retry, or open the store readonly=True to read"
+                ) from None
+        self._locked = True
 
     def _unlock_writer(self) -> None:
-        if self._writer_lock is not None:
-            os.close(self._writer_lock)  # closing the descriptor releases the lock
-            self._writer_lock = None
+        self._locked = False
+        while self._locks:
+            os.close(self._locks.pop())  # closing the descriptor releases the lock
+
+    def _open(self, readonly: bool, sync: bool, map_size: int | None) -> lmdb.Environment:
+        size = max(map_size or 0, INITIAL_MAP_SIZE)
+        try:
+            if not readonly:
+                return self._open_env(readonly, sync, size, lock=True)
+            try:
+                return self._open_env(readonly, sync, max(size, READER_MAP_SIZE), lock=True)
+            except lmdb.InvalidError:
+                raise
+            except lmdb.Error:
+                # A store on read-only media cannot take the reader lock; read
+                # it without (safe only while no writer runs).
+                return self._open_env(readonly, sync, max(size, READER_MAP_SIZE), lock=False)
+        except lmdb.Error as exc:
+            raise self.error(exc, "open") from None
 
     def _open_env(self, readonly: bool, sync: bool, map_size: int, lock: bool) -> lmdb.Environment:
         # A reader's map_size is only a starting point: LMDB adopts the
@@ -124,33 +257,136 @@ class Storage:
             max_readers=126,
         )
 
+    def _open_dbs(self, init: Callable[[lmdb.Transaction, dict[bytes, Any]], None] | None) -> None:
+        """Recognise the store by its own databases and format record, or
+        create them (one transaction) in an empty environment."""
+        env = self.env
+        assert env is not None
+        try:
+            with env.begin() as txn:
+                names = {key for key, _ in txn.cursor()}
+            if not names:
+                if self.readonly or init is None:
+                    raise NotAStoreError(f"{self.path!r} holds no tiered store")
+                with env.begin(write=True) as txn:
+                    dbs = {name: env.open_db(name, txn=txn, create=True) for name in DB_NAMES}
+                    init(txn, dbs)
+                    if self.commit_hook is not None:
+                        self.commit_hook()
+            else:
+                foreign = sorted(n.decode("utf-8", "replace") for n in names - set(DB_NAMES))
+                if foreign or b"meta" not in names:
+                    raise NotAStoreError(
+                        f"{self.path!r} is an LMDB environment that is not a tiered store "
+                        f"(it holds {', '.join(foreign) or 'no tiered meta database'}); it was left unchanged"
+                    )
+                dbs = {name: env.open_db(name, create=False) for name in DB_NAMES if name in names}
+                with env.begin() as txn:
+                    if txn.get(b"format", db=dbs[b"meta"]) is None:
+                        raise NotAStoreError(
+                            f"{self.path!r} is an LMDB environment without a tiered format record; "
+                            "it was left unchanged"
+                        )
+                missing = [n.decode() for n in DB_NAMES if n not in dbs]
+                if missing:
+                    raise CorruptionError(f"store {self.path!r} lacks its {', '.join(missing)} database")
+        except lmdb.Error as exc:
+            raise self.error(exc, "open") from None
+        self.meta, self.volumes = dbs[b"meta"], dbs[b"volumes"]
+        self.checkpoints, self.pages = dbs[b"checkpoints"], dbs[b"pages"]
+
+    # -- errors -----------------------------------------------------------
+
+    def _nearly_full(self) -> bool:
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < NEARLY_FULL_BYTES
+
+    def error(self, exc: lmdb.Error, doing: str) -> TieredError:
+        """The TieredError that tells a user what an lmdb error means."""
+        where = f"store {self.path!r}"
+        if isinstance(exc, lmdb.MapFullError):
+            return StoreFullError(f"{where}: the LMDB map is full and cannot grow ({exc}); nothing was changed")
+        if isinstance(exc, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.VersionMismatchError)):
+            return CorruptionError(f"{where} is damaged: {exc}")
+        if isinstance(exc, lmdb.InvalidError):
+            if doing == "open":
+                return NotAStoreError(f"{self.path!r} holds a {DATA_FILE} that is not an LMDB file")
+            return CorruptionError(f"{where} is damaged: {exc}")
+        if isinstance(exc, lmdb.PanicError):
+            return StorageError(
+                f"{where}: LMDB stopped the environment after a failed write ({exc}); "
+                "close the store and open it again"
+            )
+        if isinstance(exc, lmdb.ReadersFullError):
+            return TieredError(f"{where} has no free reader slot: close some read-only volumes or stores")
+        code = _code(exc)
+        if code in (errno.ENOSPC, errno.EDQUOT) or (code == errno.EIO and self._nearly_full()):
+            full = StoreFullError(
+                f"{where}: the disk holding it is full ({doing} failed: {exc}); nothing was changed, "
+                "and the store works again once space is freed"
+            )
+            full.errno = errno.ENOSPC
+            return full
+        failed = StorageError(f"{where}: {doing} failed ({exc}); nothing was changed")
+        failed.errno = code if code and code > 0 else None
+        return failed
+
+    @contextmanager
+    def guard(self, doing: str) -> Iterator[None]:
+        """Turn lmdb errors raised inside into TieredErrors."""
+        try:
+            yield
+        except lmdb.Error as exc:
+            raise self.error(exc, doing) from None
+
+    # -- transactions -------------------------------------------------------
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self.env.close()
-        self._unlock_writer()
-        with _open_paths_lock:
-            _open_paths.discard(self.path)
+        try:
+            assert self.env is not None
+            self.env.close()
+        finally:
+            self._unlock_writer()
+            with _open_paths_lock:
+                _open_paths.discard(self.path)
 
     def begin_read(self, buffers: bool = False) -> lmdb.Transaction:
         """A read transaction, adopting a map the writer has grown meanwhile."""
+        assert self.env is not None
         try:
             try:
                 return self.env.begin(write=False, buffers=buffers)
             except lmdb.MapResizedError:
-                self.env.set_mapsize(0)  # 0: take the size the writer set
+                self._adopt_map()
                 return self.env.begin(write=False, buffers=buffers)
-        except lmdb.ReadersFullError:
-            raise TieredError(
-                f"store {self.path!r} has no free reader slot: close some read-only volumes or stores"
-            ) from None
+        except lmdb.Error as exc:
+            raise self.error(exc, "a read") from None
+
+    def _adopt_map(self) -> None:
+        """Map the space a writer has grown the file to.
+
+        Remapping ends every read transaction of this process, so the map
+        is made twice as large as needed (remaps stay rare) and ``epoch``
+        tells the read-only volumes that their snapshots are gone.
+        """
+        assert self.env is not None
+        self.env.set_mapsize(0)  # 0: take the size the writer set
+        info = self.env.info()
+        self.env.set_mapsize(max(info["map_size"] * 2, READER_MAP_SIZE))
+        self.epoch += 1
 
     @contextmanager
     def reading(self) -> Iterator[lmdb.Transaction]:
         txn = self.begin_read()
         try:
-            yield txn
+            with self.guard("a read"):
+                yield txn
         finally:
             txn.abort()
 
@@ -158,21 +394,38 @@ class Storage:
         """Run ``fn`` in one write transaction and commit it.
 
         ``fn`` must only write to the transaction, never change state in RAM:
-        when the map is full it is run again from scratch in a larger map.
+        when the map is full it is run again from scratch in a larger map,
+        and when the commit fails nothing of it may remain.  Raises
+        ReadOnlyError, StoreFullError (disk or map full), StorageError (I/O
+        error) or CorruptionError; in every case nothing was changed.
         """
         if self.readonly:
             raise ReadOnlyError(f"store {self.path!r} is open read-only")
+        assert self.env is not None
         while True:
             try:
                 with self.env.begin(write=True) as txn:
-                    return fn(txn)
+                    result = fn(txn)
+                    if self.commit_hook is not None:
+                        self.commit_hook()
+                return result
             except lmdb.MapFullError:
                 self._grow_map()
+            except lmdb.Error as exc:
+                raise self.error(exc, "a commit") from None
 
     def _grow_map(self) -> None:
+        assert self.env is not None
         current = self.env.info()["map_size"]
-        # Doubling keeps the number of retries logarithmic in the data size.
-        self.env.set_mapsize(current * 2)
+        try:
+            # Doubling keeps the number of retries logarithmic in the data size.
+            self.env.set_mapsize(current * 2)
+        except lmdb.Error as exc:
+            raise StoreFullError(
+                f"store {self.path!r}: the LMDB map is full at {current} bytes and cannot grow ({exc}); "
+                "nothing was changed"
+            ) from None
+        self.epoch += 1
 
     def disk_bytes(self) -> int:
         """Bytes the environment occupies in its files (the used part of the map)."""
@@ -199,3 +452,17 @@ class Storage:
             cursor.delete()
             removed += 1
         return removed
+
+
+def guarded(method: Callable[..., T]) -> Callable[..., T]:
+    """Decorate a public method of an object with a ``_storage``: lmdb errors
+    raised inside reach the caller as TieredErrors."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except lmdb.Error as exc:
+            raise self._storage.error(exc, method.__name__) from None
+
+    return wrapper

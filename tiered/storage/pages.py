@@ -320,10 +320,15 @@ class PageIO:
                 self.cache.drop((*key, page))
 
     def forget(self, batch: PageWrites) -> None:
-        """After a failed transaction: drop anything the batch may have cached."""
+        """After a failed transaction: drop anything the batch may have cached,
+        committed pages of the tables it touched and pages it staged (a page
+        read back inside the transaction holds a value that never committed)."""
         for key in list(batch.written) + list(batch.deleted):
             for page in self.catalog.get(key, ()):
                 self.cache.drop((*key, int(page)))
+        for key, pages in batch.written.items():
+            for page in pages:
+                self.cache.drop((*key, page))
 
     def disk_bytes(self, txn: lmdb.Transaction) -> int:
         prefix = page_key(self.vol_id, b"\0", 0, 0)[:8]

@@ -138,8 +138,10 @@ class History(ABC):
         """Store ``image`` as this (empty) history's state.  ``live`` holds
         the generations of the live checkpoints, ascending."""
 
-    def renumber(self, live: np.ndarray) -> None:
-        """Map every generation v to the number of ``live`` generations <= v."""
+    def renumber(self, batch: PageWrites, live: np.ndarray) -> AfterCommit:
+        """Stage this history with every generation v mapped to the number
+        of ``live`` generations <= v, all of it persisted; RAM follows in the
+        returned callback, so a failed commit leaves the old numbering."""
         raise NotImplementedError
 
     # -- queries --------------------------------------------------------

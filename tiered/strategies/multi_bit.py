@@ -32,10 +32,8 @@ class MultiBitHistory(History):
         self.array = SegmentTable(n_chunks, io.gens_dtype)
         # What a flush must write.  Marks only raise generations, so every
         # page changed since the last flush holds a generation >= the
-        # smallest one marked since (None: nothing marked).  A renumbering
-        # changes every page.
+        # smallest one marked since (None: nothing marked).
         self._marked_from: int | None = None
-        self._renumbered = False
 
     def load(self, txn: Any, record: dict[str, Any]) -> None:
         for spans in self.io.read_table(TAG_GENS, ARRAY_GEN, txn=txn):
@@ -65,11 +63,8 @@ class MultiBitHistory(History):
         return cleared
 
     def flush(self, batch: PageWrites) -> AfterCommit:
-        """Write the pages changed since the last flush (all after a renumbering)."""
-        if self._renumbered:
-            batch.delete(TAG_GENS, ARRAY_GEN)
-            batch.put_table(TAG_GENS, ARRAY_GEN, self.array)
-        elif self._marked_from is not None:
+        """Write the pages changed since the last flush."""
+        if self._marked_from is not None:
             changed = SegmentTable(self.n_chunks)
             changed.or_at_least(self.array.spans(), self._marked_from)
             batch.put_table(TAG_GENS, ARRAY_GEN, self.array, only=changed.spans().pages())
@@ -77,7 +72,6 @@ class MultiBitHistory(History):
 
     def _flushed(self) -> None:
         self._marked_from = None
-        self._renumbered = False
 
     def export(self, txn: Any, current: int) -> HistoryImage:
         last = self.array.with_dtype(IMAGE_GENS_DTYPE)
@@ -102,9 +96,20 @@ class MultiBitHistory(History):
 
         return done
 
-    def renumber(self, live: np.ndarray) -> None:
-        self.array.remap(live)
-        self._renumbered = True
+    def renumber(self, batch: PageWrites, live: np.ndarray) -> AfterCommit:
+        # A remapped copy: remapping in place would change RAM before the
+        # transaction commits, and a failed commit would then leave RAM in
+        # the new numbering and the store in the old one.
+        array = self.array.with_dtype(self.array.row_dtype)
+        array.remap(live)
+        batch.delete(TAG_GENS, ARRAY_GEN)
+        batch.put_table(TAG_GENS, ARRAY_GEN, array)
+
+        def done() -> None:
+            self.array = array
+            self._flushed()
+
+        return done
 
     def changed(self, since: int, until: int | None, c_lo: int, c_hi: int) -> tuple[Spans, bool]:
         region = self.array.spans(*chunk_seg_range(c_lo, c_hi))
