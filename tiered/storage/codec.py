@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from . import page_kernels as K
+from . import scan_kernels as S
 from ..config import PAGE_SEGMENTS, SEG_CHUNKS, SEG_WORDS
 from ..errors import CorruptionError
 from ..bitmaps.table import SegmentTable, Spans
@@ -148,6 +149,6 @@ def or_gens_page_at_least(value: bytes, page: int, dtype: np.dtype, what: str, t
     decoding one segment at a time instead of the whole page."""
     payload = _gens_payload(value, dtype, what)
     table.reserve(rows=PAGE_SEGMENTS, pages=1)
-    ok = K.decode_gen_spans(payload, page, np.empty((0, 0), dtype), table.index, table.pool, table.n_top, at_least)[0]
-    if not ok:
+    row = np.empty((1, SEG_CHUNKS), dtype)
+    if not S.or_gen_page_at_least(payload, page, row, table.index, table.pool, table.n_top, at_least, S.deposit_table()):
         raise CorruptionError(f"{what}: malformed generation page")

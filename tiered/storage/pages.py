@@ -115,6 +115,13 @@ class PageWrites:
             self.txn.put(page_key(self.io.vol_id, tag, gen, page), value, db=self.io.storage.pages)
             pages.add(page)
 
+    def put_gens_payload(self, tag: bytes, gen: int, page: int, payload: bytes) -> None:
+        """Write one generation page from its payload (a fold encodes its
+        pages segment by segment, see :mod:`tiered.storage.fold`)."""
+        value = codec.wrap(codec.KIND_GENS_PAGE, payload)
+        self.txn.put(page_key(self.io.vol_id, tag, gen, page), value, db=self.io.storage.pages)
+        self.written.setdefault((tag, gen), set()).add(page)
+
     def delete(self, tag: bytes, gen: int) -> None:
         """Delete every stored page of (tag, gen), committed or staged."""
         for page in self.io.catalog.get((tag, gen), ()):
@@ -200,6 +207,16 @@ class PageIO:
         bypassing the cache: for a page about to be rewritten."""
         value, what = self._fetch(txn, tag, gen, page)
         codec.load_gens_page(value, page, self.gens_dtype, what, table)
+
+    def payload(self, tag: bytes, gen: int, page: int, txn: lmdb.Transaction, gens: bool = False) -> np.ndarray:
+        """The checked payload of a stored bitmap page, or (``gens``) of a
+        generation page past its width byte, in memory of its own (it
+        outlives ``txn``): for a fold, which reads pages as it writes them."""
+        value, what = self._fetch(txn, tag, gen, page)
+        value = bytes(value)
+        if gens:
+            return codec._gens_payload(value, self.gens_dtype, what)
+        return np.frombuffer(codec.unwrap(value, codec.KIND_BITS_PAGE, what), np.uint8)
 
     def or_at_least(self, tag: bytes, gen: int, page_range: range, table: SegmentTable, at_least: int) -> None:
         """OR into a bitmap table the chunks ``>= at_least`` of a stored
