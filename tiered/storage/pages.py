@@ -202,12 +202,6 @@ class PageIO:
             raise CorruptionError(f"{what}: listed in the catalog but missing from the store")
         return value, what
 
-    def load_gens(self, tag: bytes, gen: int, page: int, txn: lmdb.Transaction, table: SegmentTable) -> None:
-        """Decode one stored generation page into (an empty page of) ``table``,
-        bypassing the cache: for a page about to be rewritten."""
-        value, what = self._fetch(txn, tag, gen, page)
-        codec.load_gens_page(value, page, self.gens_dtype, what, table)
-
     def payload(self, tag: bytes, gen: int, page: int, txn: lmdb.Transaction, gens: bool = False) -> np.ndarray:
         """The checked payload of a stored bitmap page, or (``gens``) of a
         generation page past its width byte, in memory of its own (it
