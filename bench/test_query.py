@@ -187,13 +187,10 @@ def test_changed_since_cold(benchmark, record, histories, mode, length, which):
 def fold_state(path: str) -> dict:
     """Where a hybrid history's fold stands (read from its volume)."""
     store, vol = open_volume(path)
-    try:
+    with store:
         h = vol._history
-        state = (f"{h.fold_next}/{len(h.io.pages(b'G', 0))} pages" if h.fold_upto else "none")
-        return {"writesets": len(h.writesets(0)), "folded_through": h.folded_through,
-                "fold_upto": h.fold_upto, "fold_state": state}
-    finally:
-        store.close()
+        return {"writesets": len(h.writesets(0)), "folded_through": h.folded_through, "fold_upto": h.fold_upto,
+                "fold_state": f"{h.fold_next}/{len(h.io.pages(b'G', 0))} pages" if h.fold_upto else "none"}
 
 
 @pytest.mark.parametrize("length", FOLD_PHASES)
@@ -203,23 +200,20 @@ def test_changed_since_cold_through_a_fold(benchmark, record, histories, length)
     so the number a query reads depends on where the fold stands."""
     benchmark.group = "changed_since: cold, hybrid, oldest of N (one fold cycle)"
     history = histories("hybrid", length)
-    live: list = []
+    live: list = []  # (store, volume) opened by setup, closed by teardown
     misses: list = []
+    result: list = []
 
     def setup():
-        store, vol = open_volume(history.path)
-        live.append((store, vol))
-        return (vol, ckpt_name(0)), {}
+        live.append(open_volume(history.path))
+        return (live[-1][1], ckpt_name(0)), {}
 
     def teardown(vol, ckpt):
         misses.append(vol.stats()["cache_misses"])
         live.pop()[0].close()
 
-    result: list = []
-
     def query(vol, ckpt):
-        ext = vol.changed_since(ckpt)
-        result[:] = [ext.total_bytes]
+        result[:] = [vol.changed_since(ckpt).total_bytes]
 
     try:
         benchmark.pedantic(query, setup=setup, teardown=teardown, rounds=COLD_ROUNDS, warmup_rounds=1)
