@@ -7,13 +7,14 @@ about 15 ms per page of 4 Mi chunks, most of it cache misses on the
 16 MiB decoded page.  :class:`PageFold` instead streams the page: for each
 segment it decodes the stored record into one scratch row (which stays in
 the L1 cache), applies the writesets' bits in ascending period order and
-encodes the row at the end of an output buffer.  Any number of segments
+encodes the row at the end of an output buffer.  The writesets are read
+as stored, record by record, never decoded into bitmaps.  Any number of segments
 can be done per call, so a fold step is bounded by segments, not by page,
 and the stored page (the format is unchanged) is written once its last
 segment is done.
 
 Between calls the fold holds the stored page's payload, the writesets'
-spans of that page and the output so far.  A call never changes that
+stored payloads for that page and the output so far.  A call never changes that
 state itself: :meth:`PageFold.advance` returns the new position and
 :meth:`PageFold.commit` adopts it once the transaction that used the
 result has committed.  A transaction that is retried or fails therefore

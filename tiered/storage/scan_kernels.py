@@ -5,8 +5,8 @@ generation array.  Decoding each segment into a row of 4,096 generations
 and then comparing all of them touches 16 KiB per segment; a dense row is
 stored *packed* (a bitmap of the non-zero chunks, then their values), and
 its non-zero chunks can be compared as they are read, building the
-answer's bits a word at a time.  Other kinds go through a decoded row as
-before.  Every count, position and length is checked as in
+answer's bits a word at a time (eight one-byte values at once, compared
+in one 64-bit word).  Other kinds go through a decoded row as before.  Every count, position and length is checked as in
 :mod:`tiered.storage.page_kernels`.
 """
 
