@@ -8,9 +8,12 @@ at commit) and ``sync=True`` (fsync at every commit, the default).
 one-bit and hybrid seal the period's writeset into LMDB, so their cost
 follows the dirty chunks; hybrid also folds its oldest writesets into the
 on-disk generation array whenever more than 2 * recent (16) sealed
-writesets pile up, so one checkpoint in 8 is much slower: the median hides
-it, extra_info shows it (max, p90, and how many rounds took over 3x the
-median).  multi-bit only bumps a counter and writes two small records.
+writesets pile up, spread over the next 8 checkpoints, each rewriting at
+most 1/8 of the fold's segments.  The median hides the rounds that fold:
+extra_info shows every round (round_ms), max, p90, how many rounds took
+over 3x the median, and for hybrid the fold work of each round (segments
+rewritten, array pages written).  multi-bit only bumps a counter and
+writes two small records.
 
 Marking 10% of the chunks (1.7M random writes into multi-bit's 32 MiB
 array) leaves the CPU's caches and TLB cold for what follows, and the
@@ -22,8 +25,9 @@ they mark a fixed 10% set on a side multi-bit volume and read a 64 MiB
 buffer.  They are the ones that show whether the work itself depends on the
 dirty fraction.
 
-``test_checkpoint_summary`` (last) prints the medians against the targets
-(< 10 ms for one-bit and hybrid at 1%; multi-bit flat from 0.1% to 10%).
+``test_checkpoint_summary`` (last) prints the results against the targets
+(every checkpoint < 10 ms for one-bit and hybrid at 1%, judged on the
+max; multi-bit flat from 0.1% to 10%).
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ import pytest
 from benchutil import MODES, WRITE_SIZE, check, enforce_targets, fmt_time, print_report
 
 FRACTIONS = (0.001, 0.01, 0.1)
-ROUNDS = {"one-bit": 16, "hybrid": 25, "multi-bit": 30}  # hybrid: 2 folds land in the timed rounds
+# hybrid: a fold starts once 17 writesets are sealed, at the 16th timed
+# round, and is spread over 8 checkpoints; 36 rounds hold two whole folds.
+ROUNDS = {"one-bit": 16, "hybrid": 36, "multi-bit": 30}
 DIRTY_SETS = 4  # distinct random dirty sets, used in turn
 
 
@@ -72,10 +78,18 @@ def test_checkpoint(benchmark, record, tracked_volume, open_store, dirty_sets, s
     sets = [dirty_sets(fraction, i) for i in range(DIRTY_SETS)]
     lengths = np.full(len(sets[0]), WRITE_SIZE, np.int64)
     state = {"round": 0}
+    # hybrid's fold work per round (segments rewritten, pages written),
+    # read from its counters between rounds
+    history = vol._history
+    work: list[tuple[int, int]] = []
+
+    def fold_work() -> tuple[int, int]:
+        return getattr(history, "folded_segments", 0), getattr(history, "folded_pages", 0)
 
     def setup():
         i = state["round"]
         state["round"] += 1
+        work.append(fold_work())
         vol.mark_many(sets[i % DIRTY_SETS], lengths)
         if equalized:
             side.mark_many(side_set, side_lengths)
@@ -83,6 +97,9 @@ def test_checkpoint(benchmark, record, tracked_volume, open_store, dirty_sets, s
         return (f"ckpt-{i}",), {}
 
     benchmark.pedantic(vol.checkpoint, setup=setup, rounds=ROUNDS[mode], warmup_rounds=1)
+    work.append(fold_work())
+    # work[0] is taken before the warm-up round
+    per_round = [(b[0] - a[0], b[1] - a[1]) for a, b in zip(work[1:], work[2:])]
     # The last period is exactly the last dirty set.
     newest = vol.checkpoints()[-2].name
     assert vol.changed_since(newest).total_bytes == len(sets[0]) * vol.granularity
@@ -95,7 +112,11 @@ def test_checkpoint(benchmark, record, tracked_volume, open_store, dirty_sets, s
             p90_ms=round(float(np.percentile(data, 90)) * 1e3, 3),
             max_ms=round(float(data.max()) * 1e3, 3),
             rounds_over_3x_median=int((data > 3 * med).sum()),
+            round_ms=[round(t * 1e3, 3) for t in data],
         )
+    if mode == "hybrid":
+        info.update(fold_segments_per_round=[w[0] for w in per_round],
+                    fold_pages_per_round=[w[1] for w in per_round])
     record(benchmark, f"{mode}/{label(fraction)}/sync={sync}{'/equalized' if equalized else ''}", **info)
 
 
@@ -115,9 +136,20 @@ def test_checkpoint_summary(medians, capsys):
         for mode in ("one-bit", "hybrid"):
             m = medians.get(f"{mode}/1%/sync={sync}")
             if m:
-                what = (f"{mode} 1% sync={sync}: median < 10 ms (is {fmt_time(m['median'])}; "
-                        f"max {fmt_time(m['max_ms'] / 1e3)})")
-                verdicts.append((what, m["median"] < 10e-3))
+                # Every checkpoint, not only the median: hybrid's folds
+                # land in some rounds only.
+                what = (f"{mode} 1% sync={sync}: every checkpoint < 10 ms (max {fmt_time(m['max_ms'] / 1e3)}; "
+                        f"median {fmt_time(m['median'])}, p90 {fmt_time(m['p90_ms'] / 1e3)})")
+                verdicts.append((what, m["max_ms"] < 10))
+    for key, m in medians.items():
+        if m["mode"] == "hybrid" and "fold_segments_per_round" in m:
+            segs = m["fold_segments_per_round"]
+            folding = [t for t, s in zip(m["data"], segs) if s]
+            if folding:
+                lines.append(f"  info: hybrid {key}: {len(folding)}/{len(segs)} rounds fold, at most "
+                             f"{max(segs)} segments and {max(m['fold_pages_per_round'])} array page(s) each; "
+                             f"those rounds: median {fmt_time(float(np.median(folding)))}, "
+                             f"max {fmt_time(max(folding))}")
     # Whether the work grows with the dirty fraction: judged on the
     # equalized cases; the others are shown for what they are.
     variants = (("sync=False/equalized", "sync=False, same untimed work before each", True),

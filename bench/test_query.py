@@ -93,6 +93,9 @@ QUERY_PARAMS = [
 ]
 OPEN_PARAMS = [pytest.param(mode, n, id=f"{mode}-{n}") for n in HISTORY_LENGTHS for mode in MODES]
 COLD_ROUNDS = 7
+# hybrid folds every 9 checkpoints of this history: lengths 100 .. 108 put
+# the cold query at each point of one fold cycle.
+FOLD_PHASES = range(LONGEST, LONGEST + 9)
 
 UNION_KS = (10, 100)
 UNION_CONTENDERS = (
@@ -179,6 +182,48 @@ def test_changed_since_cold(benchmark, record, histories, mode, length, which):
         round_ms=[round(t * 1e3, 2) for t in benchmark.stats.stats.data] if benchmark.stats else None,
         build_seconds=round(history.build_seconds, 2),
     )
+
+
+def fold_state(path: str) -> dict:
+    """Where a hybrid history's fold stands (read from its volume)."""
+    store, vol = open_volume(path)
+    with store:
+        h = vol._history
+        return {"writesets": len(h.writesets(0)), "folded_through": h.folded_through, "fold_upto": h.fold_upto,
+                "fold_state": f"{h.fold_next}/{len(h.io.pages(b'G', 0))} pages" if h.fold_upto else "none"}
+
+
+@pytest.mark.parametrize("length", FOLD_PHASES)
+def test_changed_since_cold_through_a_fold(benchmark, record, histories, length):
+    """The oldest checkpoint, cold, at each checkpoint of one fold cycle:
+    the writesets being folded stay until the fold's last page is written,
+    so the number a query reads depends on where the fold stands."""
+    benchmark.group = "changed_since: cold, hybrid, oldest of N (one fold cycle)"
+    history = histories("hybrid", length)
+    live: list = []  # (store, volume) opened by setup, closed by teardown
+    misses: list = []
+    result: list = []
+
+    def setup():
+        live.append(open_volume(history.path))
+        return (live[-1][1], ckpt_name(0)), {}
+
+    def teardown(vol, ckpt):
+        misses.append(vol.stats()["cache_misses"])
+        live.pop()[0].close()
+
+    def query(vol, ckpt):
+        result[:] = [vol.changed_since(ckpt).total_bytes]
+
+    try:
+        benchmark.pedantic(query, setup=setup, teardown=teardown, rounds=COLD_ROUNDS, warmup_rounds=1)
+    finally:
+        while live:
+            live.pop()[0].close()
+    assert result[0] == history.expected_chunks[0] * GRANULARITY
+    record(benchmark, f"cold-fold/{length:04d}", mode="hybrid", length=length, pages_read=misses[-1] if misses else None,
+           round_ms=[round(t * 1e3, 2) for t in benchmark.stats.stats.data] if benchmark.stats else None,
+           **fold_state(history.path))
 
 
 @pytest.mark.parametrize("mode,length,which", QUERY_PARAMS)
@@ -283,13 +328,26 @@ def test_query_summary(medians, capsys):
         pytest.skip("no query benchmark measured in this run")
     lines = [f"{LONGEST} checkpoints:"] + query_rows(medians)
     lines += ["growth with the history length (changed since the oldest checkpoint):"] + growth_rows(medians)
+    phases = [medians[k] for k in sorted(medians) if k.startswith("cold-fold/")]
+    if phases:
+        lines.append("hybrid, oldest checkpoint, through one fold cycle (history of N checkpoints):")
+        lines.append(f"  {'N':>4s} {'writesets':>9s} {'fold':>16s} {'median':>10s} {'worst':>10s} pages read")
+        for m in phases:
+            lines.append(f"  {m['length']:>4d} {m['writesets']:>9d} {m['fold_state']:>16s} "
+                         f"{fmt_time(m['median']):>10s} {fmt_time(m['max']):>10s} {m['pages_read']}")
     verdicts = []
     for mode in ("hybrid", "multi-bit"):
         for which in positions(LONGEST):
             cold = medians.get(f"cold/{mode}/{LONGEST}/{which}")
             if cold:
-                verdicts.append((f"{mode} {which}: cold < 50 ms (is {fmt_time(cold['median'])})",
-                                 cold["median"] < 50e-3))
+                # Every round, not only the median: rounds with page faults
+                # are the slow ones.
+                verdicts.append((f"{mode} {which}: every cold round < 50 ms (worst {fmt_time(cold['max'])}, "
+                                 f"median {fmt_time(cold['median'])})", cold["max"] < 50e-3))
+    if phases:
+        worst = max(phases, key=lambda m: m["max"])
+        verdicts.append((f"hybrid oldest, every cold round of every fold phase < 50 ms (worst "
+                         f"{fmt_time(worst['max'])} with {worst['length']} checkpoints)", worst["max"] < 50e-3))
     lines.append("targets:")
     lines += check(verdicts)
     print_report(capsys, "changed_since() vs the issue's targets", lines)

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from . import page_kernels as K
+from . import scan_kernels as S
 from ..config import PAGE_SEGMENTS, PAGE_SHIFT, SEG_CHUNKS, SEG_WORDS
 from ..errors import CorruptionError
 from ..bitmaps.table import SegmentTable, Spans
@@ -146,8 +147,7 @@ def encode_bits_page(spans: Spans, page: int, key: bytes) -> bytes:
 
 def decode_bits_page(value: bytes, page: int, what: str, *, key: bytes, version: int, n_segments: int) -> Spans:
     """Spans of a stored bitmap page of a volume of ``n_segments`` segments."""
-    _check_page(page, n_segments, what)
-    buf = np.frombuffer(unwrap(value, KIND_BITS_PAGE, key, version, what), np.uint8)
+    buf = bits_payload(value, page, what, key, version, n_segments)
     ok, first, count, ref, rows = K.decode_bit_spans(buf, page, n_segments)
     if not ok:
         raise CorruptionError(f"{what}: malformed bitmap page")
@@ -174,7 +174,13 @@ def encode_gens_page(spans: Spans, page: int, key: bytes) -> bytes:
     return wrap(KIND_GENS_PAGE, out[: n + 1].tobytes(), key)
 
 
-def _gens_payload(value: bytes, page: int, dtype: np.dtype, what: str, key: bytes, version: int, n_segments: int) -> np.ndarray:
+def bits_payload(value: bytes, page: int, what: str, key: bytes, version: int, n_segments: int) -> np.ndarray:
+    """The checked payload of a stored bitmap page, as bytes (uint8)."""
+    _check_page(page, n_segments, what)
+    return np.frombuffer(unwrap(value, KIND_BITS_PAGE, key, version, what), np.uint8)
+
+
+def gens_payload(value: bytes, page: int, dtype: np.dtype, what: str, key: bytes, version: int, n_segments: int) -> np.ndarray:
     _check_page(page, n_segments, what)
     buf = np.frombuffer(unwrap(value, KIND_GENS_PAGE, key, version, what), np.uint8)
     if len(buf) < 1 or buf[0] != np.dtype(dtype).itemsize:
@@ -186,7 +192,7 @@ def decode_gens_page(value: bytes, page: int, dtype: np.dtype, what: str, *, key
     """Spans of a stored generation page (rows of ``dtype``)."""
     no_table = np.empty(0, np.int32)
     ok, first, count, ref, rows = K.decode_gen_spans(
-        _gens_payload(value, page, dtype, what, key, version, n_segments), page, n_segments,
+        gens_payload(value, page, dtype, what, key, version, n_segments), page, n_segments,
         np.empty((0, 0), dtype), no_table, np.empty((0, SEG_WORDS), np.uint64), 0, 0,
     )
     if not ok:
@@ -197,7 +203,7 @@ def decode_gens_page(value: bytes, page: int, dtype: np.dtype, what: str, *, key
 def load_gens_page(value: bytes, page: int, dtype: np.dtype, what: str, table: SegmentTable, *, key: bytes, version: int) -> None:
     """Decode a stored generation page straight into ``table``, where that
     page must be empty; the table's size bounds the page."""
-    payload = _gens_payload(value, page, dtype, what, key, version, table.n_segments)
+    payload = gens_payload(value, page, dtype, what, key, version, table.n_segments)
     table.reserve(rows=PAGE_SEGMENTS, pages=1)
     if not K.load_gen_page(payload, page, table.n_segments, table.index, table.pool, table.n_top):
         raise CorruptionError(f"{what}: malformed generation page")
@@ -209,10 +215,10 @@ def or_gens_page_at_least(
     """OR into a bitmap table the chunks of a stored generation page >= at_least,
     decoding one segment at a time instead of the whole page; the table's
     size bounds the page."""
-    payload = _gens_payload(value, page, dtype, what, key, version, table.n_segments)
+    payload = gens_payload(value, page, dtype, what, key, version, table.n_segments)
     table.reserve(rows=PAGE_SEGMENTS, pages=1)
-    ok = K.decode_gen_spans(
-        payload, page, table.n_segments, np.empty((0, 0), dtype), table.index, table.pool, table.n_top, at_least
-    )[0]
-    if not ok:
+    row = np.empty((1, SEG_CHUNKS), dtype)
+    if not S.or_gen_page_at_least(
+        payload, page, table.n_segments, row, table.index, table.pool, table.n_top, at_least, S.deposit_table()
+    ):
         raise CorruptionError(f"{what}: malformed generation page")

@@ -389,6 +389,59 @@ def _get_packed_generations(buf, p, end, row, vb, maxval):
     return q
 
 
+@njit(inline="always", **_jit)
+def _put_gen_row(out, p, row, width):
+    """Write the kind and body of one segment's generations, the smallest
+    encoding of them; returns the position after.  ``out`` needs
+    ``4 * SEG_CHUNKS + 8`` bytes of room from ``p``."""
+    # A branch-free pass first: counts decide between uniform, packed and
+    # raw without touching the data-dependent branches of sparse pairs.
+    nz = 0
+    same = 0
+    top = np.int64(0)
+    v0 = row[0]
+    for k in range(SEG_CHUNKS):
+        v = np.int64(row[k])
+        nz += v != 0
+        same += v == v0
+        top = max(top, v)
+    vb = 1 if top < 256 else (2 if top < 65536 else 4)
+    packed = 1 + 8 * SEG_WORDS + nz * vb
+    best = min(packed, width * SEG_CHUNKS)
+    sparse = best
+    if same != SEG_CHUNKS and 2 * nz < best:
+        # sparse pairs take at least 2 bytes each: size them only when
+        # they can win
+        sparse = _varint_size(nz)
+        prev = -1
+        for k in range(SEG_CHUNKS):
+            v = np.int64(row[k])
+            if v != 0:
+                sparse += _varint_size(k - prev - 1) + _varint_size(v)
+                prev = k
+    if same == SEG_CHUNKS:
+        out[p] = KIND_UNIFORM
+        return _put_varint(out, p + 1, np.int64(v0))
+    if sparse < best:
+        out[p] = KIND_SPARSE
+        p = _put_varint(out, p + 1, nz)
+        prev = -1
+        for k in range(SEG_CHUNKS):
+            v = np.int64(row[k])
+            if v != 0:
+                p = _put_varint(out, p, k - prev - 1)
+                p = _put_varint(out, p, v)
+                prev = k
+        return p
+    if packed < width * SEG_CHUNKS:
+        out[p] = KIND_PACKED
+        out[p + 1] = vb
+        return _put_packed_generations(out, p + 2, row, vb)
+    out[p] = KIND_GRAW
+    _put_raw_generations(out, p + 1, row, width)
+    return p + 1 + width * SEG_CHUNKS
+
+
 @njit(**_jit)
 def encode_gen_spans(first, count, ref, rows, page, out):
     """Encode one page of generation spans; ``out`` as for bitmaps but with
@@ -404,54 +457,7 @@ def encode_gen_spans(first, count, ref, rows, page, out):
             out[p] = KIND_UNIFORM
             p = _put_varint(out, p + 1, uniform_value(r))
             continue
-        row = rows[r]
-        # A branch-free pass first: counts decide between uniform, packed and
-        # raw without touching the data-dependent branches of sparse pairs.
-        nz = 0
-        same = 0
-        top = np.int64(0)
-        v0 = row[0]
-        for k in range(SEG_CHUNKS):
-            v = np.int64(row[k])
-            nz += v != 0
-            same += v == v0
-            top = max(top, v)
-        vb = 1 if top < 256 else (2 if top < 65536 else 4)
-        packed = 1 + 8 * SEG_WORDS + nz * vb
-        best = min(packed, width * SEG_CHUNKS)
-        sparse = best
-        if same != SEG_CHUNKS and 2 * nz < best:
-            # sparse pairs take at least 2 bytes each: size them only when
-            # they can win
-            sparse = _varint_size(nz)
-            prev = -1
-            for k in range(SEG_CHUNKS):
-                v = np.int64(row[k])
-                if v != 0:
-                    sparse += _varint_size(k - prev - 1) + _varint_size(v)
-                    prev = k
-        if same == SEG_CHUNKS:
-            out[p] = KIND_UNIFORM
-            p = _put_varint(out, p + 1, np.int64(v0))
-        elif sparse < best:
-            out[p] = KIND_SPARSE
-            p = _put_varint(out, p + 1, nz)
-            prev = -1
-            for k in range(SEG_CHUNKS):
-                v = np.int64(row[k])
-                if v != 0:
-                    p = _put_varint(out, p, k - prev - 1)
-                    p = _put_varint(out, p, v)
-                    prev = k
-        elif packed < width * SEG_CHUNKS:
-            out[p] = KIND_PACKED
-            out[p + 1] = vb
-            p = _put_packed_generations(out, p + 2, row, vb)
-        else:
-            out[p] = KIND_GRAW
-            p += 1
-            _put_raw_generations(out, p, row, width)
-            p += width * SEG_CHUNKS
+        p = _put_gen_row(out, p, rows[r], width)
     return p
 
 

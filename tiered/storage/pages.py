@@ -145,6 +145,13 @@ class PageWrites:
                 digest ^= key_digest(page_key(io.vol_id, tag, gen, page))
         return digest
 
+    def put_gens_payload(self, tag: bytes, gen: int, page: int, payload: bytes) -> None:
+        """Write one generation page from its payload (a fold encodes its
+        pages segment by segment, see :mod:`tiered.storage.fold`)."""
+        key = page_key(self.io.vol_id, tag, gen, page)
+        self.txn.put(key, codec.wrap(codec.KIND_GENS_PAGE, payload, key), db=self.io.storage.pages)
+        self.written.setdefault((tag, gen), set()).add(page)
+
     def delete(self, tag: bytes, gen: int) -> None:
         """Delete every stored page of (tag, gen), committed or staged."""
         for page in self.io.catalog.get((tag, gen), ()):
@@ -252,13 +259,16 @@ class PageIO:
             raise CorruptionError(f"{what}: listed in the catalog but missing from the store")
         return value, what
 
-    def load_gens(self, tag: bytes, gen: int, page: int, txn: lmdb.Transaction, table: SegmentTable) -> None:
-        """Decode one stored generation page into (an empty page of) ``table``,
-        bypassing the cache: for a page about to be rewritten."""
+    def payload(self, tag: bytes, gen: int, page: int, txn: lmdb.Transaction, gens: bool = False) -> np.ndarray:
+        """The checked payload of a stored bitmap page, or (``gens``) of a
+        generation page past its width byte, in memory of its own (it
+        outlives ``txn``): for a fold, which reads pages as it writes them."""
         value, what = self._fetch(txn, tag, gen, page)
-        codec.load_gens_page(
-            value, page, self.gens_dtype, what, table, key=page_key(self.vol_id, tag, gen, page), version=self.version
-        )
+        key = page_key(self.vol_id, tag, gen, page)
+        value = bytes(value)
+        if gens:
+            return codec.gens_payload(value, page, self.gens_dtype, what, key, self.version, self.n_segments)
+        return codec.bits_payload(value, page, what, key, self.version, self.n_segments)
 
     def or_at_least(self, tag: bytes, gen: int, page_range: range, table: SegmentTable, at_least: int) -> None:
         """OR into a bitmap table the chunks ``>= at_least`` of a stored

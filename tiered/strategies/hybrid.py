@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from ..config import MAX_GEN_32
 from ..storage.pages import PageWrites
 from ..bitmaps.table import SegmentTable, Spans, chunk_page_range
+from ..config import MAX_GEN_32, PAGE_SEGMENTS, SEG_CHUNKS
+from ..storage.fold import PageFold, warm_up
 from .base import TAG_ACTIVE, TAG_GENS, TAG_WRITESET, AfterCommit, HistoryImage, nothing
 from .one_bit import SNAPSHOT_GEN, OneBitHistory
 
@@ -44,12 +45,22 @@ class HybridHistory(OneBitHistory):
         #: done.  0: none.
         self.fold_upto = 0
         self.fold_next = 0
+        #: The page of the fold being rewritten, in RAM only (None: none, or
+        #: start the page at fold_next again).
+        self._page_fold: PageFold | None = None
+        #: Work counters of the folds run by this process (committed or
+        #: not): segments rewritten and pages written.  Benchmarks read them.
+        self.folded_segments = 0
+        self.folded_pages = 0
+        self.n_segments = -(-n_chunks // SEG_CHUNKS)
 
     def load(self, txn: Any, record: dict[str, Any]) -> None:
         super().load(txn, record)
         self.folded_through = int(record.get("folded_through", 0))
         self.fold_upto = int(record.get("fold_upto", 0))
         self.fold_next = int(record.get("fold_next", 0))
+        if not self.io.storage.readonly:
+            warm_up(GENS_DTYPE)
 
     def record_fields(self) -> dict[str, Any]:
         return {
@@ -85,15 +96,20 @@ class HybridHistory(OneBitHistory):
             return nothing
         return self._fold(batch, self.fold_upto, self.fold_next, whole=True)
 
-    def _fold(self, batch: PageWrites, upto: int, start_page: int = 0, whole: bool = True) -> AfterCommit:
+    def _fold(self, batch: PageWrites, upto: int, start_page: int = 0, whole: bool = True,
+              budget: int | None = None) -> AfterCommit:
         """Fold every writeset of a period <= upto into the generation array,
         from page ``start_page`` on: all its pages, or (``whole=False``) a
-        share small enough that ``recent`` checkpoints finish the fold.
+        share of their segments small enough that ``recent`` checkpoints
+        finish the fold, or ``budget`` segments.
 
         Until the last page is done the folded writesets stay, and
         ``folded_through`` does not move: a query then still finds every
         write in the writesets, and the array pages already rewritten only
-        hold writes of those same periods, which answers may include.
+        hold writes of those same periods, which answers may include.  A
+        page is stored once all its segments are done; the segments done so
+        far live in RAM (``self._page_fold``), so a crash or a reopen only
+        redoes them.
         """
         gens = self.writesets(0, upto + 1)
         if not gens:
@@ -104,42 +120,71 @@ class HybridHistory(OneBitHistory):
 
             def over() -> None:
                 self.fold_upto = self.fold_next = 0
+                self._page_fold = None
 
             return over
-        txn = batch.txn
         by_page: dict[int, list[int]] = {}
         for g in gens:
             for page in self.io.pages(TAG_WRITESET, g):
                 by_page.setdefault(page, []).append(g)
         pages = sorted(by_page)
         todo = [p for p in pages if p >= start_page]
-        if not whole:
-            todo = todo[: -(-len(pages) // self.recent)]
-        stored = set(self.io.pages(TAG_GENS, ARRAY_GEN))
-        # One page at a time: the fold holds one decoded page of the array,
-        # not the whole array.  Pages read here are rewritten or deleted, so
-        # they bypass the cache, which would only lose pages queries want.
-        work = SegmentTable(self.n_chunks, GENS_DTYPE)
-        for page in todo:
-            work.reset()
-            if page in stored:
-                self.io.load_gens(TAG_GENS, ARRAY_GEN, page, txn, work)
-            for g in by_page[page]:
-                work.assign(self.io.read(TAG_WRITESET, g, page, txn, keep=False), g)
-            batch.put_table(TAG_GENS, ARRAY_GEN, work)
-        finished = not todo or todo[-1] == pages[-1]
-        if finished:
+        # Work is bounded by segments, whatever their pages: each step
+        # rewrites at most 1/recent of the segments of the pages the fold
+        # touches.
+        if budget is None and not whole:
+            budget = -(-sum(self._segments_of(p) for p in pages) // self.recent)
+        fold = self._page_fold
+        if fold is not None and not (todo and fold.upto == upto and fold.page == todo[0]
+                                     and fold.gens == by_page[fold.page]):
+            fold = None
+        step = None
+        next_page = start_page
+        while todo and (budget is None or budget > 0):
+            page = todo[0]
+            if fold is None:
+                fold = self._start_page_fold(batch.txn, page, upto, by_page[page])
+            step = fold.advance(budget)
+            self.folded_segments += step.segments
+            if budget is not None:
+                budget -= step.segments
+            if step.payload is None:
+                break  # the share is done, the page is not
+            batch.put_gens_payload(TAG_GENS, ARRAY_GEN, page, step.payload)
+            self.folded_pages += 1
+            todo.pop(0)
+            next_page = page + 1
+            fold = step = None
+        if not todo:
             for g in gens:
                 batch.delete(TAG_WRITESET, g)
             folded, fold_upto, fold_next = max(self.folded_through, gens[-1]), 0, 0
         else:
-            folded, fold_upto, fold_next = self.folded_through, upto, todo[-1] + 1
+            folded, fold_upto, fold_next = self.folded_through, upto, next_page
         batch.record.update(folded_through=folded, fold_upto=fold_upto, fold_next=fold_next)
 
         def done() -> None:
             self.folded_through, self.fold_upto, self.fold_next = folded, fold_upto, fold_next
+            if fold is not None and step is not None:
+                fold.commit(step)
+            self._page_fold = fold
 
         return done
+
+    def _segments_of(self, page: int) -> int:
+        return min(PAGE_SEGMENTS, self.n_segments - page * PAGE_SEGMENTS)
+
+    def _start_page_fold(self, txn: Any, page: int, upto: int, gens: list[int]) -> PageFold:
+        """Start rewriting one page of the array with the writesets ``gens``.
+        The fold reads the stored pages' bytes, not decoded pages: those
+        are rewritten or deleted, and caching them would only push out
+        pages queries want."""
+        stored = page in self.io.pages(TAG_GENS, ARRAY_GEN, range(page, page + 1))
+        payload = self.io.payload(TAG_GENS, ARRAY_GEN, page, txn, gens=True) if stored else np.frombuffer(b"", np.uint8)
+        writesets = [(g, self.io.payload(TAG_WRITESET, g, page, txn)) for g in gens]
+        what = (f"volume {self.io.vol_id} page {TAG_GENS.decode()}/{ARRAY_GEN}/{page} or a page "
+                f"{page} of the writesets folded into it ({TAG_WRITESET.decode()}/{gens[0]}..{gens[-1]})")
+        return PageFold(page, upto, payload, writesets, self.n_segments, GENS_DTYPE, what)
 
     def seal(self, batch: PageWrites, current: int) -> AfterCommit:
         cleared = super().seal(batch, current)
@@ -155,6 +200,33 @@ class HybridHistory(OneBitHistory):
 
         def done() -> None:
             cleared()
+            folded()
+
+        return done
+
+    def remove(self, batch: PageWrites, prev: int | None, gen: int, nxt: int | None) -> AfterCommit:
+        removed = super().remove(batch, prev, gen, nxt)
+
+        def done() -> None:
+            removed()
+            # The page being rewritten may hold writesets this removal
+            # merged or dropped: start it again from what is stored.
+            self._page_fold = None
+
+        return done
+
+    def flush(self, batch: PageWrites) -> AfterCommit:
+        flushed = super().flush(batch)
+        fold = self._page_fold
+        if fold is None or not self.fold_upto:
+            return flushed
+        # The page being rewritten is state in RAM too: store it, or a
+        # process that opens, checkpoints and closes would redo the same
+        # first share of a page every time and never finish a fold.
+        folded = self._fold(batch, self.fold_upto, self.fold_next, budget=fold.segments_left)
+
+        def done() -> None:
+            flushed()
             folded()
 
         return done
@@ -176,6 +248,7 @@ class HybridHistory(OneBitHistory):
         def done() -> None:
             cleared()
             self.folded_through = self.fold_upto = self.fold_next = 0
+            self._page_fold = None
 
         return done
 
@@ -209,6 +282,7 @@ class HybridHistory(OneBitHistory):
         def done() -> None:
             self.active = image.active
             self.folded_through = folded
+            self._page_fold = None
 
         return done
 
@@ -226,7 +300,21 @@ class HybridHistory(OneBitHistory):
             probe = SegmentTable(self.n_chunks)
             self.io.or_at_least(TAG_GENS, ARRAY_GEN, pages, probe, until)
             exact = probe.is_empty()
-        self._union_writesets(acc, self.writesets(since, until), c_lo, c_hi)
+        # Mid-fold, the pages of the array below fold_next already hold
+        # every write of the periods being folded (a chunk keeps the last
+        # of them, which is >= since if any is): there only the writesets
+        # past fold_upto add anything.
+        done = range(pages.start, min(pages.stop, self.fold_next)) if self.fold_upto else range(0)
+        for gen in self.writesets(since, until):
+            todo = pages
+            if gen <= self.fold_upto and done:
+                todo = range(done.stop, pages.stop)
+            for spans in self.io.read_table(TAG_WRITESET, gen, todo):
+                acc.or_spans(spans)
         if until is None:
             acc.or_spans(self._region_spans(self.active, c_lo, c_hi))
         return self._region_spans(acc, c_lo, c_hi), exact
+
+    def ram_bytes(self) -> int:
+        fold = self._page_fold
+        return self.active.nbytes + (fold.nbytes if fold is not None else 0)
