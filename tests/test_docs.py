@@ -118,7 +118,7 @@ def check_transcript(body: str, where: str) -> None:
 
 
 def check_shell(body: str, where: str) -> None:
-    for line in body.splitlines():
+    for line in body.replace("\\\n", " ").splitlines():
         argv = shlex.split(line, comments=True)
         if not argv or argv[0] != "tiered":
             continue
