@@ -13,7 +13,7 @@ import sys
 import numpy as np
 from numba import njit
 
-from ..bitmaps.kernels import FULL_ENTRY, NO_LIMIT, _jit, _popcount, _set_bits, uniform_entry, uniform_value
+from ..bitmaps.kernels import BOOL, FULL_ENTRY, I64, NO_LIMIT, _jit, _popcount, _set_bits, uniform_entry, uniform_value
 from ..bitmaps.span_kernels import NEVER, _set_span, _writable_row, threshold_spans
 from ..config import PAGE_SEGMENTS, PAGE_SHIFT, SEG_CHUNKS, SEG_WORDS
 # --------------------------------------------------------------------------
@@ -271,10 +271,13 @@ LITTLE_ENDIAN = sys.byteorder == "little"
 @njit(**_jit)
 def _put_raw_generations(out, p, row, width):
     n = width * SEG_CHUNKS
-    if LITTLE_ENDIAN and width == 4:
-        out[p : p + n].view(np.uint32)[:] = row
-    elif LITTLE_ENDIAN and width == 2:
-        out[p : p + n].view(np.uint16)[:] = row
+    if LITTLE_ENDIAN:
+        # One view, of the row's own dtype, and an element loop: a view per
+        # width, copied with slice assignment, compiled every width's copy
+        # for every dtype and took 2.5 s of the first compilation.
+        dst = out[p : p + n].view(row.dtype)
+        for k in range(SEG_CHUNKS):
+            dst[k] = row[k]
     else:
         for k in range(SEG_CHUNKS):
             v = np.int64(row[k])
@@ -285,10 +288,10 @@ def _put_raw_generations(out, p, row, width):
 @njit(**_jit)
 def _get_raw_generations(buf, p, row, width):
     n = width * SEG_CHUNKS
-    if LITTLE_ENDIAN and width == 4:
-        row[:] = buf[p : p + n].view(np.uint32)
-    elif LITTLE_ENDIAN and width == 2:
-        row[:] = buf[p : p + n].view(np.uint16)
+    if LITTLE_ENDIAN:
+        src = buf[p : p + n].view(row.dtype)
+        for k in range(SEG_CHUNKS):
+            row[k] = src[k]
     else:
         for k in range(SEG_CHUNKS):
             v = np.int64(0)
@@ -466,13 +469,13 @@ def load_gen_page(buf, page, index, pool, n_top):
         prev_end = first + c
         if kind == KIND_UNIFORM:
             v, p = _get_varint(buf, p, end)
-            if p < 0 or v > maxval or not _set_span(index, pool, n_top, first, c, v, False):
+            if p < 0 or v > maxval or not _set_span(index, pool, n_top, first, c, v, BOOL(False)):
                 return False
             continue
         if c != 1:
             return False
         # An absent entry materialises as a zeroed row, as SPARSE needs.
-        e = _writable_row(index, pool, n_top, first, False, NEVER)
+        e = _writable_row(index, pool, n_top, first, BOOL(False), NEVER)
         if e < 0:
             return False
         p = _get_gen_row(buf, p, end, kind, pool[e], width, maxval)
@@ -516,7 +519,7 @@ def decode_gen_spans(buf, page, rows_like, index, pool, n_top, at_least):
                 return False, first, count, ref, rows
             ref[i] = uniform_entry(v)
             if stream:
-                threshold_spans(index, pool, n_top, first[i : i + 1], count[i : i + 1], ref[i : i + 1], rows, at_least, NO_LIMIT, 0)
+                threshold_spans(index, pool, n_top, first[i : i + 1], count[i : i + 1], ref[i : i + 1], rows, at_least, I64(NO_LIMIT), I64(0))
             continue
         if c != 1:
             return False, first, count, ref, rows
@@ -532,7 +535,7 @@ def decode_gen_spans(buf, page, rows_like, index, pool, n_top, at_least):
         if p < 0:
             return False, first, count, ref, rows
         if stream:
-            threshold_spans(index, pool, n_top, first[i : i + 1], count[i : i + 1], ref[i : i + 1], rows, at_least, NO_LIMIT, 0)
+            threshold_spans(index, pool, n_top, first[i : i + 1], count[i : i + 1], ref[i : i + 1], rows, at_least, I64(NO_LIMIT), I64(0))
     if p != end:
         return False, first, count, ref, rows
     if nrows < n and not stream:
