@@ -7,45 +7,20 @@ import time
 from typing import Any
 
 from .storage.codec import pack_json, unpack_json
-from .config import MAX_GRANULARITY, MAX_SIZE, MIN_GRANULARITY, Strategy
+from .config import Strategy
 from .errors import (
     AlreadyExistsError,
     ClosedError,
     CorruptionError,
-    InvalidArgumentError,
     ReadOnlyError,
     VolumeNotFoundError,
 )
 from .storage.environment import Storage
 from .storage.keys import volume_key
-from .checks import as_int
+from .checks import as_int, check_geometry
 from .volume import Volume, check_name
 
 FORMAT = 1
-# The directory keeps one int32 per page of the volume (see tiered/bitmaps/table.py);
-# capping the chunk count keeps that below 16 MiB.
-MAX_CHUNKS = 1 << 44
-
-
-def check_granularity(granularity: int) -> None:
-    if not MIN_GRANULARITY <= granularity <= MAX_GRANULARITY or granularity & (granularity - 1):
-        raise InvalidArgumentError(
-            f"granularity must be a power of two from {MIN_GRANULARITY} to {MAX_GRANULARITY}, got {granularity}"
-        )
-
-
-def check_geometry(size: int, granularity: int) -> None:
-    """The volume sizes and granularities a store accepts."""
-    check_granularity(granularity)
-    if not 0 < size <= MAX_SIZE:
-        raise InvalidArgumentError(f"size must be from 1 to {MAX_SIZE} bytes, got {size}")
-    if -(-size // granularity) > MAX_CHUNKS:
-        raise InvalidArgumentError(
-            f"size {size} at granularity {granularity} makes more than {MAX_CHUNKS} chunks; "
-            "use a larger granularity"
-        )
-
-
 def open(path: str, readonly: bool = False, *, sync: bool = True, map_size: int | None = None) -> "Store":  # noqa: A001
     """Open (or create) the store at ``path``.
 

@@ -126,6 +126,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     import tempfile
 
     from ..replay import advisor, compare, report
+    from ..replay.children import Children
 
     limits = advisor.Limits(args.max_ram, args.max_query_ms, args.max_checkpoint_ms, args.min_writes_per_s)
     modes = [m.strip() for m in args.mode.split(",")]
@@ -136,6 +137,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         plot.check_target(args.plot)
     workdir = tempfile.mkdtemp(prefix="tiered-compare-", dir=args.dir)
+    # The children start, and load or compile their kernels, while the writes are recorded.
+    children = Children(configs, workdir)
     try:
         rec = _compare_recording(args, configs, os.path.join(workdir, "writes.bin"), progress)
         if not args.json:
@@ -145,9 +148,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
             )
             sys.stdout.flush()
         results = compare.compare(
-            rec, configs, workdir=workdir, sync=not args.no_sync, progress=progress, repeat=args.repeat
+            rec, configs, workdir=workdir, sync=not args.no_sync, progress=progress, repeat=args.repeat,
+            children=children,
         )
     finally:
+        children.close()
         shutil.rmtree(workdir, ignore_errors=True)
     problems = compare.disagreements(results)
     advice = advisor.recommend(results, limits)
