@@ -11,7 +11,7 @@ per core.  The measurements wait until every warm-up is done and then run
 one at a time, so no measurement shares the CPU with another child.
 
 Where the platform has it, children are forked from a server process that
-has imported numpy, numba and tiered once (multiprocessing's
+has imported numpy, numba and tiered and set numba up once (multiprocessing's
 ``forkserver``): each child is still a new process with its own memory and
 its own kernels, but does not import them again.
 """
@@ -40,7 +40,7 @@ def _cores() -> int:
 
 
 # What the fork server imports once for every child.
-PRELOAD = ["tiered.replay.children", "tiered.store"]
+PRELOAD = ["tiered.replay.preload"]
 
 
 def _context() -> BaseContext:
