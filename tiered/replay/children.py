@@ -10,16 +10,17 @@ while the parent still records the writes, and warm up side by side, one
 per core.  The measurements wait until every warm-up is done and then run
 one at a time, so no measurement shares the CPU with another child.
 
-Where the platform has it, children are forked from a server process that
-has imported numpy, numba and tiered and set numba up once (multiprocessing's
-``forkserver``): each child is still a new process with its own memory and
-its own kernels, but does not import them again.
+On Linux, children are forked from a server process that has imported
+numpy, numba and tiered and set numba up once (multiprocessing's
+``forkserver``): each child is still a new process with its own memory, and
+loads its own kernels, but imports nothing again.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -44,7 +45,9 @@ PRELOAD = ["tiered.replay.preload"]
 
 
 def _context() -> BaseContext:
-    if "forkserver" not in get_all_start_methods():
+    # Linux only: elsewhere forking a process that has loaded LLVM (and the
+    # system's frameworks) is less safe, and spawn is the default.
+    if not sys.platform.startswith("linux") or "forkserver" not in get_all_start_methods():
         return get_context("spawn")
     context = get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
