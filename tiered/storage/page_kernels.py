@@ -264,7 +264,8 @@ def decode_bit_spans(buf, page):
 
 # Raw generations are little-endian on disk.  On a little-endian machine a
 # byte view of them is the array itself, which copies 4x faster than
-# assembling each value from bytes.
+# assembling each value from bytes.  One view, in the row's own dtype: a view
+# per width made every dtype compile every width's copy (2.5 s at first).
 LITTLE_ENDIAN = sys.byteorder == "little"
 
 
@@ -272,9 +273,6 @@ LITTLE_ENDIAN = sys.byteorder == "little"
 def _put_raw_generations(out, p, row, width):
     n = width * SEG_CHUNKS
     if LITTLE_ENDIAN:
-        # One view, of the row's own dtype, and an element loop: a view per
-        # width, copied with slice assignment, compiled every width's copy
-        # for every dtype and took 2.5 s of the first compilation.
         dst = out[p : p + n].view(row.dtype)
         for k in range(SEG_CHUNKS):
             dst[k] = row[k]
