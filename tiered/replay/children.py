@@ -85,7 +85,14 @@ class Children:
         self._ready = threading.Event()
         if not self.configs:
             self._ready.set()
-        for _ in range(min(parallel or _cores(), len(self.configs))):
+        # Starting a child waits for the fork server's imports: a thread
+        # does it, so that the caller records the writes meanwhile.
+        first = min(parallel or _cores(), len(self.configs))
+        self._starter = threading.Thread(target=self._start_first, args=(first,), daemon=True)
+        self._starter.start()
+
+    def _start_first(self, count: int) -> None:
+        for _ in range(count):
             self._start_next()
 
     def _start_next(self, finished: Future | None = None) -> None:
@@ -119,6 +126,7 @@ class Children:
         """End every child, even mid warm-up, and remove their stores."""
         with self._lock:
             self._closed = True
+        self._starter.join()
         for pool in self._pools:
             _stop(pool)
         for root in self.roots:
