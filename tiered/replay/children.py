@@ -108,7 +108,7 @@ class Children:
             self._started += 1
         try:
             future = self._pools[k].submit(_prepare, self.configs[k], self.roots[k])
-        except RuntimeError:  # shut down meanwhile, or the child died
+        except Exception:  # shut down meanwhile, or no child: measure() meets the error again
             future = Future()
             future.set_result(None)
         future.add_done_callback(self._start_next)
