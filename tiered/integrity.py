@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from .checks import check_geometry
 from .config import GEN_WIDTHS, MAX_GEN_32, MAX_NAME_BYTES, MODES, Strategy, max_generation
 from .errors import CorruptionError, TieredError
 
@@ -57,8 +58,6 @@ def _valid_name(name: object) -> bool:
 def check_record(vol_id: int, record: dict[str, Any], version: int) -> Strategy:
     """Check a volume record read under the key of ``vol_id`` from a store
     of format ``version``; return the strategy it stores."""
-    from .store import check_geometry  # the store owns the geometry limits
-
     label = f"volume {record.get('name')!r} (id {vol_id})" if isinstance(record.get("name"), str) else f"volume id {vol_id}"
 
     def bad(msg: str) -> CorruptionError:

@@ -14,12 +14,11 @@ import time
 from typing import Any
 
 from .storage.codec import pack_json, unpack_json
-from .config import MAX_GRANULARITY, MAX_SIZE, MIN_GRANULARITY, Strategy
+from .config import Strategy
 from .errors import (
     AlreadyExistsError,
     ClosedError,
     CorruptionError,
-    InvalidArgumentError,
     ReadOnlyError,
     TieredError,
     VolumeNotFoundError,
@@ -28,33 +27,11 @@ from .storage.codec import FORMAT_VERSION
 from .storage.environment import Storage, guarded
 from .storage.keys import checkpoint_key_gen, key_digest, parse_page_key, parse_volume_key, volume_key
 from .storage.versions import format_record, read_format, upgrade_v1
-from .checks import as_int
+from .checks import as_int, check_geometry
 from .integrity import check_history, check_record
 from .volume import Volume, check_name
 
 NEXT_VOLUME_KEY = b"next_volume"
-# The directory keeps one int32 per page of the volume (see tiered/bitmaps/table.py);
-# capping the chunk count keeps that below 16 MiB.
-MAX_CHUNKS = 1 << 44
-
-
-def check_granularity(granularity: int) -> None:
-    if not MIN_GRANULARITY <= granularity <= MAX_GRANULARITY or granularity & (granularity - 1):
-        raise InvalidArgumentError(
-            f"granularity must be a power of two from {MIN_GRANULARITY} to {MAX_GRANULARITY}, got {granularity}"
-        )
-
-
-def check_geometry(size: int, granularity: int) -> None:
-    """The volume sizes and granularities a store accepts."""
-    check_granularity(granularity)
-    if not 0 < size <= MAX_SIZE:
-        raise InvalidArgumentError(f"size must be from 1 to {MAX_SIZE} bytes, got {size}")
-    if -(-size // granularity) > MAX_CHUNKS:
-        raise InvalidArgumentError(
-            f"size {size} at granularity {granularity} makes more than {MAX_CHUNKS} chunks; "
-            "use a larger granularity"
-        )
 
 
 def open(path: str, readonly: bool = False, *, sync: bool = True, map_size: int | None = None) -> "Store":  # noqa: A001

@@ -43,6 +43,13 @@ ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 _jit = dict(cache=True, nogil=True, boundscheck=False)
 
+# Calls between kernels pass scalars as plain int64 and bool, never as
+# constants: numba compiles a callee once per distinct argument type, and a
+# constant argument (``1``, ``True``) has a type of its own per value.  Each
+# helper then compiles once per pool dtype, not once per call site.
+I64 = np.int64
+BOOL = np.bool_
+
 
 @njit(inline="always", **_jit)
 def uniform_entry(value):
@@ -114,9 +121,9 @@ def _materialise(index, pool, pos, is_bits):
     index[SLOTS_USED] = s + 1
     e = index[pos]
     if e == ABSENT:
-        _fill_row(pool, s, 0, is_bits)
+        _fill_row(pool, s, I64(0), is_bits)
     else:
-        _fill_row(pool, s, uniform_value(e), is_bits)
+        _fill_row(pool, s, I64(uniform_value(e)), is_bits)
     index[pos] = s
     return s
 
@@ -235,7 +242,7 @@ def mark_bits(index, pool, n_top, offsets, lengths, start, shift):
                             pool[row, w] = ALL_ONES
                         pool[row, w1] |= hi
                     continue
-        if not set_range(index, pool, n_top, np.int64(c0), np.int64(c1), 1, True):
+        if not set_range(index, pool, n_top, I64(c0), I64(c1), I64(1), BOOL(True)):
             return i
     return n
 
@@ -266,7 +273,7 @@ def mark_gens(index, pool, n_top, offsets, lengths, start, shift, value):
                     for k in range(c0 & _USEG_MASK, (c1 & _USEG_MASK) + np.uint64(1)):
                         pool[row, k] = gen
                     continue
-        if not set_range(index, pool, n_top, np.int64(c0), np.int64(c1), value, False):
+        if not set_range(index, pool, n_top, I64(c0), I64(c1), I64(value), BOOL(False)):
             return i
     return n
 

@@ -11,7 +11,7 @@ from numba import njit
 
 from ..config import PAGE_SEGMENTS, PAGE_SHIFT, SEG_CHUNKS, SEG_SHIFT, SEG_WORDS
 from .kernels import (
-    ABSENT, ALL_ONES, FULL_ENTRY, DIR_HEADER, PAGES_USED, SLOTS_USED, _U63, _entry_pos, _jit,
+    ABSENT, ALL_ONES, BOOL, FULL_ENTRY, DIR_HEADER, I64, PAGES_USED, SLOTS_USED, _U63, _entry_pos, _jit,
     _materialise, _popcount, set_range, uniform_entry, uniform_value,
 )
 # --------------------------------------------------------------------------
@@ -96,10 +96,10 @@ def or_spans(index, pool, n_top, first, count, ref, rows, start):
     for i in range(start, first.shape[0]):
         r = ref[i]
         if r < 0:
-            if not _set_span(index, pool, n_top, first[i], count[i], 1, True):
+            if not _set_span(index, pool, n_top, first[i], count[i], I64(1), BOOL(True)):
                 return i
             continue
-        e = _writable_row(index, pool, n_top, first[i], True, FULL_ENTRY)
+        e = _writable_row(index, pool, n_top, first[i], BOOL(True), FULL_ENTRY)
         if e == NO_ROOM:
             return i
         if e == NOTHING_TO_DO:
@@ -118,7 +118,7 @@ def threshold_spans(index, pool, n_top, first, count, ref, rows, gen, below, sta
         r = ref[i]
         if r < 0:
             v = uniform_value(r)
-            if gen <= v < below and not _set_span(index, pool, n_top, first[i], count[i], 1, True):
+            if gen <= v < below and not _set_span(index, pool, n_top, first[i], count[i], I64(1), BOOL(True)):
                 return i
             continue
         # One branch-free pass builds the segment's bits; only a segment
@@ -133,7 +133,7 @@ def threshold_spans(index, pool, n_top, first, count, ref, rows, gen, below, sta
             hit |= word
         if not hit:
             continue
-        e = _writable_row(index, pool, n_top, first[i], True, FULL_ENTRY)
+        e = _writable_row(index, pool, n_top, first[i], BOOL(True), FULL_ENTRY)
         if e == NO_ROOM:
             return i
         if e == NOTHING_TO_DO:
@@ -149,10 +149,10 @@ def assign_spans(index, pool, n_top, first, count, ref, rows, gen, start):
     for i in range(start, first.shape[0]):
         r = ref[i]
         if r < 0:
-            if not _set_span(index, pool, n_top, first[i], count[i], gen, False):
+            if not _set_span(index, pool, n_top, first[i], count[i], I64(gen), BOOL(False)):
                 return i
             continue
-        e = _writable_row(index, pool, n_top, first[i], False, uniform_entry(gen))
+        e = _writable_row(index, pool, n_top, first[i], BOOL(False), uniform_entry(gen))
         if e == NO_ROOM:
             return i
         if e == NOTHING_TO_DO:
@@ -172,7 +172,7 @@ def load_spans(index, pool, n_top, first, count, ref, rows, start, is_bits):
     for i in range(start, first.shape[0]):
         r = ref[i]
         if r < 0:
-            if not _set_span(index, pool, n_top, first[i], count[i], uniform_value(r), is_bits):
+            if not _set_span(index, pool, n_top, first[i], count[i], I64(uniform_value(r)), is_bits):
                 return i
             continue
         e = _writable_row(index, pool, n_top, first[i], is_bits, NEVER)

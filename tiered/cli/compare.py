@@ -285,10 +285,13 @@ def _measure_all(args: argparse.Namespace, run: _Run, progress: Any) -> None:
 
     from ..replay import report, runner
 
-    workdir = None
+    workdir = children = None
     try:
         with held():  # made and remembered at once: a signal cannot come between
             workdir = tempfile.mkdtemp(prefix="tiered-compare-", dir=args.dir)
+            # The children start, and load or compile their kernels, while
+            # the writes are recorded.
+            children = runner.Children(run.configs, workdir)
         run.rec = rec = _compare_recording(args, run.configs, os.path.join(workdir, "writes.bin"), progress)
         progress.close()  # the recording's bar goes before the header comes
         widths = report.column_widths([c.label for c in run.configs])
@@ -300,7 +303,7 @@ def _measure_all(args: argparse.Namespace, run: _Run, progress: Any) -> None:
                 sys.stdout,
             )
         results = runner.run_each(rec, run.configs, workdir=workdir, sync=not args.no_sync, repeat=args.repeat,
-                                  progress=progress)
+                                  progress=progress, children=children)
         for m in results:
             run.results.append(m)
             if args.json:
@@ -310,6 +313,8 @@ def _measure_all(args: argparse.Namespace, run: _Run, progress: Any) -> None:
     finally:
         with held():  # the cleanup runs to its end, whatever arrives
             progress.close()
+            if children is not None:
+                children.close()
             for child in multiprocessing.active_children():
                 runner.stop(child)
             if workdir is not None:

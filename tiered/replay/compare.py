@@ -6,8 +6,9 @@ configuration replays exactly the same input and none pays for generating
 or parsing it.  Each configuration then runs alone in a fresh child process
 with its own temporary store: RAM and CPU are the process's own, measured
 by the kernel, not estimated, and one configuration's leftovers cannot
-inflate the next one's numbers.  Configurations run one after another so
-they never compete for the CPU.
+inflate the next one's numbers.  Configurations are measured one after
+another so they never compete for the CPU; the children start, and warm up,
+side by side before the first measurement (:mod:`tiered.replay.runner`).
 
 What is measured, per configuration (all in :class:`Measurement`):
 
@@ -233,11 +234,27 @@ def _empty_measurement(config: Config) -> Measurement:
     )
 
 
+# (configuration, root) pairs this process has warmed up for.
+_warmed: set[tuple[Config, str]] = set()
+
+
+def warm_up(config: Config, root: str) -> None:
+    """Compile or load every kernel the measured run will use, outside it,
+    once per process (the child may have warmed up before the replay)."""
+    if (config, root) not in _warmed:
+        _warm_up(config, root)
+        _warmed.add((config, root))
+
+
 def _warm_up(config: Config, root: str) -> None:
     """Compile or load every kernel the measured run will use, outside it."""
     from .. import store as store_module
 
-    w = Workload("uniform", volume_size=1 << 30, writes=20_000, checkpoint_every=1000, seed=1)
+    # Enough checkpoints for hybrid to finish a fold and start the next one,
+    # which reads back the generation array the first one wrote.
+    s = config.strategy
+    checkpoints = min(64, 4 * s.recent + 4) if s.mode == "hybrid" else 20
+    w = Workload("uniform", volume_size=1 << 30, writes=500 * checkpoints, checkpoint_every=500, seed=1)
     path = os.path.join(root, "warm")
     with store_module.open(path, sync=False) as store:
         vol = store.create_volume("warm", size=w.volume_size, granularity=config.granularity, strategy=config.strategy)
@@ -280,7 +297,7 @@ def measure(
     ``report`` is called with the writes replayed so far after each batch."""
     result = _empty_measurement(config)
     try:
-        _warm_up(config, root)
+        warm_up(config, root)
         gc.collect()
         base = anon_rss()
         rss_base = rss_now() if reset_rss_high_water_mark() else None
@@ -397,7 +414,7 @@ def configurations(
 ) -> list[Config]:
     """Every combination, in the order given (mode varies slowest); checked
     here, so that a bad one fails before any replay."""
-    from ..store import check_granularity
+    from ..checks import check_granularity
 
     for granularity in granularities:
         check_granularity(granularity)
@@ -412,7 +429,7 @@ def configurations(
 
 def check_volume_size(size: int, configs: Sequence[Config]) -> None:
     """Fail before any replay if a store would refuse the volume."""
-    from ..store import check_geometry
+    from ..checks import check_geometry
 
     for config in configs:
         check_geometry(size, config.granularity)
@@ -426,14 +443,17 @@ def compare(
     sync: bool = True,
     progress: bool = True,
     repeat: int = 3,
+    children: Any = None,
 ) -> list[Measurement]:
     """Measure every configuration on the recording, one child process each;
-    each query is timed ``repeat`` times and the median reported.  See
+    each query is timed ``repeat`` times and the median reported.
+    ``children``: a :class:`~tiered.replay.runner.Children` of these
+    configurations, started earlier (default: started here).  See
     :func:`tiered.replay.runner.run_each` to have each result as it comes."""
     from .runner import run_each
 
     with Progress(progress) as bar:
-        return list(run_each(rec, configs, workdir=workdir, sync=sync, repeat=repeat, progress=bar))
+        return list(run_each(rec, configs, workdir=workdir, sync=sync, repeat=repeat, progress=bar, children=children))
 
 
 def disagreements(results: Sequence[Measurement]) -> list[str]:

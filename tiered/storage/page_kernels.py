@@ -22,7 +22,7 @@ import sys
 import numpy as np
 from numba import njit
 
-from ..bitmaps.kernels import FULL_ENTRY, NO_LIMIT, _jit, _popcount, _set_bits, uniform_entry, uniform_value
+from ..bitmaps.kernels import BOOL, FULL_ENTRY, I64, NO_LIMIT, _jit, _popcount, _set_bits, uniform_entry, uniform_value
 from ..bitmaps.span_kernels import NEVER, _set_span, _writable_row, threshold_spans
 from ..config import MAX_GEN_32, PAGE_SEGMENTS, PAGE_SHIFT, SEG_CHUNKS, SEG_WORDS
 # --------------------------------------------------------------------------
@@ -305,17 +305,18 @@ def decode_bit_spans(buf, page, seg_limit):
 
 # Raw generations are little-endian on disk.  On a little-endian machine a
 # byte view of them is the array itself, which copies 4x faster than
-# assembling each value from bytes.
+# assembling each value from bytes.  One view, in the row's own dtype: a view
+# per width made every dtype compile every width's copy (2.5 s at first).
 LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 @njit(**_jit)
 def _put_raw_generations(out, p, row, width):
     n = width * SEG_CHUNKS
-    if LITTLE_ENDIAN and width == 4:
-        out[p : p + n].view(np.uint32)[:] = row
-    elif LITTLE_ENDIAN and width == 2:
-        out[p : p + n].view(np.uint16)[:] = row
+    if LITTLE_ENDIAN:
+        dst = out[p : p + n].view(row.dtype)
+        for k in range(SEG_CHUNKS):
+            dst[k] = row[k]
     else:
         for k in range(SEG_CHUNKS):
             v = np.int64(row[k])
@@ -326,10 +327,10 @@ def _put_raw_generations(out, p, row, width):
 @njit(**_jit)
 def _get_raw_generations(buf, p, row, width):
     n = width * SEG_CHUNKS
-    if LITTLE_ENDIAN and width == 4:
-        row[:] = buf[p : p + n].view(np.uint32)
-    elif LITTLE_ENDIAN and width == 2:
-        row[:] = buf[p : p + n].view(np.uint16)
+    if LITTLE_ENDIAN:
+        src = buf[p : p + n].view(row.dtype)
+        for k in range(SEG_CHUNKS):
+            row[k] = src[k]
     else:
         for k in range(SEG_CHUNKS):
             v = np.int64(0)
@@ -527,13 +528,13 @@ def load_gen_page(buf, page, seg_limit, index, pool, n_top):
         prev_end = first + c
         if kind == KIND_UNIFORM:
             v, p = _get_varint(buf, p, end)
-            if p < 0 or v > maxval or not _set_span(index, pool, n_top, first, c, v, False):
+            if p < 0 or v > maxval or not _set_span(index, pool, n_top, first, c, v, BOOL(False)):
                 return False
             continue
         if c != 1:
             return False
         # An absent entry materialises as a zeroed row, as SPARSE needs.
-        e = _writable_row(index, pool, n_top, first, False, NEVER)
+        e = _writable_row(index, pool, n_top, first, BOOL(False), NEVER)
         if e < 0:
             return False
         p = _get_gen_row(buf, p, end, kind, pool[e], width, maxval)
@@ -579,7 +580,7 @@ def decode_gen_spans(buf, page, seg_limit, rows_like, index, pool, n_top, at_lea
                 return False, first, count, ref, rows
             ref[i] = uniform_entry(v)
             if stream:
-                threshold_spans(index, pool, n_top, first[i : i + 1], count[i : i + 1], ref[i : i + 1], rows, at_least, NO_LIMIT, 0)
+                threshold_spans(index, pool, n_top, first[i : i + 1], count[i : i + 1], ref[i : i + 1], rows, at_least, I64(NO_LIMIT), I64(0))
             continue
         if c != 1:
             return False, first, count, ref, rows
@@ -595,7 +596,7 @@ def decode_gen_spans(buf, page, seg_limit, rows_like, index, pool, n_top, at_lea
         if p < 0:
             return False, first, count, ref, rows
         if stream:
-            threshold_spans(index, pool, n_top, first[i : i + 1], count[i : i + 1], ref[i : i + 1], rows, at_least, NO_LIMIT, 0)
+            threshold_spans(index, pool, n_top, first[i : i + 1], count[i : i + 1], ref[i : i + 1], rows, at_least, I64(NO_LIMIT), I64(0))
     if p != end:
         return False, first, count, ref, rows
     if nrows < n and not stream:
