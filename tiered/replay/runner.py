@@ -161,11 +161,11 @@ class Children:
         """Let the children warm up, at most ``parallel`` at once; set
         ``_ready`` once every one has warmed up (or died)."""
         try:
-            warming: dict[Any, int] = {}
+            warming: dict[Any, int] = {}  # a warming child's pipe and sentinel -> its index
             started = 0
             n = len(self.configs)
             while started < n or warming:
-                while started < n and len(warming) < parallel:
+                while started < n and len(set(warming.values())) < parallel:
                     if self._closed:
                         return
                     self._conns[started].send(("warm up",))
