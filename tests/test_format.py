@@ -9,7 +9,7 @@ import os
 import shutil
 
 import pytest
-from fixtures.make_store import PAGE_BYTES, SEG_BYTES, extents_digest
+from fixtures.make_store import PAGE_BYTES, answers_of, extents_digest
 from test_decoders import run_isolated
 
 import tiered
@@ -27,26 +27,6 @@ def golden_copy(tmp_path, version: str) -> tuple[str, dict]:
     shutil.copyfile(os.path.join(src, "data.mdb"), dst / "data.mdb")
     with open(os.path.join(src, "answers.json")) as f:
         return str(dst), json.load(f)
-
-
-def answers_of(store: tiered.Store, name: str) -> dict:
-    vol = store.volume(name)
-    ckpts = vol.checkpoints()
-    return {
-        "strategy": vol.strategy.fixed(),
-        "unclean_shutdown": vol.unclean_shutdown,
-        "checkpoints": [[c.name, c.generation] for c in ckpts],
-        "since": {c.name: extents_digest(vol.changed_since(c.name)) for c in ckpts},
-        "between": {
-            f"{a.name}..{b.name}": extents_digest(vol.changed_between(a.name, b.name))
-            for i, a in enumerate(ckpts)
-            for b in ckpts[i + 1 :]
-        },
-        "since_region": {
-            c.name: extents_digest(vol.changed_since(c.name, PAGE_BYTES - SEG_BYTES, 2 * SEG_BYTES))
-            for c in ckpts
-        },
-    }
 
 
 def expected_of(entry: dict) -> dict:
