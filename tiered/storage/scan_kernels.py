@@ -17,7 +17,7 @@ import functools
 import numpy as np
 from numba import njit
 
-from ..bitmaps.kernels import FULL_ENTRY, NO_LIMIT, _jit, _popcount
+from ..bitmaps.kernels import BOOL, FULL_ENTRY, I64, NO_LIMIT, _jit, _popcount
 from ..bitmaps.span_kernels import NOTHING_TO_DO, NO_ROOM, _set_span, _writable_row, threshold_spans
 from ..config import SEG_WORDS
 from .page_kernels import (
@@ -126,7 +126,7 @@ def _or_packed_at_least(buf, p, end, index, pool, n_top, seg, at_least, maxval, 
                 keep |= low
         if keep:
             if e == -1:
-                e = _writable_row(index, pool, n_top, seg, True, FULL_ENTRY)
+                e = _writable_row(index, pool, n_top, seg, BOOL(True), FULL_ENTRY)
                 if e == NO_ROOM:
                     return -2
             if e != NOTHING_TO_DO:
@@ -163,7 +163,7 @@ def or_gen_page_at_least(buf, page, seg_limit, row, index, pool, n_top, at_least
             v, p = _get_varint(buf, p, end)
             if p < 0 or v > maxval:
                 return False
-            if v >= at_least and not _set_span(index, pool, n_top, f, c, 1, True):
+            if v >= at_least and not _set_span(index, pool, n_top, f, c, I64(1), BOOL(True)):
                 return False  # the caller reserved room: cannot happen
             continue
         if c != 1:
@@ -179,5 +179,5 @@ def or_gen_page_at_least(buf, page, seg_limit, row, index, pool, n_top, at_least
             return False
         first[0] = f
         count[0] = 1
-        threshold_spans(index, pool, n_top, first, count, ref, row, at_least, NO_LIMIT, 0)
+        threshold_spans(index, pool, n_top, first, count, ref, row, at_least, I64(NO_LIMIT), I64(0))
     return p == end
