@@ -22,9 +22,9 @@ from numba.core.typed_passes import NopythonTypeInference
 
 import tiered
 from tiered.bitmaps import kernels, span_kernels
-from tiered.storage import page_kernels
+from tiered.storage import fold, gen_page_kernels, page_kernels, scan_kernels
 
-MODULES = (kernels, span_kernels, page_kernels)
+MODULES = (kernels, span_kernels, page_kernels, gen_page_kernels, scan_kernels, fold)
 
 
 @register_pass(mutates_CFG=False, analysis_only=True)

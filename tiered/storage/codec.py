@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from . import gen_page_kernels as G
 from . import page_kernels as K
 from . import scan_kernels as S
 from ..config import PAGE_SEGMENTS, PAGE_SHIFT, SEG_CHUNKS, SEG_WORDS
@@ -170,7 +171,7 @@ def encode_gens_page(spans: Spans, page: int, key: bytes) -> bytes:
     width = spans.rows.itemsize
     out = np.empty(17 + len(spans) * (24 + width * SEG_CHUNKS), np.uint8)
     out[0] = width
-    n = K.encode_gen_spans(spans.first, spans.count, spans.ref, spans.rows, page, out[1:])
+    n = G.encode_gen_spans(spans.first, spans.count, spans.ref, spans.rows, page, out[1:])
     return wrap(KIND_GENS_PAGE, out[: n + 1].tobytes(), key)
 
 
@@ -191,7 +192,7 @@ def gens_payload(value: bytes, page: int, dtype: np.dtype, what: str, key: bytes
 def decode_gens_page(value: bytes, page: int, dtype: np.dtype, what: str, *, key: bytes, version: int, n_segments: int) -> Spans:
     """Spans of a stored generation page (rows of ``dtype``)."""
     no_table = np.empty(0, np.int32)
-    ok, first, count, ref, rows = K.decode_gen_spans(
+    ok, first, count, ref, rows = G.decode_gen_spans(
         gens_payload(value, page, dtype, what, key, version, n_segments), page, n_segments,
         np.empty((0, 0), dtype), no_table, np.empty((0, SEG_WORDS), np.uint64), 0, 0,
     )
@@ -205,7 +206,7 @@ def load_gens_page(value: bytes, page: int, dtype: np.dtype, what: str, table: S
     page must be empty; the table's size bounds the page."""
     payload = gens_payload(value, page, dtype, what, key, version, table.n_segments)
     table.reserve(rows=PAGE_SEGMENTS, pages=1)
-    if not K.load_gen_page(payload, page, table.n_segments, table.index, table.pool, table.n_top):
+    if not G.load_gen_page(payload, page, table.n_segments, table.index, table.pool, table.n_top):
         raise CorruptionError(f"{what}: malformed generation page")
 
 

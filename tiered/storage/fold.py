@@ -41,15 +41,13 @@ from .page_kernels import (
     KIND_RAW,
     KIND_RUNS,
     KIND_UNIFORM,
-    _get_gen_row,
     _get_varint,
-    _max_generation,
     _page_records,
-    _put_gen_row,
     _put_record_header,
     _put_varint,
     _record_header,
 )
+from .gen_page_kernels import _get_gen_row, _max_generation, _put_gen_row
 
 # A stored page is read as a stream of records, one cursor per page: row 0
 # of the cursor array for the generation page, row 1 + k for writeset k.

@@ -20,10 +20,8 @@ from numba import njit
 from ..bitmaps.kernels import BOOL, FULL_ENTRY, I64, NO_LIMIT, _jit, _popcount
 from ..bitmaps.span_kernels import NOTHING_TO_DO, NO_ROOM, _set_span, _writable_row, threshold_spans
 from ..config import SEG_WORDS
-from .page_kernels import (
-    KIND_PACKED, KIND_UNIFORM, _get_gen_row, _get_varint, _max_generation, _page_bounds, _page_records,
-    _record_header,
-)
+from .gen_page_kernels import _get_gen_row, _max_generation
+from .page_kernels import KIND_PACKED, KIND_UNIFORM, _get_varint, _page_bounds, _page_records, _record_header
 
 
 @functools.cache
