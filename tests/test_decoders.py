@@ -64,11 +64,9 @@ def outcome(kind: str, body: bytes, page: int, n_segments: int = N_SEGMENTS, wid
         calls = [lambda: codec.decode_bits_page(value, page, "crafted", n_segments=n_segments, **where)]
     else:
         value = codec.wrap(codec.KIND_GENS_PAGE, bytes([width]) + body, key)
-        table = SegmentTable(n_segments * SEG_CHUNKS, dtype)
         acc = SegmentTable(n_segments * SEG_CHUNKS)
         calls = [
             lambda: codec.decode_gens_page(value, page, dtype, "crafted", n_segments=n_segments, **where),
-            lambda: codec.load_gens_page(value, page, dtype, "crafted", table, **where),
             lambda: codec.or_gens_page_at_least(value, page, dtype, "crafted", acc, 1, **where),
         ]
     for call in calls:

@@ -191,23 +191,12 @@ def gens_payload(value: bytes, page: int, dtype: np.dtype, what: str, key: bytes
 
 def decode_gens_page(value: bytes, page: int, dtype: np.dtype, what: str, *, key: bytes, version: int, n_segments: int) -> Spans:
     """Spans of a stored generation page (rows of ``dtype``)."""
-    no_table = np.empty(0, np.int32)
     ok, first, count, ref, rows = G.decode_gen_spans(
-        gens_payload(value, page, dtype, what, key, version, n_segments), page, n_segments,
-        np.empty((0, 0), dtype), no_table, np.empty((0, SEG_WORDS), np.uint64), 0, 0,
+        gens_payload(value, page, dtype, what, key, version, n_segments), page, n_segments, np.empty((0, 0), dtype)
     )
     if not ok:
         raise CorruptionError(f"{what}: malformed generation page")
     return Spans(first, count, ref, rows)
-
-
-def load_gens_page(value: bytes, page: int, dtype: np.dtype, what: str, table: SegmentTable, *, key: bytes, version: int) -> None:
-    """Decode a stored generation page straight into ``table``, where that
-    page must be empty; the table's size bounds the page."""
-    payload = gens_payload(value, page, dtype, what, key, version, table.n_segments)
-    table.reserve(rows=PAGE_SEGMENTS, pages=1)
-    if not G.load_gen_page(payload, page, table.n_segments, table.index, table.pool, table.n_top):
-        raise CorruptionError(f"{what}: malformed generation page")
 
 
 def or_gens_page_at_least(

@@ -1,5 +1,5 @@
 """Numba kernels of stored generation pages: span lists of generation rows
-<-> bytes, and decoding straight into a table.
+<-> bytes.
 
 The record layout, the varints and the bounds discipline are those of
 :mod:`tiered.storage.page_kernels` (read its docstring first): every count,
@@ -14,8 +14,7 @@ import sys
 import numpy as np
 from numba import njit
 
-from ..bitmaps.kernels import BOOL, I64, NO_LIMIT, _jit, _popcount, uniform_entry, uniform_value
-from ..bitmaps.span_kernels import NEVER, _set_span, _writable_row, threshold_spans
+from ..bitmaps.kernels import _jit, _popcount, uniform_entry, uniform_value
 from ..config import MAX_GEN_32, PAGE_SHIFT, SEG_CHUNKS, SEG_WORDS
 from .page_kernels import (
     KIND_GRAW, KIND_PACKED, KIND_SPARSE, KIND_UNIFORM, _get_varint,
@@ -228,54 +227,12 @@ def _get_gen_row(buf, p, end, kind, row, width, maxval):
 
 
 @njit(**_jit)
-def load_gen_page(buf, page, seg_limit, index, pool, n_top):
-    """Decode a generation page straight into a generation table of
-    ``seg_limit`` segments whose page is empty and has room for a page's
-    rows.  A fold rewrites the array page by page this way, with no decoded
-    copy in between.  Returns False if the page is malformed."""
-    end = buf.shape[0]
-    width = pool.itemsize
-    maxval = _max_generation(width)
-    n, p = _page_records(buf)
-    prev_end, page_end = _page_bounds(page, seg_limit)
-    if p < 0 or page_end < 0:
-        return False
-    for _ in range(n):
-        first, c, kind, p = _record_header(buf, p, prev_end, page_end)
-        if p < 0:
-            return False
-        prev_end = first + c
-        if kind == KIND_UNIFORM:
-            v, p = _get_varint(buf, p, end)
-            if p < 0 or v > maxval or not _set_span(index, pool, n_top, first, c, v, BOOL(False)):
-                return False
-            continue
-        if c != 1:
-            return False
-        # An absent entry materialises as a zeroed row, as SPARSE needs.
-        e = _writable_row(index, pool, n_top, first, BOOL(False), NEVER)
-        if e < 0:
-            return False
-        p = _get_gen_row(buf, p, end, kind, pool[e], width, maxval)
-        if p < 0:
-            return False
-    return p == end
-
-
-@njit(**_jit)
-def decode_gen_spans(buf, page, seg_limit, rows_like, index, pool, n_top, at_least):
+def decode_gen_spans(buf, page, seg_limit, rows_like):
     """Inverse of encode_gen_spans for a page of a volume of ``seg_limit``
-    segments; rows get the dtype of ``rows_like``.
-
-    With ``at_least > 0`` the page is not kept: each segment is decoded into
-    one scratch row and its chunks ``>= at_least`` are ORed into the bitmap
-    table (index, pool), which must have room for a page and a page's rows.
-    Queries use this to read a generation array without holding it decoded.
-    """
+    segments; rows get the dtype of ``rows_like``."""
     end = buf.shape[0]
     width = rows_like.itemsize
     maxval = _max_generation(width)
-    stream = at_least > 0
     n, p = _page_records(buf)
     prev_end, page_end = _page_bounds(page, seg_limit)
     if page_end < 0:
@@ -283,7 +240,7 @@ def decode_gen_spans(buf, page, seg_limit, rows_like, index, pool, n_top, at_lea
     first = np.empty(n, np.int64)
     count = np.empty(n, np.int64)
     ref = np.empty(n, np.int64)
-    rows = np.zeros((1 if stream else n, SEG_CHUNKS), rows_like.dtype)
+    rows = np.zeros((n, SEG_CHUNKS), rows_like.dtype)
     if p < 0:
         return False, first, count, ref, rows
     nrows = 0
@@ -298,27 +255,16 @@ def decode_gen_spans(buf, page, seg_limit, rows_like, index, pool, n_top, at_lea
             if p < 0 or v > maxval:
                 return False, first, count, ref, rows
             ref[i] = uniform_entry(v)
-            if stream:
-                threshold_spans(index, pool, n_top, first[i : i + 1], count[i : i + 1], ref[i : i + 1], rows, at_least, I64(NO_LIMIT), I64(0))
             continue
         if c != 1:
             return False, first, count, ref, rows
-        if stream:
-            row = rows[0]
-            row[:] = 0
-            ref[i] = 0
-        else:
-            row = rows[nrows]
-            ref[i] = nrows
-            nrows += 1
-        p = _get_gen_row(buf, p, end, kind, row, width, maxval)
+        ref[i] = nrows
+        p = _get_gen_row(buf, p, end, kind, rows[nrows], width, maxval)
+        nrows += 1
         if p < 0:
             return False, first, count, ref, rows
-        if stream:
-            threshold_spans(index, pool, n_top, first[i : i + 1], count[i : i + 1], ref[i : i + 1], rows, at_least, I64(NO_LIMIT), I64(0))
     if p != end:
         return False, first, count, ref, rows
-    if nrows < n and not stream:
+    if nrows < n:
         return True, first, count, ref, rows[:nrows].copy()
     return True, first, count, ref, rows
-
