@@ -279,7 +279,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _measure_all(args: argparse.Namespace, run: _Run, progress: Any) -> None:
-    import multiprocessing
     import shutil
     import tempfile
 
@@ -315,8 +314,6 @@ def _measure_all(args: argparse.Namespace, run: _Run, progress: Any) -> None:
             progress.close()
             if children is not None:
                 children.close()
-            for child in multiprocessing.active_children():
-                runner.stop(child)
             if workdir is not None:
                 shutil.rmtree(workdir, ignore_errors=True)
 
