@@ -119,7 +119,10 @@ def test_changed_empty_region_prints_nothing(store_path, capsys):
 def test_changed_json(store_path, capsys):
     code, out, err = run(capsys, "changed", store_path, "vda", "base", "--to", "next", "--json")
     assert (code, err) == (0, "")
+    with tiered.open(store_path, readonly=True) as store:
+        gid = store.volume("vda").generation_id
     assert json.loads(out) == {
+        "generation_id": gid,
         "volume": "vda",
         "since": "base",
         "until": "next",
@@ -180,9 +183,9 @@ def test_volumes(store_path, capsys):
     assert (code, err) == (0, "")
     assert out == lines(
         """
-        NAME   SIZE     GRANULARITY  MODE     CHECKPOINTS
-        empty  1G       64K          one-bit  0
-        vda    1049576  64K          hybrid   2
+        NAME   SIZE     GRANULARITY  MODE     DURABILITY  CHECKPOINTS
+        empty  1G       64K          one-bit  lazy        0
+        vda    1049576  64K          hybrid   lazy        2
         """
     )
 
@@ -190,15 +193,20 @@ def test_volumes(store_path, capsys):
 def test_volumes_json(store_path, capsys):
     code, out, _ = run(capsys, "volumes", store_path, "--json")
     assert code == 0
+    with tiered.open(store_path, readonly=True) as store:
+        gids = {name: store.volume(name).generation_id for name in store.volumes()}
     assert json.loads(out) == [
-        {"name": "empty", "size": 1 << 30, "granularity": G, "mode": "one-bit", "checkpoints": 0},
-        {"name": "vda", "size": SIZE, "granularity": G, "mode": "hybrid", "checkpoints": 2},
+        {"name": "empty", "size": 1 << 30, "granularity": G, "mode": "one-bit", "durability": "lazy",
+         "checkpoints": 0, "generation_id": gids["empty"]},
+        {"name": "vda", "size": SIZE, "granularity": G, "mode": "hybrid", "durability": "lazy",
+         "checkpoints": 2, "generation_id": gids["vda"]},
     ]
 
 
 def test_checkpoints_oldest_first_in_utc(store_path, capsys):
     with tiered.open(store_path, readonly=True) as store:
         created = [c.created for c in store.volume("vda").checkpoints()]
+        gid = store.volume("vda").generation_id
     stamps = [
         datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         for t in created
@@ -210,8 +218,8 @@ def test_checkpoints_oldest_first_in_utc(store_path, capsys):
     code, out, _ = run(capsys, "checkpoints", store_path, "vda", "--json")
     assert code == 0
     assert json.loads(out) == [
-        {"name": "base", "created": stamps[0], "created_unix": created[0]},
-        {"name": "next", "created": stamps[1], "created_unix": created[1]},
+        {"name": "base", "created": stamps[0], "created_unix": created[0], "generation_id": gid},
+        {"name": "next", "created": stamps[1], "created_unix": created[1], "generation_id": gid},
     ]
 
 

@@ -14,17 +14,26 @@ class Extents:
     last one to the volume size, and both ends to the queried region, as NBD
     block status does.  ``exact`` is False when the answer may contain chunks
     that were not written in the asked interval (it never misses one).
+    ``generation_id`` is the volume's generation id when it answered (see
+    :attr:`tiered.Volume.generation_id`).
     """
 
-    __slots__ = ("offsets", "lengths", "granularity", "exact")
+    __slots__ = ("offsets", "lengths", "granularity", "exact", "generation_id")
 
     def __init__(
-        self, offsets: np.ndarray, lengths: np.ndarray, *, granularity: int, exact: bool = True
+        self,
+        offsets: np.ndarray,
+        lengths: np.ndarray,
+        *,
+        granularity: int,
+        exact: bool = True,
+        generation_id: str | None = None,
     ) -> None:
         self.offsets = np.asarray(offsets, dtype=np.uint64)
         self.lengths = np.asarray(lengths, dtype=np.uint64)
         self.granularity = granularity
         self.exact = exact
+        self.generation_id = generation_id
 
     @property
     def total_bytes(self) -> int:
@@ -59,6 +68,7 @@ class Extents:
         return {
             "granularity": self.granularity,
             "exact": self.exact,
+            "generation_id": self.generation_id,
             "total_bytes": self.total_bytes,
             "extents": [{"offset": o, "length": n} for o, n in self],
         }

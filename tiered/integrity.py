@@ -27,6 +27,7 @@ answers at all.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Iterable
 
 from .checks import check_geometry
@@ -104,6 +105,21 @@ def check_record(vol_id: int, record: dict[str, Any], version: int) -> Strategy:
         raise bad(f"has generation {gen}, outside [0, {top}] for its {strategy.describe()}")
     if not 0 <= record["lost_generation"] <= gen:
         raise bad(f"has lost_generation {record['lost_generation']} outside [0, generation {gen}]")
+    if record.get("durability", "lazy") not in ("lazy", "sync"):
+        raise bad(f"has an unknown durability {record.get('durability')!r}")
+    if "generation_id" in record:
+        try:
+            uuid.UUID(record["generation_id"])
+        except (TypeError, ValueError, AttributeError):
+            raise bad(f"has an invalid generation id {record['generation_id']!r}") from None
+    journal = [record.get(f, 0) for f in ("journal_from", "journal_last", "journal_count")]
+    if not all(_is_int(v) and 0 <= v < 1 << 63 for v in journal):
+        raise bad(f"has an invalid journal range {journal}")
+    first, last, count = journal
+    if (count == 0) != (first == 0 and last == 0) or (count and not (first <= last and count <= last - first + 1)):
+        raise bad(f"has an inconsistent journal range {journal}")
+    if count and not (record.get("unflushed") and record.get("durability") == "sync"):
+        raise bad("has journal entries but is not an unflushed sync-mode volume")
     limits = {"exact_from": gen + 1, "folded_through": gen, "fold_upto": gen, "fold_next": None}
     for field, most in limits.items():
         if field not in record:

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import threading
 import time
+import uuid
 from typing import Any
 
 from .storage.codec import pack_json, unpack_json
@@ -29,7 +30,8 @@ from .storage.keys import checkpoint_key_gen, key_digest, parse_page_key, parse_
 from .storage.versions import format_record, read_format, upgrade_v1
 from .checks import as_int, check_geometry
 from .integrity import check_history, check_record
-from .volume import Volume, check_name
+from .storage.journal import delete_entries
+from .volume import Volume, check_durability, check_name
 
 NEXT_VOLUME_KEY = b"next_volume"
 
@@ -152,9 +154,18 @@ class Store:
         size: int,
         granularity: int = 64 << 10,
         strategy: Strategy | str | None = None,
+        durability: str = "lazy",
     ) -> Volume:
-        """Create a volume of ``size`` bytes tracked in chunks of ``granularity`` bytes."""
+        """Create a volume of ``size`` bytes tracked in chunks of ``granularity`` bytes.
+
+        ``durability`` is ``"lazy"`` (marks persist at flush, checkpoint and
+        close; after a crash, answers are flagged supersets) or ``"sync"``
+        (crash-exact: see :meth:`Volume.sync`).  Raises
+        InvalidArgumentError, AlreadyExistsError, ReadOnlyError,
+        ClosedError, StoreFullError or StorageError.
+        """
         check_name(name, "volume")
+        durability = check_durability(durability)
         size = as_int(size, "size")
         granularity = as_int(granularity, "granularity")
         chosen = Strategy.coerce(strategy)
@@ -176,6 +187,8 @@ class Store:
                 "checkpoints": 0,
                 "pages_digest": 0,
                 "created": time.time(),
+                "durability": durability,
+                "generation_id": str(uuid.uuid4()),
             }
 
             def body(txn: Any) -> int:
@@ -278,16 +291,21 @@ class Store:
                 raise VolumeNotFoundError(f"store has no volume {name!r}")
             vol_id = self._ids[name]
             prefix = volume_key(vol_id)
+            vol = self._open.get(name)
 
             def body(txn: Any) -> None:
                 txn.delete(prefix, db=self._storage.volumes)
                 self._storage.delete_prefix(txn, self._storage.checkpoints, prefix)
                 self._storage.delete_prefix(txn, self._storage.pages, prefix)
+                delete_entries(self._storage, txn, vol_id)
 
-            self._storage.write(body)
-            vol = self._open.pop(name, None)
-            if vol is not None:
-                vol._detach()
+            # An open volume's sync leader must not commit a journal entry
+            # for a volume that no longer exists.
+            with vol._commit_lock if vol is not None else contextlib.nullcontext():
+                self._storage.write(body)
+                if vol is not None:
+                    vol._detach()
+            self._open.pop(name, None)
             del self._ids[name]
 
     def _forget(self, name: str) -> None:

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import threading
 import time
+import uuid
 from array import array
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -25,15 +26,18 @@ from .errors import (
     CheckpointLimitError,
     CheckpointNotFoundError,
     ClosedError,
+    CorruptionError,
     InvalidArgumentError,
     OutOfRangeError,
     ReadOnlyError,
 )
 from .bitmaps.table import check_writes
+from .durability import SyncState
 from .extents import Extents
 from .integrity import check_history
 from .storage.environment import guarded
 from .storage.pages import PageWrites, PageCache, PageIO
+from .storage.journal import delete_entries, encode_entry, journal_key, read_entries
 from .storage.keys import checkpoint_key, checkpoint_key_gen, volume_key
 from .strategies import gens_dtype, make_history
 from .strategies.base import nothing
@@ -43,6 +47,32 @@ if TYPE_CHECKING:
 
 # Single marks buffered before one kernel call applies them all.
 PENDING_MARKS = 1024
+
+Durability = str
+#: ``"lazy"``: marks persist at flush, checkpoint and close; after a crash
+#: answers are flagged supersets.  ``"sync"``: crash-exact (see sync()).
+DURABILITIES = ("lazy", "sync")
+
+
+def check_durability(value: object) -> str:
+    if value not in DURABILITIES:
+        raise InvalidArgumentError(f"durability must be one of {', '.join(map(repr, DURABILITIES))}, got {value!r}")
+    return str(value)
+
+
+def stored_generation_id(record: dict[str, Any]) -> str:
+    """The generation id a record holds; records written before ids existed
+    get one derived from what they always held, so every reader agrees."""
+    gid = record.get("generation_id")
+    if gid is None:
+        return str(uuid.uuid5(uuid.NAMESPACE_OID, f"tiered/{record['id']}/{record['created']!r}"))
+    return gid
+
+
+def degraded_generation_id(gid: str, why: str) -> str:
+    """The id after tracking was lost, derived rather than random so that
+    a reader and the writer that persists it name the same chain."""
+    return str(uuid.uuid5(uuid.UUID(gid), why))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +84,9 @@ class Checkpoint:
     """Creation time, seconds since the epoch."""
     generation: int
     """Internal period number; increases with creation order (may be renumbered)."""
+    generation_id: str = ""
+    """The volume's generation id when this object was returned: a backup
+    chain that stored (name, generation_id) is intact while both still match."""
 
 
 def check_name(name: object, what: str) -> str:
@@ -106,8 +139,16 @@ class Volume:
         self._gen: int = record["generation"]
         self._lost: int = record["lost_generation"]
         self._unflushed: bool = record_unflushed(record)
+        self.durability: str = record.get("durability", "lazy")
+        self.generation_id: str = stored_generation_id(record)
+        """A UUID that changes whenever tracking was lost or degraded (an
+        unclean shutdown in lazy mode, a period marked lost by a repair, a
+        reset): a backup chain is intact while it is unchanged."""
         self._closed = False
         self._lock = threading.Lock()
+        # Taken before _lock by every call that commits, so that a sync
+        # leader's commit (made outside _lock) never interleaves with them.
+        self._commit_lock = threading.Lock()
         #: The storage epoch of this volume's snapshot (readers; see _check_open).
         self._epoch = self._storage.epoch
         self._marking = False
@@ -125,17 +166,44 @@ class Volume:
         self._history = make_history(strategy, self._io, self._n_chunks)
         self._history.load(txn, record)
         self._by_name = {c.name: c for c in self._checkpoints}
+        self._sync = SyncState(self._n_chunks, int(record.get("journal_last", 0)) + 1)
         self.unclean_shutdown = False
-        if self._unflushed:
+        if self._unflushed and self.durability == "sync":
+            # Every synced mark is in the journal: replay it, and lose nothing.
+            self._replay(txn, record)
+            self.unclean_shutdown = True
+            if not self._storage.readonly:
+                self._transact(self._history.flush, unflushed=False)
+        elif self._unflushed:
             # RAM held marks that never reached the disk: any chunk may have
             # changed since any existing checkpoint.
             self.unclean_shutdown = bool(self._checkpoints)
             self._lost = self._gen
             self._unflushed = False
+            self.generation_id = degraded_generation_id(self.generation_id, f"lost/{self._gen}")
             if not self._storage.readonly:
                 self._transact(lambda batch: nothing)
         elif self._lost and any(c.generation <= self._lost for c in self._checkpoints):
             self.unclean_shutdown = True
+
+    def _replay(self, txn: Any, record: dict[str, Any]) -> None:
+        """Apply the journal over the flushed state read at open."""
+        span = tuple(int(record.get(f, 0)) for f in ("journal_from", "journal_last", "journal_count"))
+        label = f"volume {self.name!r}"
+        # A bitmap holds one period, sealed at each checkpoint with the
+        # journal deleted; a generation table's journal may span periods.
+        strict = self._history.current.is_bits
+        for seq, period, ranges in read_entries(
+            self._storage, txn, self._id, span, self._n_chunks, self._io.version, label
+        ):
+            if period > self._gen or (strict and period != self._gen) or period < 1:
+                raise CorruptionError(
+                    f"{label}: journal entry {seq} holds marks of period {period}; the volume is in period {self._gen}"
+                )
+            if len(ranges):
+                offsets = ranges[:, 0] << self._shift
+                lengths = (ranges[:, 1] - ranges[:, 0] + 1) << self._shift
+                self._history.mark_many(offsets, lengths, self._shift, period)
 
     # -- plumbing -------------------------------------------------------
 
@@ -159,6 +227,8 @@ class Volume:
             lost_generation=self._lost,
             unflushed=self._unflushed,
             checkpoints=len(self._checkpoints),
+            durability=self.durability,
+            generation_id=self.generation_id,
             **self._history.record_fields(),
         )
         rec.update(changes)
@@ -171,16 +241,32 @@ class Volume:
         committed; the volume record is rewritten in the same transaction.
         Nothing in RAM changes before the commit, so when it fails
         (StoreFullError, StorageError...) RAM and disk stay as they were.
+
+        A change that persists the whole active state (``unflushed=False``)
+        deletes the sync journal with it; any other commits the open batch
+        of sync-mode marks as a journal entry, so every call that commits
+        is also a sync barrier.  Call under both locks.
         """
         self._drain()
         staged: dict[str, Any] = {}
         attempts: list[PageWrites] = []  # the map may fill: one batch per try
+        flushes = record_changes.get("unflushed") is False
+        entry: tuple[int, np.ndarray] | None = None
+        if flushes:
+            record_changes.update(journal_from=0, journal_last=0, journal_count=0)
+        elif self._sync.pending:
+            entry = self._sync.cut()
+            record_changes.update(self._journal_fields(entry[0]))
 
         def body(txn: Any) -> None:
             batch = self._io.batch(txn)
             attempts.append(batch)
             staged["batch"] = batch
             staged["after"] = build(batch)
+            if flushes:
+                delete_entries(self._storage, txn, self._id)
+            if entry is not None:
+                self._put_entry(txn, *entry)
             record = self._volume_record(**{**record_changes, **batch.record, "pages_digest": batch.digest_after()})
             key = volume_key(self._id)
             txn.put(key, pack_json(record, key), db=self._storage.volumes)
@@ -191,9 +277,15 @@ class Volume:
         except BaseException:
             for batch in attempts:
                 self._io.forget(batch)
+            if entry is not None:
+                self._sync.failed()
             raise
         for batch in attempts[:-1]:
             self._io.forget(batch)
+        if flushes:
+            self._sync.flushed()
+        elif entry is not None:
+            self._sync.committed()
         self._io.apply(staged["batch"])
         staged["after"]()
         self._record = staged["record"]
@@ -201,6 +293,19 @@ class Volume:
         self._lost = self._record["lost_generation"]
         self._unflushed = record_unflushed(self._record)
         self._update_marking()
+
+    def _journal_fields(self, seq: int) -> dict[str, Any]:
+        """Record fields once journal entry ``seq`` is committed."""
+        return {
+            "journal_from": self._record.get("journal_from") or seq,
+            "journal_last": seq,
+            "journal_count": self._record.get("journal_count", 0) + 1,
+            "unflushed": True,
+        }
+
+    def _put_entry(self, txn: Any, seq: int, ranges: np.ndarray) -> None:
+        key = journal_key(self._id, seq)
+        txn.put(key, encode_entry(self._gen, ranges, key), db=self._storage.journal)
 
     def _note_dirty(self) -> None:
         # Persist "RAM is ahead of the disk" before the first unflushed mark,
@@ -213,6 +318,7 @@ class Volume:
         """Recompute whether mark() may take its fast path."""
         self._marking = (
             not self._closed and not self._storage.readonly and bool(self._checkpoints) and self._unflushed
+            and self.durability == "lazy"
         )
 
     def _drain(self) -> None:
@@ -225,8 +331,17 @@ class Volume:
             self._pending_offsets = array("q")
             self._pending_lengths = array("q")
 
-    def mark(self, offset: int, length: int) -> None:
-        """Mark every chunk that the write [offset, offset + length) touches."""
+    def mark(self, offset: int, length: int) -> int | None:
+        """Mark every chunk that the write [offset, offset + length) touches.
+
+        ``offset`` and ``length`` are in bytes.  Lazy mode returns None.
+        Sync mode returns None when every chunk touched is already marked
+        durably in the current period (the write may go ahead), else a
+        token (an int > 0): make the data write only after
+        ``sync(token)`` returns.  Raises OutOfRangeError,
+        InvalidArgumentError, ReadOnlyError or ClosedError; then nothing
+        was marked.
+        """
         # Every statement here is on the per-write path: keep it short.
         if type(offset) is not int or type(length) is not int:
             offset = as_int(offset, "offset")
@@ -239,7 +354,9 @@ class Volume:
             if not self._marking:
                 self._check_writable()
                 if not self._checkpoints or not length:
-                    return  # no checkpoint can ask about this write, or it is empty
+                    return None  # no checkpoint can ask about this write, or it is empty
+                if self.durability == "sync":
+                    return self._mark_sync(np.array([offset], np.int64), np.array([length], np.int64))
                 self._note_dirty()
             if length:
                 # One numba call costs more than the whole budget of a single
@@ -249,9 +366,15 @@ class Volume:
                 self._pending_lengths.append(length)
                 if len(pending) >= PENDING_MARKS:
                     self._drain()
+        return None
 
-    def mark_many(self, offsets: Sequence[int] | np.ndarray, lengths: Sequence[int] | np.ndarray) -> None:
-        """Mark a batch of writes: all of them, or none if any is invalid."""
+    def mark_many(self, offsets: Sequence[int] | np.ndarray, lengths: Sequence[int] | np.ndarray) -> int | None:
+        """Mark a batch of writes: all of them, or none if any is invalid.
+
+        ``offsets`` and ``lengths`` are one-dimensional integer arrays of
+        one shape, in bytes.  Returns what :meth:`mark` returns, for the
+        whole batch: in sync mode a token when any write needs a sync.
+        """
         offs = _as_int_array(offsets, "offsets")
         lens = _as_int_array(lengths, "lengths")
         if offs.shape != lens.shape:
@@ -269,10 +392,96 @@ class Volume:
         with self._lock:
             self._check_writable()
             if not self._checkpoints or not any_data:
-                return
+                return None
+            if self.durability == "sync":
+                return self._mark_sync(offs64, lens64)
             if not self._unflushed:
                 self._note_dirty()
             self._history.mark_many(offs64, lens64, self._shift, self._gen)
+            return None
+
+    def _mark_sync(self, offsets: np.ndarray, lengths: np.ndarray) -> int | None:
+        # Writes whose chunks are all marked in this period need no marking
+        # at all; the others are journaled in the open batch, then marked.
+        new, token = self._sync.classify(self._history.current, self._gen, offsets, lengths, self._shift)
+        if len(new):
+            offs, lens = offsets[new], lengths[new]
+            self._sync.add(offs, lens, self._shift)
+            self._history.mark_many(offs, lens, self._shift, self._gen)
+        return token or None
+
+    @guarded
+    def sync(self, token: int | None = None) -> None:
+        """Make marks durable: those that returned ``token``, or with None
+        every mark made so far.  When it returns, a crash loses none of
+        them (sync mode; lazy mode flushes the whole active state).
+
+        Concurrent calls share commits: the thread that commits takes every
+        mark made until then, so one LMDB commit and one fsync serve them
+        all, and each costs time in proportion to the chunks newly dirtied
+        since the last sync, not to the volume.  Raises
+        InvalidArgumentError (a token this volume did not issue),
+        ReadOnlyError, ClosedError, StoreFullError or StorageError; after
+        an error the marks stay in RAM and the next sync retries them.
+        """
+        if token is not None and (type(token) is not int or token < 1):
+            raise InvalidArgumentError(f"token must be what mark() returned (an int > 0 or None), got {token!r}")
+        with self._lock:
+            if token is None:
+                self._check_open()
+            lazy = self.durability == "lazy"
+            if not lazy:
+                if token is not None and token > self._sync.open_seq:
+                    raise InvalidArgumentError(f"volume {self.name!r} issued no sync token {token}")
+                target = token or self._sync.target()
+                if target <= self._sync.durable_seq:
+                    return
+                self._check_writable()
+                self._sync.waits += 1
+        if lazy:
+            self.flush()
+            return
+        with self._commit_lock:
+            with self._lock:
+                if target <= self._sync.durable_seq:
+                    return  # a leader committed it while this thread waited
+                self._check_writable()
+                seq, ranges = self._sync.cut()
+                record = self._volume_record(**self._journal_fields(seq))
+                gen = self._gen
+
+            def body(txn: Any) -> None:
+                key = journal_key(self._id, seq)
+                txn.put(key, encode_entry(gen, ranges, key), db=self._storage.journal)
+                vkey = volume_key(self._id)
+                txn.put(vkey, pack_json(record, vkey), db=self._storage.volumes)
+
+            try:
+                self._storage.write(body)
+            except BaseException:
+                with self._lock:
+                    self._sync.failed()
+                raise
+            with self._lock:
+                self._sync.committed()
+                self._sync.commits += 1
+                self._record = record
+                self._unflushed = True
+
+    @guarded
+    def set_durability(self, durability: str) -> None:
+        """Switch between ``"lazy"`` and ``"sync"``; persists the active
+        state in the same transaction.  Raises InvalidArgumentError,
+        ReadOnlyError, ClosedError, StoreFullError or StorageError; then
+        nothing changed."""
+        mode = check_durability(durability)
+        with self._commit_lock, self._lock:
+            self._check_writable()
+            if mode == self.durability:
+                return
+            self._transact(self._history.flush, unflushed=False, durability=mode)
+            self.durability = mode
+            self._update_marking()
 
     # -- checkpoints ----------------------------------------------------
 
@@ -285,7 +494,7 @@ class Volume:
         nothing changed.
         """
         check_name(name, "checkpoint")
-        with self._lock:
+        with self._commit_lock, self._lock:
             self._check_writable()
             if name in self._by_name:
                 raise AlreadyExistsError(f"volume {self.name!r} already has a checkpoint {name!r}")
@@ -331,7 +540,7 @@ class Volume:
             self._checkpoints.append(new)
             self._by_name[name] = new
             self._update_marking()
-            return new
+            return dataclasses.replace(new, generation_id=self.generation_id)
 
     def _renumbered(self) -> tuple[list[Checkpoint], int, int]:
         """The checkpoints, generation counter and lost generation after
@@ -366,7 +575,7 @@ class Volume:
         """Live checkpoints, oldest first."""
         with self._lock:
             self._check_open()
-            return list(self._checkpoints)
+            return [dataclasses.replace(c, generation_id=self.generation_id) for c in self._checkpoints]
 
     def _lookup(self, name: object) -> Checkpoint:
         if not isinstance(name, str):
@@ -380,8 +589,9 @@ class Volume:
 
     @guarded
     def remove_checkpoint(self, name: str) -> None:
-        """Forget a checkpoint; every other answer stays the same."""
-        with self._lock:
+        """Forget a checkpoint; every other answer stays the same.  Removing
+        the last one resets tracking, which gives a new generation id."""
+        with self._commit_lock, self._lock:
             self._check_writable()
             gone = self._lookup(name)
             ckpts = self._checkpoints
@@ -404,8 +614,10 @@ class Volume:
             changes: dict[str, Any] = {"lost_generation": lost, "checkpoints": len(remaining)}
             if not remaining:
                 changes["unflushed"] = False  # nothing is tracked any more
+                changes["generation_id"] = str(uuid.uuid4())
             self._transact(build, **changes)
             self._checkpoints = remaining
+            self.generation_id = self._record["generation_id"]
             del self._by_name[name]
             self.unclean_shutdown = bool(lost)
             self._update_marking()
@@ -426,12 +638,15 @@ class Volume:
         return start, start + span
 
     def _answer(self, since: Checkpoint, until: Checkpoint | None, lo: int, hi: int) -> Extents:
+        gid = self.generation_id
         if hi <= lo:
-            return Extents(np.empty(0), np.empty(0), granularity=self.granularity)
+            return Extents(np.empty(0), np.empty(0), granularity=self.granularity, generation_id=gid)
         self._drain()
         if since.generation <= self._lost:
             # Tracking was lost in an unclean shutdown: everything may have changed.
-            return Extents(np.array([lo]), np.array([hi - lo]), granularity=self.granularity, exact=False)
+            return Extents(
+                np.array([lo]), np.array([hi - lo]), granularity=self.granularity, exact=False, generation_id=gid
+            )
         c_lo = lo >> self._shift
         c_hi = (hi + self.granularity - 1) >> self._shift
         with self._io.cache.scan():
@@ -439,7 +654,7 @@ class Volume:
                 since.generation, None if until is None else until.generation, c_lo, c_hi
             )
         offsets, lengths = spans.runs(c_lo, c_hi, self._shift, lo, hi)
-        return Extents(offsets, lengths, granularity=self.granularity, exact=exact)
+        return Extents(offsets, lengths, granularity=self.granularity, exact=exact, generation_id=gid)
 
     @guarded
     def changed_since(self, name: str, offset: int = 0, length: int | None = None) -> Extents:
@@ -467,7 +682,7 @@ class Volume:
     # -- conversion -------------------------------------------------------
 
     @guarded
-    def convert(self, strategy: Strategy | str) -> None:
+    def convert(self, strategy: Strategy | str, durability: str | None = None) -> None:
         """Keep this volume's history with another strategy from now on.
 
         Every checkpoint stays, and every answer keeps every chunk it had:
@@ -475,15 +690,18 @@ class Volume:
         (multi-bit, or hybrid's folded periods), the new one knows no more,
         and answers about those intervals stay supersets (``exact=False``).
         One transaction, which also persists what RAM holds: a crash leaves
-        the old strategy or the new one, never a mix.
+        the old strategy or the new one, never a mix.  ``durability``, if
+        given, switches it in the same transaction (see set_durability).
         """
         target = Strategy.coerce(strategy)
-        with self._lock:
+        mode = self.durability if durability is None else check_durability(durability)
+        with self._commit_lock, self._lock:
             self._check_writable()
             self._drain()
             if target.fixed() == self.strategy.fixed():
                 # Only the cache budget, which is not stored, can differ.
-                self._transact(self._history.flush, unflushed=False)
+                self._transact(self._history.flush, unflushed=False, durability=mode)
+                self.durability = mode
                 self._io.cache = PageCache(target.cache_bytes)
                 self.strategy = target
                 return
@@ -517,10 +735,12 @@ class Volume:
                 staged["batch"] = new
                 if renumber:
                     self._put_checkpoints(txn, checkpoints)
-                record = {k: v for k, v in self._record.items() if k not in old_fields}
+                delete_entries(self._storage, txn, self._id)
+                record = {k: v for k, v in self._volume_record().items() if k not in old_fields}
                 record.update(
                     strategy=target.fixed(), generation=gen, lost_generation=lost, unflushed=False,
-                    checkpoints=len(checkpoints), pages_digest=new.digest_after(), **new.record
+                    checkpoints=len(checkpoints), pages_digest=new.digest_after(), durability=mode,
+                    journal_from=0, journal_last=0, journal_count=0, **new.record
                 )
                 key = volume_key(self._id)
                 txn.put(key, pack_json(record, key), db=self._storage.volumes)
@@ -535,6 +755,8 @@ class Volume:
             io.apply(staged["batch"])
             staged["after"]()
             self._io, self._history, self.strategy = io, history, target
+            self._sync.flushed()
+            self.durability = mode
             self._record = staged["record"]
             self._gen, self._lost, self._unflushed = gen, lost, False
             self._checkpoints = checkpoints
@@ -546,7 +768,7 @@ class Volume:
     @guarded
     def flush(self) -> None:
         """Persist what RAM holds, so that a crash from here loses nothing."""
-        with self._lock:
+        with self._commit_lock, self._lock:
             self._check_writable()
             self._transact(self._history.flush, unflushed=False)
 
@@ -580,7 +802,7 @@ class Volume:
                 "chunks": self._n_chunks,
                 "checkpoints": len(self._checkpoints),
                 "generation": self._gen,
-                "ram_bytes": self._history.ram_bytes() + cache.nbytes + PENDING_MARKS * 16,
+                "ram_bytes": self._history.ram_bytes() + cache.nbytes + PENDING_MARKS * 16 + self._sync.ram_bytes,
                 "history_ram_bytes": self._history.ram_bytes(),
                 "cache_bytes": cache.nbytes,
                 "cache_budget_bytes": cache.max_bytes,
@@ -589,6 +811,11 @@ class Volume:
                 "disk_bytes": disk,
                 "unflushed": self._unflushed,
                 "unclean_shutdown": self.unclean_shutdown,
+                "durability": self.durability,
+                "generation_id": self.generation_id,
+                "sync_commits": self._sync.commits,
+                "sync_waits": self._sync.waits,
+                "journal_entries": int(self._record.get("journal_count", 0)),
             }
 
     @guarded
@@ -598,7 +825,7 @@ class Volume:
         If persisting fails (StoreFullError, StorageError) the volume stays
         open and unchanged: call close() again once space is freed.
         """
-        with self._lock:
+        with self._commit_lock, self._lock:
             if self._closed:
                 return
             if self._storage.readonly:
@@ -614,7 +841,7 @@ class Volume:
 
     def _detach(self) -> None:
         """The volume was removed from its store: refuse any further use."""
-        with self._lock:
+        with self._lock:  # the store holds _commit_lock
             self._closed = True
             self._update_marking()
 

@@ -79,7 +79,9 @@ def cmd_volumes(args: argparse.Namespace) -> int:
                     "size": vol.size,
                     "granularity": vol.granularity,
                     "mode": vol.strategy.mode,
+                    "durability": vol.durability,
                     "checkpoints": len(vol.checkpoints()),
+                    "generation_id": vol.generation_id,
                 }
             )
             # Opening a volume loads its history into RAM; release it before
@@ -89,10 +91,10 @@ def cmd_volumes(args: argparse.Namespace) -> int:
         write_json(rows)
     else:
         write_table(
-            ("NAME", "SIZE", "GRANULARITY", "MODE", "CHECKPOINTS"),
+            ("NAME", "SIZE", "GRANULARITY", "MODE", "DURABILITY", "CHECKPOINTS"),
             (
                 (row["name"], format_size(row["size"]), format_size(row["granularity"]),
-                 row["mode"], row["checkpoints"])
+                 row["mode"], row["durability"], row["checkpoints"])
                 for row in rows
             ),
         )
@@ -113,7 +115,12 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
         # ISO-8601 for people and jq, the raw float for exact comparisons.
         write_json(
             [
-                {"name": c.name, "created": iso_utc(c.created), "created_unix": c.created}
+                {
+                    "name": c.name,
+                    "created": iso_utc(c.created),
+                    "created_unix": c.created,
+                    "generation_id": c.generation_id,
+                }
                 for c in checkpoints
             ]
         )
@@ -156,7 +163,7 @@ def query_changes(args: argparse.Namespace) -> tuple["Extents", int, int, bool]:
 
 def cmd_changed(args: argparse.Namespace) -> int:
     extents, lo, hi, unclean = query_changes(args)
-    if unclean:
+    if unclean and not extents.exact:
         # The engine cannot tell a crash from a writer that is still running
         # with marks in RAM: both leave the volume flagged, so say both.
         warn(

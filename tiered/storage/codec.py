@@ -57,6 +57,7 @@ _CHECKED_HEADER = HEADER.size - 4
 KIND_JSON = 1
 KIND_BITS_PAGE = 2
 KIND_GENS_PAGE = 3
+KIND_JOURNAL = 4
 
 
 def _crc(version: int, key: bytes, header: bytes, payload: bytes) -> int:

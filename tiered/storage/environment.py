@@ -11,6 +11,10 @@
     volume id + tag + generation + page (8 + 1 + 8 + 8 bytes) -> encoded page.
     Tags: ``W`` sealed writeset of one period, ``A`` snapshot of the active
     writeset taken by flush, ``G`` generation array.
+``journal``
+    volume id + sequence number (8 + 8 bytes) -> chunks a sync-mode volume
+    dirtied since its last flush (:mod:`tiered.storage.journal`).  Stores
+    written before it existed lack it; a writer adds it when it opens one.
 
 Names live inside values, not keys, because LMDB keys stop at 511 bytes and
 names may take 1023.  Storage knows keys and bytes, never strategies.
@@ -51,7 +55,9 @@ READER_MAP_SIZE = 1 << 40
 #: Written by tiered before 0.2; still honoured so an older writer excludes a newer one.
 LEGACY_WRITER_LOCK = "writer.lock"
 LOCK_FILE = "lock.mdb"
-DB_NAMES = (b"meta", b"volumes", b"checkpoints", b"pages")
+DB_NAMES = (b"meta", b"volumes", b"checkpoints", b"pages", b"journal")
+#: Databases a store may lack: it was written before they existed.
+OPTIONAL_DBS = (b"journal",)
 MAX_DBS = len(DB_NAMES)
 # Below this much free space, an I/O error at commit is taken for a full disk:
 # LMDB reports a write cut short by a full disk as EIO, not ENOSPC.
@@ -287,13 +293,20 @@ class Storage:
                             f"{self.path!r} is an LMDB environment without a tiered format record; "
                             "it was left unchanged"
                         )
-                missing = [n.decode() for n in DB_NAMES if n not in dbs]
+                missing = [n.decode() for n in DB_NAMES if n not in dbs and n not in OPTIONAL_DBS]
                 if missing:
                     raise CorruptionError(f"store {self.path!r} lacks its {', '.join(missing)} database")
+                if not self.readonly:
+                    with env.begin(write=True) as txn:
+                        for name in OPTIONAL_DBS:
+                            if name not in dbs:
+                                dbs[name] = env.open_db(name, txn=txn, create=True)
         except lmdb.Error as exc:
             raise self.error(exc, "open") from None
         self.meta, self.volumes = dbs[b"meta"], dbs[b"volumes"]
         self.checkpoints, self.pages = dbs[b"checkpoints"], dbs[b"pages"]
+        #: None in a store opened read-only that predates the journal.
+        self.journal = dbs.get(b"journal")
 
     # -- errors -----------------------------------------------------------
 

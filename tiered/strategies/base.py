@@ -95,6 +95,13 @@ class History(ABC):
     def mark_many(self, offsets: np.ndarray, lengths: np.ndarray, shift: int, gen: int) -> None:
         """Mark validated int64 byte ranges written in period ``gen``."""
 
+    @property
+    @abstractmethod
+    def current(self) -> SegmentTable:
+        """The table marks go to: a bitmap of the current period's writes,
+        or a generation table where the current period's chunks hold its
+        generation.  Read-only for callers (the sync-mode probe)."""
+
     # -- changes of history ---------------------------------------------
 
     @abstractmethod

@@ -45,6 +45,10 @@ class MultiBitHistory(History):
         if self._marked_from is None or gen < self._marked_from:
             self._marked_from = gen
 
+    @property
+    def current(self) -> SegmentTable:
+        return self.array
+
     def seal(self, batch: PageWrites, current: int) -> AfterCommit:
         return nothing
 

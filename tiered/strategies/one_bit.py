@@ -49,6 +49,10 @@ class OneBitHistory(History):
     def mark_many(self, offsets: np.ndarray, lengths: np.ndarray, shift: int, gen: int) -> None:
         self.active.mark_many(offsets, lengths, shift, 1)
 
+    @property
+    def current(self) -> SegmentTable:
+        return self.active
+
     # -- sealed writesets ------------------------------------------------
 
     def writesets(self, lo: int, hi: int | None = None) -> list[int]:

@@ -1,0 +1,141 @@
+"""The RAM side of crash-exact tracking (``durability="sync"``).
+
+The contract is dm-era's: a write may reach the disk only once the mark of
+every chunk it touches is durable.  Most writes touch chunks already marked
+in the current period, and those marks are already durable, so they need
+nothing; a write that dirties a new chunk gets a *token* and waits in
+:meth:`tiered.Volume.sync` until a journal entry holding the chunk has
+committed (:mod:`tiered.storage.journal`).
+
+Chunks travel through three sets, each a bitmap :class:`SegmentTable` that
+holds only what changed since the last commit:
+
+``open``
+    journaled in the batch that collects new marks; tokens name its
+    sequence number ``open_seq``.
+``flight``
+    the batch a sync leader is committing (``flight_seq``), at most one.
+durable
+    everything else that is marked: in a committed entry, or in the
+    flushed or sealed state.
+
+Group commit: a syncing thread that finds its token not yet durable takes
+the volume's commit lock; whoever holds it commits the whole open batch,
+so every thread that marked meanwhile is served by one LMDB commit and one
+fsync, and finds its token durable when its turn comes.  Everything here
+runs under the volume's lock; only the LMDB commit runs outside it.
+"""
+
+from __future__ import annotations
+
+from array import array
+
+import numpy as np
+
+from .bitmaps import probe_kernels as P
+from .bitmaps.table import SegmentTable
+
+#: What a sync-mode mark returns when it needs no sync.
+DURABLE = None
+
+
+class SyncState:
+    """Batches of newly dirty chunks on their way to the journal."""
+
+    def __init__(self, n_chunks: int, next_seq: int) -> None:
+        self.n_chunks = n_chunks
+        self.open = SegmentTable(n_chunks)
+        self.flight = SegmentTable(n_chunks)
+        self._ranges = array("q")  # the open batch: inclusive chunk ranges, pairwise
+        self._flight_ranges = array("q")
+        self.open_seq = next_seq
+        self.flight_seq = 0
+        self.durable_seq = next_seq - 1
+        self._new = np.empty(64, np.int64)
+        #: Commits made by sync leaders, and syncs that waited for one.
+        self.commits = 0
+        self.waits = 0
+
+    # -- the write path ---------------------------------------------------
+
+    def classify(self, active: SegmentTable, gen: int, offsets: np.ndarray, lengths: np.ndarray, shift: int) -> tuple[np.ndarray, int]:
+        """(indices of the writes that dirty a chunk not marked in period
+        ``gen`` of ``active``, the token the batch needs or 0)."""
+        if len(self._new) < len(offsets):
+            self._new = np.empty(max(len(offsets), 2 * len(self._new)), np.int64)
+        n_new, status = P.classify(
+            active.index, active.pool, active.is_bits, gen,
+            self.open.index, self.open.pool, self.flight.index, self.flight.pool,
+            active.n_top, offsets, lengths, shift, self._new,
+        )
+        if status & P.NEEDS_OPEN:
+            token = self.open_seq
+        elif status & P.NEEDS_FLIGHT:
+            token = self.flight_seq
+        else:
+            token = 0
+        return self._new[:n_new], token
+
+    def add(self, offsets: np.ndarray, lengths: np.ndarray, shift: int) -> None:
+        """Journal validated, non-empty writes in the open batch."""
+        self.open.mark_many(offsets, lengths, shift, 1)
+        c0 = offsets >> shift
+        c1 = (offsets + lengths - 1) >> shift
+        pairs = np.empty(2 * len(c0), np.int64)
+        pairs[0::2] = c0
+        pairs[1::2] = c1
+        self._ranges.frombytes(pairs.tobytes())
+
+    # -- commits ----------------------------------------------------------
+
+    @property
+    def pending(self) -> bool:
+        """Whether the open batch holds anything."""
+        return len(self._ranges) > 0
+
+    def target(self) -> int:
+        """The token that covers every mark made so far."""
+        if self.pending:
+            return self.open_seq
+        if len(self._flight_ranges):
+            return self.flight_seq
+        return self.durable_seq
+
+    def cut(self) -> tuple[int, np.ndarray]:
+        """Move the open batch in flight: (its sequence number, its ranges as
+        an int64 array of shape (n, 2))."""
+        self.open, self.flight = self.flight, self.open
+        self.open.reset()
+        self._flight_ranges, self._ranges = self._ranges, array("q")
+        self.flight_seq = self.open_seq
+        self.open_seq += 1
+        return self.flight_seq, np.frombuffer(self._flight_ranges, np.int64).reshape(-1, 2)
+
+    def committed(self) -> None:
+        """The batch in flight is durable."""
+        self.durable_seq = self.flight_seq
+        self.flight.reset()
+        self._flight_ranges = array("q")
+
+    def failed(self) -> None:
+        """The commit of the batch in flight failed: its chunks go back to
+        the open batch, so that the next sync retries them."""
+        if len(self._flight_ranges):
+            self.open.or_spans(self.flight.spans())
+            self._flight_ranges.extend(self._ranges)
+            self._ranges = self._flight_ranges
+        self.flight.reset()
+        self._flight_ranges = array("q")
+
+    def flushed(self) -> None:
+        """The whole active state was persisted: every mark is durable."""
+        self.durable_seq = self.open_seq
+        self.open_seq += 1
+        self.open.reset()
+        self._ranges = array("q")
+
+    @property
+    def ram_bytes(self) -> int:
+        return self.open.nbytes + self.flight.nbytes + self._new.nbytes + 8 * (
+            self._ranges.buffer_info()[1] + self._flight_ranges.buffer_info()[1]
+        )
