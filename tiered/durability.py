@@ -122,8 +122,11 @@ class SyncState:
         the open batch, so that the next sync retries them."""
         if len(self._flight_ranges):
             self.open.or_spans(self.flight.spans())
-            self._flight_ranges.extend(self._ranges)
-            self._ranges = self._flight_ranges
+            # A new array: the committer may still hold a view of the old
+            # one, and an array with views cannot grow.
+            merged = array("q", self._flight_ranges)
+            merged.extend(self._ranges)
+            self._ranges = merged
         self.flight.reset()
         self._flight_ranges = array("q")
 

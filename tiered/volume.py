@@ -173,7 +173,7 @@ class Volume:
             self._replay(txn, record)
             self.unclean_shutdown = True
             if not self._storage.readonly:
-                self._transact(self._history.flush, unflushed=False)
+                self._transact(self._history.flush, persists=True)
         elif self._unflushed:
             # RAM held marks that never reached the disk: any chunk may have
             # changed since any existing checkpoint.
@@ -234,7 +234,9 @@ class Volume:
         rec.update(changes)
         return rec
 
-    def _transact(self, build: Callable[[PageWrites], Callable[[], None]], **record_changes: Any) -> None:
+    def _transact(
+        self, build: Callable[[PageWrites], Callable[[], None]], persists: bool = False, **record_changes: Any
+    ) -> None:
         """Run ``build`` in one write transaction, then update RAM.
 
         ``build`` stages writes and returns what to do in RAM once they have
@@ -242,18 +244,18 @@ class Volume:
         Nothing in RAM changes before the commit, so when it fails
         (StoreFullError, StorageError...) RAM and disk stay as they were.
 
-        A change that persists the whole active state (``unflushed=False``)
-        deletes the sync journal with it; any other commits the open batch
-        of sync-mode marks as a journal entry, so every call that commits
-        is also a sync barrier.  Call under both locks.
+        ``persists``: the change persists the whole active state (a flush, a
+        seal...), so the record is no longer unflushed and the sync journal
+        is deleted with it; any other change commits the open batch of
+        sync-mode marks as a journal entry, so every call that commits is
+        also a sync barrier.  Call under both locks.
         """
         self._drain()
         staged: dict[str, Any] = {}
         attempts: list[PageWrites] = []  # the map may fill: one batch per try
-        flushes = record_changes.get("unflushed") is False
         entry: tuple[int, np.ndarray] | None = None
-        if flushes:
-            record_changes.update(journal_from=0, journal_last=0, journal_count=0)
+        if persists:
+            record_changes.update(unflushed=False, journal_from=0, journal_last=0, journal_count=0)
         elif self._sync.pending:
             entry = self._sync.cut()
             record_changes.update(self._journal_fields(entry[0]))
@@ -263,7 +265,7 @@ class Volume:
             attempts.append(batch)
             staged["batch"] = batch
             staged["after"] = build(batch)
-            if flushes:
+            if persists:
                 delete_entries(self._storage, txn, self._id)
             if entry is not None:
                 self._put_entry(txn, *entry)
@@ -282,7 +284,7 @@ class Volume:
             raise
         for batch in attempts[:-1]:
             self._io.forget(batch)
-        if flushes:
+        if persists:
             self._sync.flushed()
         elif entry is not None:
             self._sync.committed()
@@ -479,7 +481,7 @@ class Volume:
             self._check_writable()
             if mode == self.durability:
                 return
-            self._transact(self._history.flush, unflushed=False, durability=mode)
+            self._transact(self._history.flush, persists=True, durability=mode)
             self.durability = mode
             self._update_marking()
 
@@ -531,7 +533,7 @@ class Volume:
                 build,
                 generation=new.generation,
                 lost_generation=lost,
-                unflushed=False if flushed else self._unflushed,
+                persists=flushed,
                 checkpoints=len(self._checkpoints) + 1,
             )
             if renumber:
@@ -613,7 +615,7 @@ class Volume:
 
             changes: dict[str, Any] = {"lost_generation": lost, "checkpoints": len(remaining)}
             if not remaining:
-                changes["unflushed"] = False  # nothing is tracked any more
+                changes["persists"] = True  # nothing is tracked any more
                 changes["generation_id"] = str(uuid.uuid4())
             self._transact(build, **changes)
             self._checkpoints = remaining
@@ -700,7 +702,7 @@ class Volume:
             self._drain()
             if target.fixed() == self.strategy.fixed():
                 # Only the cache budget, which is not stored, can differ.
-                self._transact(self._history.flush, unflushed=False, durability=mode)
+                self._transact(self._history.flush, persists=True, durability=mode)
                 self.durability = mode
                 self._io.cache = PageCache(target.cache_bytes)
                 self.strategy = target
@@ -770,7 +772,7 @@ class Volume:
         """Persist what RAM holds, so that a crash from here loses nothing."""
         with self._commit_lock, self._lock:
             self._check_writable()
-            self._transact(self._history.flush, unflushed=False)
+            self._transact(self._history.flush, persists=True)
 
     @contextlib.contextmanager
     def _snapshot_or_latest(self) -> Iterator[Any]:
@@ -834,7 +836,7 @@ class Volume:
                         self._io.snapshot.abort()
                     self._io.snapshot = None
             else:
-                self._transact(self._history.flush, unflushed=False)
+                self._transact(self._history.flush, persists=True)
             self._closed = True
             self._update_marking()
             self._store._forget(self.name)
