@@ -706,6 +706,7 @@ class Volume:
                 self.durability = mode
                 self._io.cache = PageCache(target.cache_bytes)
                 self.strategy = target
+                self._update_marking()
                 return
             io = PageIO(self._storage, self._id, target.cache_bytes, gens_dtype(target), self._n_chunks)
             history = make_history(target, io, self._n_chunks)
