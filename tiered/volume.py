@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 
 # Single marks buffered before one kernel call applies them all.
 PENDING_MARKS = 1024
+# Sync mode: the sync that would store this many journal entries since the
+# last flush flushes instead (one kernel call per entry when reopening).
+JOURNAL_MAX_ENTRIES = 1024
 
 Durability = str
 #: ``"lazy"``: marks persist at flush, checkpoint and close; after a crash
@@ -448,6 +451,12 @@ class Volume:
                 if target <= self._sync.durable_seq:
                     return  # a leader committed it while this thread waited
                 self._check_writable()
+                if self._record.get("journal_count", 0) >= JOURNAL_MAX_ENTRIES:
+                    # Fold the journal into the stored state now and then,
+                    # so that reopening never replays more than this.
+                    self._transact(self._history.flush, persists=True)
+                    self._sync.commits += 1
+                    return
                 seq, ranges = self._sync.cut()
                 record = self._volume_record(**self._journal_fields(seq))
                 gen = self._gen
