@@ -1,9 +1,12 @@
 """Every strategy against the naive reference model, over random histories.
 
 A hypothesis state machine drives one volume through marks, batches (good
-and bad), checkpoints, removals, flushes, reopenings, crashes and
-conversions to other strategies, and compares every
-answer with :class:`naive.ReferenceVolume`.  The same machine runs for each
+and bad), checkpoints, removals, flushes, reopenings, crashes,
+conversions to other strategies and switches of durability, and compares
+every answer with :class:`naive.ReferenceVolume`.  In sync mode the machine
+is a correct caller (it syncs every token a mark returns), so a crash must
+lose nothing: a mark that returned None for a chunk not yet durable shows
+as a missed chunk after the next crash.  The same machine runs for each
 strategy; only the strategy differs.
 """
 
@@ -77,12 +80,29 @@ class VolumeMachine(RuleBasedStateMachine):
         # then every existing checkpoint must answer "everything".
         self.unpersisted = False
         self.lost: set[str] = set()
+        self.sync_mode = False
+        # This open replayed a journal after a crash that lost nothing.
+        self.replayed = False
+        # Sync mode: journal entries committed since the state was last
+        # persisted, which make the next crash an unclean shutdown.
+        self.journaled = False
         # Only a history kept one-bit from the start answers every interval exactly.
         self.always_exact = self.strategy.mode == "one-bit"
 
-    def _marked(self, lengths) -> None:
-        if self.model.checkpoints and any(lengths):
-            self.unpersisted = True
+    def _marked(self, lengths, token) -> None:
+        if not self.sync_mode:
+            assert token is None
+            if self.model.checkpoints and any(lengths):
+                self.unpersisted = True
+            return
+        if token is not None:
+            assert type(token) is int and token > 0
+            self.vol.sync(token)
+            self.journaled = True
+
+    def _persisted(self) -> None:
+        self.unpersisted = False
+        self.journaled = False
 
     def ready(self) -> bool:
         return self.store is not None
@@ -102,18 +122,18 @@ class VolumeMachine(RuleBasedStateMachine):
     @precondition(ready)
     def mark(self, data):
         offset, length = self._draw_write(data)
-        self.vol.mark(offset, length)
+        token = self.vol.mark(offset, length)
         self.model.mark(offset, length)
-        self._marked([length])
+        self._marked([length], token)
 
     @rule(data=st.data(), n=st.integers(1, 6))
     @precondition(ready)
     def mark_many(self, data, n):
         writes = [self._draw_write(data) for _ in range(n)]
-        self.vol.mark_many([w[0] for w in writes], [w[1] for w in writes])
+        token = self.vol.mark_many([w[0] for w in writes], [w[1] for w in writes])
         for w in writes:
             self.model.mark(*w)
-        self._marked([w[1] for w in writes])
+        self._marked([w[1] for w in writes], token)
 
     @rule(data=st.data(), n=st.integers(1, 4), bad_at=st.integers(0, 3),
           how=st.sampled_from(["negative", "past-end", "huge"]))
@@ -137,7 +157,7 @@ class VolumeMachine(RuleBasedStateMachine):
         assert cp.name == name
         self.model.checkpoint(name)
         if self.strategy.mode != "multi-bit":
-            self.unpersisted = False  # sealing a one-bit writeset persists it
+            self._persisted()  # sealing a one-bit writeset persists it
 
     @rule(data=st.data())
     @precondition(lambda self: self.ready() and self.model.checkpoints)
@@ -147,7 +167,7 @@ class VolumeMachine(RuleBasedStateMachine):
         self.model.remove(name)
         self.lost.discard(name)
         if not self.model.checkpoints:
-            self.unpersisted = False
+            self._persisted()
         with pytest.raises(tiered.CheckpointNotFoundError):
             self.vol.changed_since(name)
 
@@ -155,7 +175,20 @@ class VolumeMachine(RuleBasedStateMachine):
     @precondition(ready)
     def flush(self):
         self.vol.flush()
-        self.unpersisted = False
+        self._persisted()
+
+    @rule(mode=st.sampled_from(["lazy", "sync"]), how=st.sampled_from(["set", "convert"]))
+    @precondition(ready)
+    def switch_durability(self, mode, how):
+        changed = mode != self.vol.durability
+        if how == "set":
+            self.vol.set_durability(mode)  # persists only a change
+        else:
+            self.vol.convert(self.strategy, durability=mode)  # always persists
+        assert self.vol.durability == mode
+        self.sync_mode = mode == "sync"
+        if changed or how == "convert":
+            self._persisted()
 
     @rule()
     @precondition(ready)
@@ -163,8 +196,10 @@ class VolumeMachine(RuleBasedStateMachine):
         self.store.close()
         self.store = tiered.open(self.dir, sync=False)
         self.vol = self.store.volume("vol", strategy=self.strategy)
-        self.unpersisted = False
+        self._persisted()
+        self.replayed = False
         assert self.vol.unclean_shutdown == bool(self.lost)
+        assert self.vol.durability == ("sync" if self.sync_mode else "lazy")
 
     @rule()
     @precondition(ready)
@@ -172,11 +207,15 @@ class VolumeMachine(RuleBasedStateMachine):
         """Drop the process state without close or flush, as a crash would."""
         self.store._storage.close()
         self.store = tiered.open(self.dir, sync=False)
+        gid = self.vol.generation_id
         self.vol = self.store.volume("vol")
-        if self.unpersisted:
+        lost_now = self.unpersisted and bool(self.model.checkpoints)
+        if lost_now:
             self.lost |= set(self.model.checkpoints)
-        self.unpersisted = False
-        assert self.vol.unclean_shutdown == bool(self.lost)
+        assert (self.vol.generation_id != gid) == lost_now
+        self.replayed = self.journaled
+        assert self.vol.unclean_shutdown == (bool(self.lost) or self.replayed)
+        self._persisted()
 
     @rule(new=st.sampled_from(list(STRATEGIES.values())))
     @precondition(ready)
@@ -184,9 +223,9 @@ class VolumeMachine(RuleBasedStateMachine):
         self.vol.convert(new)
         self.strategy = new
         self.always_exact = self.always_exact and new.mode == "one-bit"
-        self.unpersisted = False  # converting stores the whole state
+        self._persisted()  # converting stores the whole state
         assert self.vol.strategy == new
-        assert self.vol.unclean_shutdown == bool(self.lost)
+        assert self.vol.unclean_shutdown == (bool(self.lost) or self.replayed)
 
     @rule(data=st.data())
     @precondition(lambda self: self.ready() and self.model.checkpoints)

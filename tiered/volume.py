@@ -170,11 +170,14 @@ class Volume:
         self._history.load(txn, record)
         self._by_name = {c.name: c for c in self._checkpoints}
         self._sync = SyncState(self._n_chunks, int(record.get("journal_last", 0)) + 1)
+        #: This open replayed a sync-mode journal: the writer before it
+        #: crashed, and lost nothing.
+        self._replayed = False
         self.unclean_shutdown = False
         if self._unflushed and self.durability == "sync":
             # Every synced mark is in the journal: replay it, and lose nothing.
             self._replay(txn, record)
-            self.unclean_shutdown = True
+            self._replayed = self.unclean_shutdown = True
             if not self._storage.readonly:
                 self._transact(self._history.flush, persists=True)
         elif self._unflushed:
@@ -630,7 +633,7 @@ class Volume:
             self._checkpoints = remaining
             self.generation_id = self._record["generation_id"]
             del self._by_name[name]
-            self.unclean_shutdown = bool(lost)
+            self.unclean_shutdown = bool(lost) or self._replayed
             self._update_marking()
 
     # -- queries --------------------------------------------------------
