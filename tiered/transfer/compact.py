@@ -42,11 +42,10 @@ def _entries(env: lmdb.Environment, where: str) -> dict[bytes, int]:
         names = {bytes(key) for key, _ in txn.cursor()}
     if not names or names - set(DB_NAMES) or b"meta" not in names:
         raise NotAStoreError(f"{where} is an LMDB environment that is not a tiered store; it was left unchanged")
-    counts = {}
-    for name in sorted(names):
-        counts[name] = env.stat(env.open_db(name, create=False))["entries"]
+    dbs = {name: env.open_db(name, create=False) for name in sorted(names)}
     with env.begin() as txn:
-        if txn.get(b"format", db=env.open_db(b"meta", create=False)) is None:
+        counts = {name: txn.stat(db)["entries"] for name, db in dbs.items()}
+        if txn.get(b"format", db=dbs[b"meta"]) is None:
             raise NotAStoreError(f"{where} has no tiered format record; it was left unchanged")
     return counts
 
