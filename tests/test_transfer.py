@@ -590,3 +590,41 @@ def test_compact_refuses_a_store_open_in_another_process(tmp_path):
     assert tiered.compact(path)["after"] > 0
     with pytest.raises(tiered.NotAStoreError):
         tiered.compact(str(tmp_path / "missing"))
+
+
+def test_round_trip_in_the_middle_of_a_hybrid_fold(source, target):
+    rng = np.random.default_rng(12)
+    vol = source.create_volume("h", size=SIZE, granularity=G, strategy=tiered.Strategy("hybrid", recent=2))
+    seen = 0
+    for i in range(16):
+        vol.checkpoint(f"c{i}")
+        offsets = rng.integers(0, SIZE // G - 1, 3000) * G
+        vol.mark_many(offsets, np.full(len(offsets), G))
+        if vol._history.fold_upto:
+            data = dumped(vol)
+            record = stream.StreamReader(io.BytesIO(data))
+            record.header()
+            assert next(record.records()).json()["volume"]["fold_upto"]  # still folding after the flush
+            loaded = target.load(io.BytesIO(data), f"copy{i}")
+            assert answers(loaded) == answers(vol)
+            seen += 1
+            if seen == 2:
+                break
+    assert seen
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_golden_stores_of_every_format_round_trip(tmp_path, version):
+    from fixtures.make_store import answers_of
+    from test_format import expected_of, golden_copy
+
+    path, expected = golden_copy(tmp_path, version)
+    streams = {}
+    with tiered.open(path, readonly=True) as store:  # a format-1 reader dumps format-1 values
+        for name in store.volumes():
+            streams[name] = dumped(store.volume(name))
+    with tiered.open(str(tmp_path / "dst"), sync=False) as dst:
+        for name, data in streams.items():
+            dst.load(io.BytesIO(data))
+        for name, entry in expected["volumes"].items():
+            assert answers_of(dst, name) == expected_of(entry), name
