@@ -628,3 +628,45 @@ def test_golden_stores_of_every_format_round_trip(tmp_path, version):
             dst.load(io.BytesIO(data))
         for name, entry in expected["volumes"].items():
             assert answers_of(dst, name) == expected_of(entry), name
+
+
+def test_fields_added_to_the_volume_record_travel_with_it(tmp_path, target):
+    from tiered.storage import codec
+    from tiered.storage.keys import volume_key
+
+    path = str(tmp_path / "s")
+    with tiered.open(path, sync=False) as store:
+        vol = store.create_volume("v", size=1 << 24)
+        vol.checkpoint("a")
+        vol_id = vol._id
+    with tiered.open(path, sync=False) as store:  # another engineer's new fields
+        def edit(txn):
+            key = volume_key(vol_id)
+            record = codec.unpack_json(txn.get(key, db=store._storage.volumes), key, 2, "v")
+            record.update(durability="fsync", generation_id="abc123")
+            txn.put(key, codec.pack_json(record, key), db=store._storage.volumes)
+
+        store._storage.write(edit)
+    with tiered.open(path, sync=False) as store:
+        data = dumped(store.volume("v"))
+    loaded = target.load(io.BytesIO(data), "w")
+    assert loaded._record["durability"] == "fsync" and loaded._record["generation_id"] == "abc123"
+    assert loaded._record["id"] == loaded._id and loaded._record["name"] == "w"
+
+
+def test_a_remap_during_a_dump_is_a_clear_error(source, target):
+    vol = source.create_volume("v", size=1 << 24)
+    vol.checkpoint("a")
+    vol.mark(0, 1)
+
+    class Growing(io.BytesIO):
+        def write(self, data):  # the map grows while the dump streams
+            if self.tell() > 100 and not getattr(self, "grown", False):
+                self.grown = True
+                source._storage._grow_map()
+            return super().write(data)
+
+    with pytest.raises(tiered.StorageError, match="run the dump again"):
+        vol.dump(Growing())
+    assert list(vol.changed_since("a")) == [(0, 64 << 10)]
+    assert target.load(io.BytesIO(dumped(vol))).name == "v"

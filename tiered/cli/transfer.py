@@ -45,6 +45,8 @@ def add_dump_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_dump(args: argparse.Namespace) -> int:
     to_stdout = args.file == STDIO
     target = _binary(sys.stdout, "stdout") if to_stdout else args.file
+    if to_stdout and sys.stdout.isatty():
+        raise UsageError("refusing to write a binary dump to a terminal; redirect stdout or name a FILE")
     if to_stdout:
         sys.stdout.flush()
     with open_store(args.store) as store:

@@ -33,8 +33,11 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any, Iterator
 
+import lmdb
+
 from . import stream
 from .files import open_output
+from ..errors import ClosedError, InvalidArgumentError, StorageError, TieredError
 from ..storage import codec
 from ..storage.keys import checkpoint_key_gen, parse_page_key, volume_key
 
@@ -56,8 +59,20 @@ def dump_volume(vol: "Volume", file: Any) -> dict[str, Any]:
     flush found the store full) or CorruptionError (a stored value failed
     its check: the dump stops and, for a path, leaves no file).
     """
-    with open_output(file) as out, _snapshot(vol) as txn:
-        return _write(vol, txn, stream.StreamWriter(out))
+    storage = vol._storage
+    epoch = storage.epoch
+    try:
+        with open_output(file) as out, _snapshot(vol) as txn:
+            return _write(vol, txn, stream.StreamWriter(out))
+    except (TieredError, lmdb.Error) as exc:
+        if storage.epoch == epoch or isinstance(exc, (ClosedError, InvalidArgumentError)):
+            raise
+        # py-lmdb ends every read transaction of the process when the map
+        # is remapped; the dump's reads then fail half way.
+        raise StorageError(
+            f"volume {vol.name!r}: the store's map grew in this process during the dump, which ended "
+            "the dump's read transaction; the stream is incomplete (a load refuses it): run the dump again"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ import struct
 import zlib
 from typing import Any, BinaryIO, Iterator
 
-from ..errors import StreamError
+from ..errors import StreamError, TieredError
 
 MAGIC = b"TIERDUMP"
 #: The stream version this code writes and reads.
@@ -73,6 +73,11 @@ MAX_PAYLOAD = 64 << 20
 MAX_JSON = 1 << 20
 
 
+def limit(kind: int) -> int:
+    """The largest payload a record of ``kind`` may have."""
+    return MAX_JSON if kind in (KIND_VOLUME, KIND_CHECKPOINT) else MAX_PAYLOAD
+
+
 def _name(kind: int) -> str:
     return NAMES.get(kind, f"kind {kind:#04x}")
 
@@ -96,9 +101,10 @@ class StreamWriter:
         self._emit(head + _CRC.pack(zlib.crc32(head)))
 
     def record(self, kind: int, payload: bytes) -> None:
-        """Append one record of ``kind`` (at most MAX_PAYLOAD bytes)."""
-        if len(payload) > MAX_PAYLOAD:
-            raise ValueError(f"a {_name(kind)} record of {len(payload)} bytes is over {MAX_PAYLOAD}")
+        """Append one record of ``kind`` (at most :func:`limit` bytes)."""
+        if len(payload) > limit(kind):
+            # A reader would refuse it: never write a stream no one can load.
+            raise TieredError(f"a {_name(kind)} record of {len(payload)} bytes is over the limit of {limit(kind)}")
         head = RECORD_HEAD.pack(kind, len(payload))
         crc = zlib.crc32(payload, zlib.crc32(head, zlib.crc32(_INDEX.pack(self.records))))
         self._emit(head)
@@ -212,10 +218,9 @@ class StreamReader:
             crc_before = self._crc
             where = f"record {self.index} at byte {start}"
             kind, length = RECORD_HEAD.unpack(self._read(RECORD_HEAD.size, f"the head of {where}"))
-            limit = MAX_JSON if kind in (KIND_VOLUME, KIND_CHECKPOINT) else MAX_PAYLOAD
-            if length > limit:
+            if length > limit(kind):
                 raise StreamError(
-                    f"dump stream {where} ({_name(kind)}): length {length} is over the limit of {limit} bytes; "
+                    f"dump stream {where} ({_name(kind)}): length {length} is over the limit of {limit(kind)} bytes; "
                     "nothing was loaded"
                 )
             payload = self._read(length, f"the payload of {where} ({_name(kind)})")
