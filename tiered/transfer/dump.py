@@ -60,12 +60,12 @@ def dump_volume(vol: "Volume", file: Any) -> dict[str, Any]:
     its check: the dump stops and, for a path, leaves no file).
     """
     storage = vol._storage
-    epoch = storage.epoch
+    begun: list[int] = []  # the storage epoch when the read transaction began
     try:
-        with open_output(file) as out, _snapshot(vol) as txn:
+        with open_output(file) as out, _snapshot(vol, begun) as txn:
             return _write(vol, txn, stream.StreamWriter(out))
     except (TieredError, lmdb.Error) as exc:
-        if storage.epoch == epoch or isinstance(exc, (ClosedError, InvalidArgumentError)):
+        if not begun or storage.epoch == begun[0] or isinstance(exc, (ClosedError, InvalidArgumentError)):
             raise
         # py-lmdb ends every read transaction of the process when the map
         # is remapped; the dump's reads then fail half way.
@@ -76,18 +76,21 @@ def dump_volume(vol: "Volume", file: Any) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _snapshot(vol: "Volume") -> Iterator[Any]:
-    """The read transaction to dump from (see the module docstring)."""
+def _snapshot(vol: "Volume", begun: list[int]) -> Iterator[Any]:
+    """The read transaction to dump from (see the module docstring);
+    appends to ``begun`` the storage epoch it was taken in."""
     storage = vol._storage
     if storage.readonly:
         with vol._lock:
             vol._check_open()
+            begun.append(storage.epoch)
             yield vol._io.snapshot
         return
     with vol._lock:
         vol._check_writable()
         vol._transact(vol._history.flush, unflushed=False)
         txn = storage.begin_read()
+        begun.append(storage.epoch)
     try:
         with storage.guard("a dump"):
             yield txn

@@ -162,7 +162,12 @@ class _Loader:
         what = f"dump stream {rec.where}, page {tag.decode('latin-1')}/{gen}/{page}"
         # Decode once, as a query would, so that a page that passed its CRC
         # but is malformed is refused now rather than at a query.
-        codec.decode_page(value, page, self.dtype, what, key=key, version=codec.FORMAT_VERSION, n_segments=self.n_segments)
+        try:
+            codec.decode_page(
+                value, page, self.dtype, what, key=key, version=codec.FORMAT_VERSION, n_segments=self.n_segments
+            )
+        except CorruptionError as exc:
+            raise StreamError(f"{exc}; nothing was loaded") from None
         self.txn.put(key, value, db=self.storage.pages)
         self.tables.add((tag, gen))
         self.digest ^= key_digest(key)
