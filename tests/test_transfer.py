@@ -210,7 +210,6 @@ def test_reader_dump_of_unflushed_writer_loads_as_unclean(tmp_path):
 
 
 def test_dump_while_another_thread_marks_and_checkpoints(source, target):
-    rng = np.random.default_rng(3)
     vol = source.create_volume("v", size=SIZE, granularity=G, strategy=tiered.Strategy("hybrid", recent=2))
     vol.checkpoint("base")
     before = np.arange(0, 200) * 7 * G
@@ -448,12 +447,17 @@ def test_cli_dump_load_backup_compact(tmp_path, capsysbinary, monkeypatch):
     assert capsysbinary.readouterr().out == b"loaded volume 'copy' (hybrid, 1 checkpoints)\n"
     assert main(["dump", src, "vda", "-"]) == 0
     data = capsysbinary.readouterr().out  # the stream alone
-    assert data.startswith(stream.MAGIC) and abs(len(data) - len(Path(dump).read_bytes())) < 8  # its time may print shorter
+    # the same stream but for the dump time, which may print shorter
+    assert data.startswith(stream.MAGIC) and abs(len(data) - len(Path(dump).read_bytes())) < 8
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
     assert main(["load", dst, "-", "--as", "piped"]) == 0
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data[:-1])))
     assert main(["load", dst, "-", "--as", "cut"]) == 1
     assert b"truncated" in capsysbinary.readouterr().err
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert main(["dump", src, "vda", "-"]) == 2  # never binary onto a terminal
+    assert b"terminal" in capsysbinary.readouterr().err
+    monkeypatch.undo()
     assert main(["load", dst]) == 2  # usage
     assert main(["dump", src, "nope", dump]) == 1
     with tiered.open(dst, readonly=True) as store:

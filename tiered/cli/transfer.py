@@ -12,7 +12,9 @@ import argparse
 import sys
 from typing import Any, BinaryIO
 
-from .common import EXIT_OK, UsageError, add_json_argument, add_store_argument, add_volume_argument, open_store, write_json
+from .common import (
+    EXIT_OK, UsageError, add_json_argument, add_store_argument, add_volume_argument, open_store, write_json,
+)
 
 STDIO = "-"
 

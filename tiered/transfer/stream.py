@@ -198,7 +198,9 @@ class StreamReader:
         try:
             head = self._read(HEADER.size, "the header")
         except StreamError:
-            raise StreamError("not a tiered dump: the stream is shorter than a dump header; nothing was loaded") from None
+            raise StreamError(
+                "not a tiered dump: the stream is shorter than a dump header; nothing was loaded"
+            ) from None
         magic, version, flags, crc = HEADER.unpack(head)
         if magic != MAGIC:
             raise StreamError(f"not a tiered dump (it starts with {magic!r}, not {MAGIC!r}); nothing was loaded")
