@@ -83,19 +83,22 @@ class _Loader:
         self.last_page: tuple[bytes, int, int] | None = None
 
     def run(self, reader: stream.StreamReader) -> tuple[int, str]:
+        # One handler per record kind.  KIND_JOURNAL gets its own once
+        # volumes have a journal table; until then a stream holding one is
+        # refused rather than loaded without it.
+        handlers = {
+            stream.KIND_CHECKPOINT: self._checkpoint,
+            stream.KIND_PAGE: self._page,
+        }
         reader.header()
         for rec in reader.records():
             if rec.kind == stream.KIND_VOLUME:
                 self._volume(rec)
             elif self.record is None:
                 raise rec.error("comes before the volume record")
-            elif rec.kind == stream.KIND_CHECKPOINT:
-                self._checkpoint(rec)
-            elif rec.kind == stream.KIND_PAGE:
-                self._page(rec)
+            elif rec.kind in handlers:
+                handlers[rec.kind](rec)
             else:
-                # A kind the stream knows but this loader cannot store yet
-                # (KIND_JOURNAL until volumes have a journal table).
                 raise rec.error("is of a kind this tiered cannot load")
         if self.record is None:
             raise StreamError("dump stream holds no volume record; nothing was loaded")
