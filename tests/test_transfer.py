@@ -677,3 +677,45 @@ def test_a_remap_during_a_dump_is_a_clear_error(source, target):
         vol.dump(Growing())
     assert list(vol.changed_since("a")) == [(0, 64 << 10)]
     assert target.load(io.BytesIO(dumped(vol))).name == "v"
+
+
+def test_dump_and_load_stream_in_constant_memory(tmp_path, source, target, monkeypatch):
+    import tracemalloc
+
+    pages = 12  # per table; 9 tables of about 1.2 MiB each
+    vol = source.create_volume("big", size=pages * PAGE_CHUNKS * 512, granularity=512, strategy="one-bit")
+    rng = np.random.default_rng(1)
+    for i in range(9):
+        vol.checkpoint(f"c{i}")
+        chunks = rng.integers(0, pages * PAGE_CHUNKS, 1_000_000)
+        vol.mark_many(chunks * 512, np.full(len(chunks), 512))
+    vol.flush()
+
+    class Sink:  # write() is all a file object needs
+        written = 0
+
+        def write(self, data):
+            self.written += len(data)
+
+    sink = Sink()
+    tracemalloc.start()
+    try:
+        vol.dump(sink)
+        dump_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sink.written > 9 << 20
+    assert dump_peak < 2 << 20, dump_peak
+    path = tmp_path / "big.dump"
+    vol.dump(path)
+    peaks = []
+    # the peak of the load transaction itself, just before it commits (opening
+    # the loaded volume then loads its active bitmap, as any open does)
+    monkeypatch.setattr(target._storage, "commit_hook", lambda: peaks.append(tracemalloc.get_traced_memory()[1]))
+    tracemalloc.start()
+    try:
+        loaded = target.load(path)
+    finally:
+        tracemalloc.stop()
+    assert peaks[0] < 3 << 20, peaks
+    assert list(loaded.changed_since("c7")) == list(vol.changed_since("c7"))

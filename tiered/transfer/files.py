@@ -69,8 +69,11 @@ class Output:
             raise io_error(exc, "write", self.what) from None
 
     def flush(self) -> None:
+        flush = getattr(self._raw, "flush", None)  # write() is all a file object needs
+        if flush is None:
+            return
         try:
-            self._raw.flush()
+            flush()
         except OSError as exc:
             raise io_error(exc, "write", self.what) from None
 
