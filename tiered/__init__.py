@@ -33,12 +33,14 @@ if TYPE_CHECKING:
         StoreBusyError,
         StoreFullError,
         StrategyMismatchError,
+        StreamError,
         TieredError,
         TraceFormatError,
         VolumeNotFoundError,
     )
     from .extents import Extents
     from .store import Store, open
+    from .transfer import compact
     from .volume import Checkpoint, Volume
 
 __version__ = "0.1.0"
@@ -62,10 +64,12 @@ __all__ = [
     "StoreFullError",
     "Strategy",
     "StrategyMismatchError",
+    "StreamError",
     "TieredError",
     "TraceFormatError",
     "Volume",
     "VolumeNotFoundError",
+    "compact",
     "open",
 ]
 
@@ -91,10 +95,12 @@ _EXPORTS: dict[str, str] = {
     "StoreFullError": "errors",
     "Strategy": "config",
     "StrategyMismatchError": "errors",
+    "StreamError": "errors",
     "TieredError": "errors",
     "TraceFormatError": "errors",
     "Volume": "volume",
     "VolumeNotFoundError": "errors",
+    "compact": "transfer",
     "open": "store",
 }
 

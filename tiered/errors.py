@@ -65,6 +65,11 @@ class CorruptionError(TieredError):
     stored values contradict each other (docs/format.md)."""
 
 
+class StreamError(CorruptionError):
+    """A dump stream is truncated, damaged, or not a tiered dump (the message
+    names the record and byte offset); the load that read it changed nothing."""
+
+
 class StoreBusyError(TieredError):
     """The store is already open in this process."""
 

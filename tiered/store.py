@@ -345,3 +345,22 @@ class Store:
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("read-only" if self.readonly else "open")
         return f"<tiered.Store {self.path!r} {state}>"
+
+    # -- transfer (tiered/transfer/) --------------------------------------
+
+    @guarded
+    def load(self, file: Any, name: str | None = None) -> Volume:
+        """Add the volume dumped by :meth:`Volume.dump` in ``file`` (a path
+        or a binary file object), as ``name`` or its dumped name, all or
+        nothing; returns it open.  See :func:`tiered.transfer.load_volume`."""
+        from .transfer.load import load_volume
+
+        return load_volume(self, file, name)
+
+    @guarded
+    def backup(self, path: Any) -> dict[str, Any]:
+        """Copy the whole store, consistent and compacted, into ``path`` (a
+        missing or empty directory).  See :func:`tiered.transfer.backup_store`."""
+        from .transfer.backup import backup_store
+
+        return backup_store(self, path)

@@ -865,3 +865,14 @@ class Volume:
             f"<tiered.Volume {self.name!r} size={self.size} granularity={self.granularity} "
             f"mode={self.strategy.mode} checkpoints={len(self._checkpoints)}>"
         )
+
+    # -- transfer (tiered/transfer/) --------------------------------------
+
+    @guarded
+    def dump(self, file: Any) -> dict[str, Any]:
+        """Write this volume's settings, checkpoints, pages and active state
+        to ``file`` (a path or a binary file object) as a dump stream that
+        :meth:`Store.load` reads.  See :func:`tiered.transfer.dump_volume`."""
+        from .transfer.dump import dump_volume
+
+        return dump_volume(self, file)

@@ -6,10 +6,14 @@ volumes, or compare the strategies on a workload.
     tiered changed STORE VOLUME CHECKPOINT [--to NEWER] [--offset N] [--length N]
     tiered stats STORE VOLUME
     tiered convert STORE VOLUME MODE [--width {8,16,32}] [--recent N]
+    tiered dump STORE VOLUME FILE
+    tiered load STORE FILE [--as NAME]
+    tiered backup STORE DEST
+    tiered compact STORE
     tiered compare [--workload KIND | --trace FILE] ...
 
 Every command is a thin layer over the public API, one module per group of
-commands (:mod:`.inspect`, :mod:`.convert`, :mod:`.compare`), registered in
+commands (:mod:`.inspect`, :mod:`.convert`, :mod:`.transfer`, :mod:`.compare`), registered in
 :mod:`.main`.  Only the standard library is imported at module level: the
 engine (numpy, numba, lmdb) is imported inside the handlers, so ``tiered
 --help`` and usage errors answer at once.

@@ -21,6 +21,10 @@ from .inspect import (
     add_changed_arguments, add_volume_report_arguments, add_volumes_arguments, cmd_changed,
     cmd_checkpoints, cmd_stats, cmd_volumes,
 )
+from .transfer import (
+    add_backup_arguments, add_compact_arguments, add_dump_arguments, add_load_arguments, cmd_backup,
+    cmd_compact, cmd_dump, cmd_load,
+)
 
 @dataclasses.dataclass(frozen=True)
 class Command:
@@ -48,6 +52,20 @@ COMMANDS: tuple[Command, ...] = (
         "switch a volume to another strategy, keeping every checkpoint (opens the store for writing)",
         add_convert_arguments,
         cmd_convert,
+    ),
+    Command("dump", "write one volume's tracking state to a file or stdout", add_dump_arguments, cmd_dump),
+    Command(
+        "load",
+        "add a volume from a dump, all or nothing (opens the store for writing)",
+        add_load_arguments,
+        cmd_load,
+    ),
+    Command("backup", "copy a whole store, consistent and compacted, while a writer works", add_backup_arguments, cmd_backup),
+    Command(
+        "compact",
+        "shrink a store's data file to the space in use (needs the store to itself)",
+        add_compact_arguments,
+        cmd_compact,
     ),
     Command(
         "compare",

@@ -131,6 +131,8 @@ class Storage:
         self._closed = True
         #: Bumped whenever a remap ended the process's read transactions.
         self.epoch = 0
+        #: Held around every remap, and by :meth:`pinned_map`.
+        self._remap_lock = threading.RLock()
         with _open_paths_lock:
             if self.path in _open_paths:
                 raise StoreBusyError(
@@ -389,10 +391,20 @@ class Storage:
         tells the read-only volumes that their snapshots are gone.
         """
         assert self.env is not None
-        self.env.set_mapsize(0)  # 0: take the size the writer set
-        info = self.env.info()
-        self.env.set_mapsize(max(info["map_size"] * 2, READER_MAP_SIZE))
-        self.epoch += 1
+        with self._remap_lock:
+            self.env.set_mapsize(0)  # 0: take the size the writer set
+            info = self.env.info()
+            self.env.set_mapsize(max(info["map_size"] * 2, READER_MAP_SIZE))
+            self.epoch += 1
+
+    @contextmanager
+    def pinned_map(self) -> Iterator[None]:
+        """No remap of this process's map happens inside (another thread
+        that must grow or adopt the map waits).  For LMDB calls that read
+        the map with a transaction of their own, out of the reach of
+        py-lmdb's invalidation, such as ``env.copyfd``."""
+        with self._remap_lock:
+            yield
 
     @contextmanager
     def reading(self) -> Iterator[lmdb.Transaction]:
@@ -429,16 +441,17 @@ class Storage:
 
     def _grow_map(self) -> None:
         assert self.env is not None
-        current = self.env.info()["map_size"]
-        try:
-            # Doubling keeps the number of retries logarithmic in the data size.
-            self.env.set_mapsize(current * 2)
-        except lmdb.Error as exc:
-            raise StoreFullError(
-                f"store {self.path!r}: the LMDB map is full at {current} bytes and cannot grow ({exc}); "
-                "nothing was changed"
-            ) from None
-        self.epoch += 1
+        with self._remap_lock:
+            current = self.env.info()["map_size"]
+            try:
+                # Doubling keeps the number of retries logarithmic in the data size.
+                self.env.set_mapsize(current * 2)
+            except lmdb.Error as exc:
+                raise StoreFullError(
+                    f"store {self.path!r}: the LMDB map is full at {current} bytes and cannot grow ({exc}); "
+                    "nothing was changed"
+                ) from None
+            self.epoch += 1
 
     def disk_bytes(self) -> int:
         """Bytes the environment occupies in its files (the used part of the map)."""
