@@ -14,8 +14,10 @@ Records, in this order:
    store-local key; the loader wraps it again under its own key.  The
    active state travels here too: a flush stores it as the ``A`` pages
    (one-bit, hybrid) or in ``G`` (multi-bit).
-4. (to come: ``journal`` records, once volumes have a journal table; they
-   go between the pages and the trailer, see ``stream.KIND_JOURNAL``.)
+4. ``journal``, one per stored journal entry in sequence order (only a
+   read-only volume of a sync-mode writer that has not flushed since, or
+   that crashed, has any): the sequence number (u64 little-endian) and the
+   entry's payload without its envelope (:mod:`tiered.storage.journal`).
 5. the trailer.
 
 A writer first persists what RAM holds (the flush path, under the volume's
@@ -37,8 +39,9 @@ import lmdb
 
 from . import stream
 from .files import open_output
-from ..errors import ClosedError, InvalidArgumentError, StorageError, TieredError
+from ..errors import ClosedError, CorruptionError, InvalidArgumentError, StorageError, TieredError
 from ..storage import codec
+from ..storage.journal import JOURNAL_KEY_SIZE
 from ..storage.keys import checkpoint_key_gen, parse_page_key, volume_key
 
 if TYPE_CHECKING:
@@ -86,9 +89,9 @@ def _snapshot(vol: "Volume", begun: list[int]) -> Iterator[Any]:
             begun.append(storage.epoch)
             yield vol._io.snapshot
         return
-    with vol._lock:
+    with vol._commit_lock, vol._lock:
         vol._check_writable()
-        vol._transact(vol._history.flush, unflushed=False)
+        vol._transact(vol._history.flush, persists=True)
         txn = storage.begin_read()
         begun.append(storage.epoch)
     try:
@@ -136,7 +139,15 @@ def _write(vol: "Volume", txn: Any, writer: stream.StreamWriter) -> dict[str, An
         payload = codec.unwrap(v, kind, bytes(k), version, what)
         writer.record(stream.KIND_PAGE, stream.page_payload(tag, gen, page, kind, bytes(payload)))
         pages += 1
-    # Journal records will be written here (stream.KIND_JOURNAL).
+    entries = 0
+    if storage.journal is not None:
+        for k, v in storage.scan_prefix(txn, storage.journal, prefix):
+            if len(k) != JOURNAL_KEY_SIZE:
+                raise CorruptionError(f"volume {vol.name!r}: journal key {bytes(k).hex()} is {len(k)} bytes")
+            seq = int.from_bytes(bytes(k[8:]), "big")
+            payload = codec.unwrap(v, codec.KIND_JOURNAL, bytes(k), version, f"volume {vol.name!r} journal entry {seq}")
+            writer.record(stream.KIND_JOURNAL, seq.to_bytes(8, "little") + bytes(payload))
+            entries += 1
     writer.finish()
     return {
         "volume": vol.name,

@@ -23,6 +23,7 @@ from . import stream
 from .files import open_input
 from ..errors import AlreadyExistsError, CorruptionError, ReadOnlyError, StreamError
 from ..storage import codec
+from ..storage.journal import decode_entry, journal_key
 from ..storage.keys import checkpoint_key, key_digest, page_key, volume_key
 from ..config import PAGE_SEGMENTS, SEG_CHUNKS
 from ..integrity import check_history, check_record
@@ -81,14 +82,14 @@ class _Loader:
         self.tables: set[tuple[bytes, int]] = set()
         self.digest = 0
         self.last_page: tuple[bytes, int, int] | None = None
+        self.last_entry = 0
+        self.entries: list[int] = []
 
     def run(self, reader: stream.StreamReader) -> tuple[int, str]:
-        # One handler per record kind.  KIND_JOURNAL gets its own once
-        # volumes have a journal table; until then a stream holding one is
-        # refused rather than loaded without it.
         handlers = {
             stream.KIND_CHECKPOINT: self._checkpoint,
             stream.KIND_PAGE: self._page,
+            stream.KIND_JOURNAL: self._journal,
         }
         reader.header()
         for rec in reader.records():
@@ -175,6 +176,24 @@ class _Loader:
         self.tables.add((tag, gen))
         self.digest ^= key_digest(key)
 
+    def _journal(self, rec: stream.Record) -> None:
+        payload = rec.payload
+        if len(payload) < 8:
+            raise rec.error("is too short for a journal entry")
+        seq = int.from_bytes(payload[:8], "little")
+        if seq <= self.last_entry:
+            raise rec.error(f"journal entry {seq} does not follow {self.last_entry}")
+        self.last_entry = seq
+        key = journal_key(self.vol_id, seq)
+        value = codec.wrap(codec.KIND_JOURNAL, bytes(payload[8:]), key)
+        n_chunks = -(-self.record["size"] // self.record["granularity"])
+        try:  # checked now, as a reopen would replay it
+            decode_entry(value, key, codec.FORMAT_VERSION, n_chunks, f"dump stream {rec.where}, journal entry {seq}")
+        except CorruptionError as exc:
+            raise StreamError(f"{exc}; nothing was loaded") from None
+        self.txn.put(key, value, db=self.storage.journal)
+        self.entries.append(seq)
+
     def _finish(self) -> tuple[int, str]:
         record = self.record
         assert record is not None
@@ -182,6 +201,11 @@ class _Loader:
         try:
             check_record(self.vol_id, record, codec.FORMAT_VERSION)
             check_history(self.vol_id, record, self.strategy, self.checkpoints, sorted(self.tables), self.digest)
+            span = [record.get(f, 0) for f in ("journal_from", "journal_last", "journal_count")]
+            if (span[2], span[0] if span[2] else 0, span[1] if span[2] else 0) != (
+                len(self.entries), self.entries[0] if self.entries else 0, self.entries[-1] if self.entries else 0
+            ):
+                raise CorruptionError(f"its record names journal entries {span}, the stream holds {len(self.entries)}")
         except CorruptionError as exc:
             raise StreamError(f"dump stream: the dumped volume is inconsistent: {exc}; nothing was loaded") from None
         key = volume_key(self.vol_id)

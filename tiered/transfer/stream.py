@@ -52,7 +52,7 @@ PAGE_HEAD = struct.Struct("<cQQB")  # tag, generation, page number, envelope kin
 KIND_VOLUME = 0x01  # JSON: the volume record and where it came from
 KIND_CHECKPOINT = 0x02  # JSON: one checkpoint's generation and stored record
 KIND_PAGE = 0x03  # binary: one stored page's key fields and payload
-KIND_JOURNAL = 0x04  # reserved for the volume's journal table (not written yet)
+KIND_JOURNAL = 0x04  # binary: one journal entry's sequence number (u64 LE) and payload
 KIND_END = 0x7F  # the trailer
 OPTIONAL = 0x80  # kinds with this bit set may be skipped by a reader
 
