@@ -1,0 +1,460 @@
+"""Damage to a closed store: 0 silent wrong answers and 0 process crashes.
+
+A store with a volume of every strategy (one-bit, multi-bit of width 8 and
+16, hybrid with folded generation pages), several checkpoints, some
+removed, is written once by a seeded workload; a naive model (a set of
+chunks per period) gives what every ``changed_since`` and
+``changed_between`` over a few regions must hold.  Then, one damage at a
+time on a fresh copy of the closed store, through the ``lmdb`` module
+directly:
+
+* every stored value of every database (``meta`` included): one flipped
+  bit, truncated to a shorter length (0 included), bytes appended;
+* every key: its value moved under the key with one flipped bit, under the
+  key one byte shorter and one byte longer, or the key deleted; two values
+  of a database swapped; a page's value copied under another
+  generation or page; each database emptied or dropped;
+* the data file: truncated at several offsets, a bit flipped in each of
+  the first bytes of both LMDB meta pages.
+
+After each, the store is opened read-only and as writer, every volume is
+opened and every question asked.  Each answer must be the undamaged one
+(same ``exact``), or a superset of it flagged ``exact=False``, or a
+``TieredError`` raised cleanly; anything else (a different answer marked
+exact, a missing chunk, a vanished volume or checkpoint, another exception,
+a crash) is a failure.  The sweep runs in child processes, so that a
+SIGSEGV or SIGBUS is the child's exit status, not the end of pytest.
+
+Bit flips inside LMDB's own B-tree pages are not claimed: LMDB has no page
+checksums, and such damage can crash LMDB itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+
+import pytest
+from naive import covers, to_byte_extents
+
+import tiered
+from tiered.config import PAGE_CHUNKS, SEG_CHUNKS
+from tiered.storage.environment import DB_NAMES
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+SEED = 20261130
+GRAN = 512
+# Two and a half pages of 4 Mi chunks: page-level paths, a partial last page.
+N_CHUNKS = 2 * PAGE_CHUNKS + PAGE_CHUNKS // 2 + 77
+SIZE = N_CHUNKS * GRAN - 100
+VOLUMES = {
+    "one": tiered.Strategy("one-bit"),
+    "m8": tiered.Strategy("multi-bit", width=8),
+    "m16": tiered.Strategy("multi-bit", width=16),
+    "hyb": tiered.Strategy("hybrid", recent=2),
+}
+CHECKPOINTS = [f"c{i}" for i in range(1, 9)]
+REMOVED = ["c1", "c4", "c6"]
+# (offset, length) of the questions' regions: the whole volume, a region
+# inside page 0, and an unaligned one across the page 1/2 boundary.
+REGIONS = [
+    (0, SIZE),
+    (3 * SEG_CHUNKS * GRAN, 5 * SEG_CHUNKS * GRAN),
+    ((2 * PAGE_CHUNKS - 3 * SEG_CHUNKS) * GRAN + 100, 7 * SEG_CHUNKS * GRAN),
+]
+
+
+# -- the store and its reference answers ----------------------------------
+
+
+def _writes(rng: random.Random, period: int) -> list[tuple[int, int]]:
+    """One period's writes: scattered chunks, short runs near segment and
+    page boundaries, a dense segment now and then, the ragged last chunk."""
+    out = [(rng.randrange(N_CHUNKS) * GRAN, GRAN) for _ in range(20)]
+    for base in (0, PAGE_CHUNKS - SEG_CHUNKS, 2 * PAGE_CHUNKS - 2 * SEG_CHUNKS, 4 * SEG_CHUNKS):
+        start = base + rng.randrange(2 * SEG_CHUNKS)
+        out.append((start * GRAN, rng.randrange(1, 80) * GRAN - rng.randrange(GRAN)))
+    if period % 3 == 0:
+        dense = (5 + period % 2) * SEG_CHUNKS
+        out += [((dense + c) * GRAN, GRAN) for c in range(SEG_CHUNKS) if rng.random() < 0.4]
+    if period % 4 == 1:
+        out.append((SIZE - 1, 1))
+    return out
+
+
+def build_store(path: str) -> dict:
+    """Write the store; return, per volume, the model's answers (chunk
+    lists) keyed by question."""
+    model: dict = {}
+    with tiered.open(path, sync=False) as store:
+        for vname, strategy in VOLUMES.items():
+            rng = random.Random(f"{SEED}-{vname}")
+            vol = store.create_volume(vname, SIZE, GRAN, strategy)
+            periods: list[set[int]] = []  # chunks written in each period since c1
+            start: dict[str, int] = {}
+            for i, name in enumerate(CHECKPOINTS):
+                vol.checkpoint(name)
+                start[name] = len(periods)
+                periods.append(set())
+                for off, length in _writes(rng, i + 1):
+                    vol.mark(off, length)
+                    periods[-1].update(range(off // GRAN, (off + length - 1) // GRAN + 1))
+                if i == 4:
+                    vol.flush()
+            for name in REMOVED:
+                vol.remove_checkpoint(name)
+                del start[name]
+            # writes after the last removal, left for close() to flush
+            for off, length in _writes(rng, 99):
+                vol.mark(off, length)
+                periods[-1].update(range(off // GRAN, (off + length - 1) // GRAN + 1))
+            live = [c.name for c in vol.checkpoints()]
+            assert live == sorted(start, key=start.__getitem__)
+            truth = {}
+            for q in questions(live):
+                a, b = start[q[0]], (start[q[1]] if q[1] else len(periods))
+                chunks = set().union(*periods[a:b])
+                truth[json.dumps(q)] = sorted(chunks)
+            model[vname] = truth
+    return model
+
+
+def questions(live: list[str]) -> list[list]:
+    """[since, until or None, offset, length] for every checkpoint and
+    every ordered pair of checkpoints, over every region."""
+    pairs = [(a, None) for a in live] + [(a, b) for i, a in enumerate(live) for b in live[i + 1 :]]
+    return [[a, b, off, length] for a, b in pairs for off, length in REGIONS]
+
+
+def ask(vol, q: list) -> tuple[list[tuple[int, int]], bool]:
+    since, until, off, length = q
+    got = vol.changed_since(since, off, length) if until is None else vol.changed_between(since, until, off, length)
+    return [tuple(e) for e in got], got.exact
+
+
+def answers(path: str, readonly: bool = True) -> dict:
+    """Every volume's answer to every question: {volume: {question: [extents, exact]}}."""
+    out: dict = {}
+    with tiered.open(path, readonly=readonly, sync=False) as store:
+        for vname in VOLUMES:
+            vol = store.volume(vname)
+            live = [c.name for c in vol.checkpoints()]
+            out[vname] = {json.dumps(q): [[list(e) for e in ext], exact] for q in questions(live) for ext, exact in [ask(vol, q)]}
+    return out
+
+
+# -- damage ------------------------------------------------------------------
+
+
+def _open_env(path: str):
+    import lmdb
+
+    env = lmdb.open(path, max_dbs=len(DB_NAMES), map_size=256 << 20)
+    dbs = {name.decode(): env.open_db(name) for name in DB_NAMES}
+    return env, dbs
+
+
+def stored_keys(path: str) -> dict[str, list[bytes]]:
+    env, dbs = _open_env(path)
+    try:
+        with env.begin() as txn:
+            return {name: [bytes(k) for k, _ in txn.cursor(db)] for name, db in dbs.items()}
+    finally:
+        env.close()
+
+
+def flip(data: bytes, bit: int) -> bytes:
+    out = bytearray(data)
+    out[bit // 8] ^= 1 << (bit % 8)
+    return bytes(out)
+
+
+def make_cases(keys: dict[str, list[bytes]], file_size: int, psize: int) -> list[list]:
+    """Every damage of the sweep, as JSON-able [kind, ...] lists, from a
+    fixed seed (the same cases on every run)."""
+    rng = random.Random(SEED)
+    cases: list[list] = []
+    for db, ks in keys.items():
+        for k in ks:
+            kh = k.hex()
+            cases.append(["value-flip", db, kh, rng.randrange(1 << 20)])  # bit taken modulo the value's
+            cases.append(["value-truncate", db, kh, rng.random()])
+            cases.append(["value-append", db, kh, rng.randbytes(rng.randrange(1, 12)).hex()])
+            cases.append(["key-flip", db, kh, rng.randrange(8 * len(k))])
+            cases.append(["key-shorter", db, kh])
+            cases.append(["key-longer", db, kh, rng.randrange(256)])
+            cases.append(["key-delete", db, kh])
+        for _ in range(min(len(ks) // 2, 12)):
+            if len(ks) > 1:
+                a, b = rng.sample(ks, 2)
+                cases.append(["swap", db, a.hex(), b.hex()])
+        cases.append(["db-empty", db])
+        cases.append(["db-drop", db])
+    for k in keys["pages"]:
+        vol, tag, gen, page = k[:8], k[8:9], int.from_bytes(k[9:17], "big"), int.from_bytes(k[17:], "big")
+        for g, p in ((gen + 1, page), (max(gen - 1, 0), page), (gen, page + 1), (gen, max(page - 1, 0))):
+            new = vol + tag + g.to_bytes(8, "big") + p.to_bytes(8, "big")
+            if new != k:
+                cases.append(["page-duplicate", k.hex(), new.hex()])
+    # The value of one volume's page under another's key with the same tag.
+    for k in rng.sample(keys["pages"], min(6, len(keys["pages"]))):
+        other = (int.from_bytes(k[:8], "big") % len(VOLUMES) + 1).to_bytes(8, "big")
+        cases.append(["page-duplicate", k.hex(), (other + k[8:]).hex()])
+    offsets = {0, 1, 100, psize - 1, psize, psize + 152, 2 * psize, 3 * psize - 7, file_size // 2, file_size - psize, file_size - 1}
+    offsets |= {rng.randrange(file_size) for _ in range(6)}
+    for off in sorted(o for o in offsets if 0 <= o < file_size):
+        cases.append(["file-truncate", off])
+    # Meta pages: the page header and MDB_meta (magic, version, address,
+    # map size, the free-list and main database records, last page, txnid).
+    for page in (0, 1):
+        for byte in range(0, 152):
+            cases.append(["meta-flip", page * psize + byte, rng.randrange(8)])
+    return cases
+
+
+def apply(path: str, case: list) -> None:
+    """Damage the closed store at ``path`` as ``case`` says."""
+    kind = case[0]
+    file = os.path.join(path, "data.mdb")
+    if kind == "file-truncate":
+        os.truncate(file, case[1])
+        return
+    if kind == "meta-flip":
+        with open(file, "r+b") as f:
+            f.seek(case[1])
+            byte = f.read(1)[0]
+            f.seek(case[1])
+            f.write(bytes([byte ^ (1 << case[2])]))
+        return
+    env, dbs = _open_env(path)
+    try:
+        with env.begin(write=True) as txn:
+            if kind in ("db-empty", "db-drop"):
+                txn.drop(dbs[case[1]], delete=kind == "db-drop")
+                return
+            if kind == "page-duplicate":
+                db, key, new = dbs["pages"], bytes.fromhex(case[1]), bytes.fromhex(case[2])
+                txn.put(new, txn.get(key, db=db), db=db)
+                return
+            db, key = dbs[case[1]], bytes.fromhex(case[2])
+            value = bytes(txn.get(key, db=db))
+            if kind == "value-flip":
+                txn.put(key, flip(value, case[3] % (8 * len(value))), db=db)
+            elif kind == "value-truncate":
+                txn.put(key, value[: int(case[3] * len(value))], db=db)
+            elif kind == "value-append":
+                txn.put(key, value + bytes.fromhex(case[3]), db=db)
+            elif kind == "swap":
+                other = bytes.fromhex(case[3])
+                txn.put(key, txn.get(other, db=db), db=db)
+                txn.put(other, value, db=db)
+            else:
+                txn.delete(key, db=db)
+                if kind == "key-flip":
+                    txn.put(flip(key, case[3]), value, db=db)
+                elif kind == "key-shorter":
+                    txn.put(key[:-1], value, db=db)
+                elif kind == "key-longer":
+                    txn.put(key + bytes([case[3]]), value, db=db)
+                else:
+                    assert kind == "key-delete", kind
+    finally:
+        env.close()
+
+
+# -- judging -----------------------------------------------------------------
+
+# Worst first: a case is judged by its worst outcome.
+RANKS = ["failure", "reported", "superset", "unchanged"]
+
+
+def judge(path: str, reference: dict) -> tuple[str, list[str]]:
+    """Open the damaged store read-only, then as writer, and ask every
+    question; returns the worst outcome and what failed."""
+    seen: set[str] = set()
+    failures: list[str] = []
+
+    def fail(msg: str) -> None:
+        seen.add("failure")
+        failures.append(msg)
+
+    for readonly in (True, False):
+        mode = "reader" if readonly else "writer"
+        store = None
+        try:
+            store = tiered.open(path, readonly=readonly, sync=False)
+            for vname, ref in reference.items():
+                try:
+                    vol = store.volume(vname)
+                except tiered.NotFoundError as exc:
+                    fail(f"{mode}: volume {vname!r} vanished: {exc}")
+                    continue
+                except tiered.TieredError:
+                    seen.add("reported")
+                    continue
+                for qtext, (extents, exact) in ref.items():
+                    q = json.loads(qtext)
+                    want = [tuple(e) for e in extents]
+                    try:
+                        got, got_exact = ask(vol, q)
+                    except tiered.NotFoundError as exc:
+                        fail(f"{mode}: {vname} {q}: {type(exc).__name__}: {exc}")
+                        continue
+                    except tiered.TieredError:
+                        seen.add("reported")
+                        continue
+                    if got == want and got_exact == exact:
+                        seen.add("unchanged")
+                    elif not got_exact and covers(got, want):
+                        seen.add("superset")
+                    else:
+                        fail(f"{mode}: {vname} {q}: answered {got[:4]}... exact={got_exact}, "
+                             f"expected {want[:4]}... exact={exact}")
+        except tiered.NotFoundError as exc:
+            fail(f"{mode}: {type(exc).__name__}: {exc}")
+        except tiered.TieredError:
+            seen.add("reported")
+        except Exception as exc:  # noqa: BLE001 -- anything else is the bug
+            fail(f"{mode}: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-4)}")
+        finally:
+            if store is not None:
+                try:
+                    store.close()
+                except tiered.TieredError:
+                    seen.add("reported")
+                except Exception as exc:  # noqa: BLE001
+                    fail(f"{mode} close: {type(exc).__name__}: {exc}")
+                store._storage.close()  # even if close() failed: next case, next store
+    worst = min(seen or {"unchanged"}, key=RANKS.index)
+    return worst, failures
+
+
+def sweep(base: str, reference_file: str, cases_file: str, shard: int, shards: int) -> None:
+    """Child process: run this shard's cases; print one line per case
+    (before running it, so a crash names it) and a JSON summary."""
+    with open(reference_file) as f:
+        reference = json.load(f)
+    with open(cases_file) as f:
+        cases = json.load(f)
+    counts: dict[str, Counter] = {}
+    failures = []
+    work = tempfile.mkdtemp(prefix="damage-")
+    try:
+        for i in range(shard, len(cases), shards):
+            case = cases[i]
+            print("CASE", json.dumps(case), flush=True)
+            path = os.path.join(work, str(i))
+            os.mkdir(path)
+            shutil.copyfile(os.path.join(base, "data.mdb"), os.path.join(path, "data.mdb"))
+            apply(path, case)
+            worst, failed = judge(path, reference)
+            counts.setdefault(case[0], Counter())[worst] += 1
+            if failed:
+                failures.append([case, failed[:3]])
+            shutil.rmtree(path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("SUMMARY", json.dumps({"counts": counts, "failures": failures}), flush=True)
+
+
+# -- the test ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def damaged_store_setup(tmp_path_factory):
+    """The undamaged store, its reference answers and the sweep's cases."""
+    base = str(tmp_path_factory.mktemp("damage") / "store")
+    model = build_store(base)
+    reference = answers(base)
+    with open(os.path.join(base, "data.mdb"), "rb") as f:
+        psize = int.from_bytes(f.read(44)[40:44], "little")
+    cases = make_cases(stored_keys(base), os.path.getsize(os.path.join(base, "data.mdb")), psize)
+    return base, model, reference, cases
+
+
+def test_undamaged_store_answers_as_the_model(damaged_store_setup):
+    """The reference answers are right: exact ones are the model's, and
+    inexact ones cover it; a writer gives the same answers."""
+    base, model, reference, _ = damaged_store_setup
+    for vname, truth in model.items():
+        assert set(truth) == set(reference[vname])
+        for q, chunks in truth.items():
+            since, until, off, length = json.loads(q)
+            want = to_byte_extents({(c, c) for c in chunks}, GRAN, off, off + length)
+            got, exact = [tuple(e) for e in reference[vname][q][0]], reference[vname][q][1]
+            assert covers(got, want), (vname, q)
+            if exact:
+                assert got == want, (vname, q)
+    # folded generation pages exist, and every strategy answered inexactly somewhere but one-bit
+    assert any(not exact for _, exact in reference["hyb"].values())
+    assert all(exact for _, exact in reference["one"].values())
+    copy = str(damaged_store_setup[0]) + "-writer"
+    shutil.copytree(base, copy)
+    assert answers(copy, readonly=False) == reference
+
+
+def run_sweep(base: str, reference: dict, cases: list, shards: int = 2) -> tuple[dict, list]:
+    """Run the cases in ``shards`` child processes side by side; returns
+    per-kind counts of outcomes and the failures.  A child that dies
+    fails with the case it was running."""
+    work = tempfile.mkdtemp(prefix="damage-sweep-")
+    try:
+        ref_file, cases_file = os.path.join(work, "reference.json"), os.path.join(work, "cases.json")
+        with open(ref_file, "w") as f:
+            json.dump(reference, f)
+        with open(cases_file, "w") as f:
+            json.dump(cases, f)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, HERE])}
+        code = "import sys, test_damage; test_damage.sweep(*sys.argv[1:4], int(sys.argv[4]), int(sys.argv[5]))"
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, base, ref_file, cases_file, str(i), str(shards)],
+                env=env, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            for i in range(shards)
+        ]
+        counts: dict[str, Counter] = {}
+        failures: list = []
+        for child in children:
+            out, err = child.communicate(timeout=600)
+            lines = out.splitlines()
+            last = next((line for line in reversed(lines) if line.startswith("CASE")), "no case")
+            assert child.returncode == 0, f"child died with {child.returncode} during {last}:\n{err[-3000:]}"
+            summary = json.loads(lines[-1].removeprefix("SUMMARY "))
+            for kind, c in summary["counts"].items():
+                counts.setdefault(kind, Counter()).update(c)
+            failures += summary["failures"]
+        return counts, failures
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(counts: dict) -> str:
+    lines = [f"{'damage':16} {'cases':>6} " + " ".join(f"{r:>10}" for r in RANKS)]
+    for kind, c in sorted(counts.items()):
+        lines.append(f"{kind:16} {sum(c.values()):6} " + " ".join(f"{c.get(r, 0):10}" for r in RANKS))
+    return "\n".join(lines)
+
+
+def test_damage_is_never_a_silent_wrong_answer_nor_a_crash(damaged_store_setup):
+    """Every damage of the sweep: each answer unchanged, a superset flagged
+    inexact, or a TieredError; never another exception, never a crash."""
+    base, _, reference, cases = damaged_store_setup
+    assert len(cases) > 500
+    started = time.monotonic()
+    counts, failures = run_sweep(base, reference, cases)
+    print(f"\n{len(cases)} damaged stores in {time.monotonic() - started:.1f} s\n{report(counts)}")
+    assert sum(sum(c.values()) for c in counts.values()) == len(cases)
+    assert not failures, "\n".join(json.dumps(f) for f in failures[:20])
+    # The sweep damaged what matters: most damage is reported.
+    assert sum(c["reported"] for c in counts.values()) > len(cases) // 2
