@@ -42,6 +42,7 @@ import time
 import traceback
 from collections import Counter
 
+import numpy as np
 import pytest
 from naive import covers, to_byte_extents
 
@@ -136,9 +137,13 @@ def questions(live: list[str]) -> list[list]:
     return [[a, b, off, length] for a, b in pairs for off, length in REGIONS]
 
 
-def ask(vol, q: list) -> tuple[list[tuple[int, int]], bool]:
+def query(vol, q: list) -> tiered.Extents:
     since, until, off, length = q
-    got = vol.changed_since(since, off, length) if until is None else vol.changed_between(since, until, off, length)
+    return vol.changed_since(since, off, length) if until is None else vol.changed_between(since, until, off, length)
+
+
+def ask(vol, q: list) -> tuple[list[tuple[int, int]], bool]:
+    got = query(vol, q)
     return [tuple(e) for e in got], got.exact
 
 
@@ -202,7 +207,7 @@ def make_cases(keys: dict[str, list[bytes]], file_size: int, psize: int) -> list
         cases.append(["db-drop", db])
     for k in keys["pages"]:
         vol, tag, gen, page = k[:8], k[8:9], int.from_bytes(k[9:17], "big"), int.from_bytes(k[17:], "big")
-        for g, p in ((gen + 1, page), (max(gen - 1, 0), page), (gen, page + 1), (gen, max(page - 1, 0))):
+        for g, p in rng.sample([(gen + 1, page), (max(gen - 1, 0), page), (gen, page + 1), (gen, max(page - 1, 0))], 2):
             new = vol + tag + g.to_bytes(8, "big") + p.to_bytes(8, "big")
             if new != k:
                 cases.append(["page-duplicate", k.hex(), new.hex()])
@@ -276,11 +281,26 @@ def apply(path: str, case: list) -> None:
 
 # Worst first: a case is judged by its worst outcome.
 RANKS = ["failure", "reported", "superset", "unchanged"]
+#: Outcomes in the report: the ranks, and a child that died on the case.
+OUTCOMES = ["crash", *RANKS]
+
+
+def prepared(reference: dict) -> dict:
+    """The reference answers as {volume: [(question, offsets, lengths, exact)]}
+    (numpy arrays: comparing them is most of the sweep's time)."""
+    out = {}
+    for vname, ref in reference.items():
+        out[vname] = [
+            (json.loads(q), np.array([e[0] for e in ext], np.uint64), np.array([e[1] for e in ext], np.uint64), exact)
+            for q, (ext, exact) in ref.items()
+        ]
+    return out
 
 
 def judge(path: str, reference: dict) -> tuple[str, list[str]]:
     """Open the damaged store read-only, then as writer, and ask every
-    question; returns the worst outcome and what failed."""
+    question of ``reference`` (:func:`prepared`); returns the worst
+    outcome and what failed."""
     seen: set[str] = set()
     failures: list[str] = []
 
@@ -288,8 +308,11 @@ def judge(path: str, reference: dict) -> tuple[str, list[str]]:
         seen.add("failure")
         failures.append(msg)
 
-    for readonly in (True, False):
-        mode = "reader" if readonly else "writer"
+    # A reader, a writer (which commits when it closes), and a reader of
+    # what that writer left: a writer must neither launder damage into
+    # valid-looking data nor overwrite live pages.
+    for mode in ("reader", "writer", "reader after the writer"):
+        readonly = mode != "writer"
         store = None
         try:
             store = tiered.open(path, readonly=readonly, sync=False)
@@ -302,23 +325,24 @@ def judge(path: str, reference: dict) -> tuple[str, list[str]]:
                 except tiered.TieredError:
                     seen.add("reported")
                     continue
-                for qtext, (extents, exact) in ref.items():
-                    q = json.loads(qtext)
-                    want = [tuple(e) for e in extents]
+                for q, offsets, lengths, exact in ref:
                     try:
-                        got, got_exact = ask(vol, q)
+                        ext = query(vol, q)
                     except tiered.NotFoundError as exc:
                         fail(f"{mode}: {vname} {q}: {type(exc).__name__}: {exc}")
                         continue
                     except tiered.TieredError:
                         seen.add("reported")
                         continue
-                    if got == want and got_exact == exact:
+                    same = np.array_equal(ext.offsets, offsets) and np.array_equal(ext.lengths, lengths)
+                    if same and ext.exact == exact:
                         seen.add("unchanged")
-                    elif not got_exact and covers(got, want):
+                        continue
+                    got, want = list(ext), list(zip(offsets.tolist(), lengths.tolist()))
+                    if not ext.exact and covers(got, want):
                         seen.add("superset")
                     else:
-                        fail(f"{mode}: {vname} {q}: answered {got[:4]}... exact={got_exact}, "
+                        fail(f"{mode}: {vname} {q}: answered {got[:4]}... exact={ext.exact}, "
                              f"expected {want[:4]}... exact={exact}")
         except tiered.NotFoundError as exc:
             fail(f"{mode}: {type(exc).__name__}: {exc}")
@@ -340,31 +364,26 @@ def judge(path: str, reference: dict) -> tuple[str, list[str]]:
 
 
 def sweep(base: str, reference_file: str, cases_file: str, shard: int, shards: int) -> None:
-    """Child process: run this shard's cases; print one line per case
-    (before running it, so a crash names it) and a JSON summary."""
+    """Child process: run this shard's cases (every ``shards``-th from
+    ``shard``); print "CASE <index>" before each (so a crash names it)
+    and "RESULT <index> <outcome> <failures>" after it."""
     with open(reference_file) as f:
-        reference = json.load(f)
+        reference = prepared(json.load(f))
     with open(cases_file) as f:
         cases = json.load(f)
-    counts: dict[str, Counter] = {}
-    failures = []
     work = tempfile.mkdtemp(prefix="damage-")
     try:
         for i in range(shard, len(cases), shards):
-            case = cases[i]
-            print("CASE", json.dumps(case), flush=True)
+            print("CASE", i, flush=True)
             path = os.path.join(work, str(i))
             os.mkdir(path)
             shutil.copyfile(os.path.join(base, "data.mdb"), os.path.join(path, "data.mdb"))
-            apply(path, case)
+            apply(path, cases[i])
             worst, failed = judge(path, reference)
-            counts.setdefault(case[0], Counter())[worst] += 1
-            if failed:
-                failures.append([case, failed[:3]])
+            print("RESULT", i, worst, json.dumps(failed[:3]), flush=True)
             shutil.rmtree(path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print("SUMMARY", json.dumps({"counts": counts, "failures": failures}), flush=True)
 
 
 # -- the test ----------------------------------------------------------------
@@ -403,10 +422,11 @@ def test_undamaged_store_answers_as_the_model(damaged_store_setup):
     assert answers(copy, readonly=False) == reference
 
 
-def run_sweep(base: str, reference: dict, cases: list, shards: int = 2) -> tuple[dict, list]:
+def run_sweep(base: str, reference: dict, cases: list, shards: int = 2) -> tuple[dict, list, list]:
     """Run the cases in ``shards`` child processes side by side; returns
-    per-kind counts of outcomes and the failures.  A child that dies
-    fails with the case it was running."""
+    per-kind counts of outcomes, the failures, and the crashes: a child
+    that dies (SIGSEGV, SIGBUS, an LMDB assertion) names the case it was
+    running, and the cases after it run in a new child."""
     work = tempfile.mkdtemp(prefix="damage-sweep-")
     try:
         ref_file, cases_file = os.path.join(work, "reference.json"), os.path.join(work, "cases.json")
@@ -416,33 +436,49 @@ def run_sweep(base: str, reference: dict, cases: list, shards: int = 2) -> tuple
             json.dump(cases, f)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, HERE])}
         code = "import sys, test_damage; test_damage.sweep(*sys.argv[1:4], int(sys.argv[4]), int(sys.argv[5]))"
-        children = [
-            subprocess.Popen(
-                [sys.executable, "-c", code, base, ref_file, cases_file, str(i), str(shards)],
-                env=env, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )
-            for i in range(shards)
-        ]
         counts: dict[str, Counter] = {}
         failures: list = []
-        for child in children:
-            out, err = child.communicate(timeout=600)
-            lines = out.splitlines()
-            last = next((line for line in reversed(lines) if line.startswith("CASE")), "no case")
-            assert child.returncode == 0, f"child died with {child.returncode} during {last}:\n{err[-3000:]}"
-            summary = json.loads(lines[-1].removeprefix("SUMMARY "))
-            for kind, c in summary["counts"].items():
-                counts.setdefault(kind, Counter()).update(c)
-            failures += summary["failures"]
-        return counts, failures
+        crashes: list = []
+        pending = list(range(len(cases)))
+        while pending:
+            with open(cases_file, "w") as f:
+                json.dump([cases[i] for i in pending], f)
+            children = [
+                subprocess.Popen(
+                    [sys.executable, "-c", code, base, ref_file, cases_file, str(i), str(shards)],
+                    env=env, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                )
+                for i in range(shards)
+            ]
+            again: list[int] = []
+            for shard, child in enumerate(children):
+                out, err = child.communicate(timeout=600)
+                started = done = 0
+                for line in out.splitlines():
+                    word, index, *rest = line.split(" ", 3)
+                    case = cases[pending[int(index)]]
+                    if word == "CASE":
+                        started += 1
+                    elif word == "RESULT":
+                        done += 1
+                        counts.setdefault(case[0], Counter())[rest[0]] += 1
+                        if rest[1] != "[]":
+                            failures.append([case, json.loads(rest[1])])
+                if child.returncode != 0:
+                    assert started == done + 1, err[-3000:]
+                    counts.setdefault(case[0], Counter())["crash"] += 1
+                    crashes.append([case, child.returncode, err.strip().splitlines()[-1:]])
+                    again += pending[shard::shards][started:]
+            pending = sorted(again)
+        return counts, failures, crashes
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def report(counts: dict) -> str:
-    lines = [f"{'damage':16} {'cases':>6} " + " ".join(f"{r:>10}" for r in RANKS)]
+    lines = [f"{'damage':16} {'cases':>6} " + " ".join(f"{r:>10}" for r in OUTCOMES)]
     for kind, c in sorted(counts.items()):
-        lines.append(f"{kind:16} {sum(c.values()):6} " + " ".join(f"{c.get(r, 0):10}" for r in RANKS))
+        lines.append(f"{kind:16} {sum(c.values()):6} " + " ".join(f"{c.get(r, 0):10}" for r in OUTCOMES))
     return "\n".join(lines)
 
 
@@ -452,9 +488,95 @@ def test_damage_is_never_a_silent_wrong_answer_nor_a_crash(damaged_store_setup):
     base, _, reference, cases = damaged_store_setup
     assert len(cases) > 500
     started = time.monotonic()
-    counts, failures = run_sweep(base, reference, cases)
+    counts, failures, crashes = run_sweep(base, reference, cases)
     print(f"\n{len(cases)} damaged stores in {time.monotonic() - started:.1f} s\n{report(counts)}")
     assert sum(sum(c.values()) for c in counts.values()) == len(cases)
+    assert not crashes, "\n".join(json.dumps(c) for c in crashes[:20])
     assert not failures, "\n".join(json.dumps(f) for f in failures[:20])
     # The sweep damaged what matters: most damage is reported.
     assert sum(c["reported"] for c in counts.values()) > len(cases) // 2
+
+
+# -- what the sweep found, one test per kind -----------------------------------
+
+
+@pytest.mark.parametrize("readonly", [True, False])
+@pytest.mark.parametrize(
+    "damage",
+    ["record deleted", "record key changed", "every record deleted", "keys of an unknown volume"],
+)
+def test_a_lost_volume_record_is_reported_not_vanished(tmp_path, damage, readonly):
+    """Deleting volume 1's record (its key, or every ``volumes`` key) left
+    its checkpoints and pages behind and the volume simply missing:
+    ``store.volume("a")`` raised VolumeNotFoundError, as for a name that
+    never existed.  Keys of a volume without a record are corruption."""
+    from test_format import make_store, raw_edit
+
+    from tiered.storage import keys
+
+    path = str(tmp_path / "s")
+    make_store(path)
+    vk = keys.volume_key(1)
+
+    def edit(txn, dbs):
+        if damage == "record deleted":
+            txn.delete(vk, db=dbs["volumes"])
+        elif damage == "record key changed":  # fails its checksum anyway
+            txn.put(keys.volume_key(5), txn.pop(vk, db=dbs["volumes"]), db=dbs["volumes"])
+        elif damage == "every record deleted":
+            txn.drop(dbs["volumes"], delete=False)
+        else:  # a page moved to a volume id nobody has
+            key = next(k for k, _ in txn.cursor(dbs["pages"]))
+            txn.put(keys.volume_key(7) + bytes(key[8:]), txn.pop(key, db=dbs["pages"]), db=dbs["pages"])
+
+    raw_edit(path, edit)
+    with pytest.raises(tiered.CorruptionError, match="volume|checksum"):
+        tiered.open(path, readonly=readonly)
+
+
+def _newest_meta(path: str) -> int:
+    """Offset in data.mdb of the meta page LMDB uses (the higher txnid)."""
+    with open(os.path.join(path, "data.mdb"), "rb") as f:
+        head = f.read(152)
+        psize = int.from_bytes(head[40:44], "little")
+        f.seek(psize)
+        second = f.read(152)
+    return 0 if int.from_bytes(head[144:152], "little") > int.from_bytes(second[144:152], "little") else psize
+
+
+@pytest.mark.parametrize(
+    "byte,bit",
+    [(44, 2), (92, 2), (92, 3), (44, 3), (80, 4), (128, 5)],
+    ids=["free-list-dupsort", "main-dupsort", "main-integerkey", "free-list-not-integerkey",
+         "free-list-root-past-the-end", "main-root-past-the-end"],
+)
+def test_a_damaged_lmdb_meta_page_is_refused_not_an_abort(tmp_path, byte, bit):
+    """One flipped bit in the newest meta page's free-list flags (MDB_DUPSORT)
+    made LMDB fail an assertion at the first write: the writer process
+    aborted (SIGABRT).  The flags and root pages of LMDB's core databases
+    are checked before LMDB maps the file."""
+    from test_decoders import run_isolated
+    from test_format import answers_or_refuses, make_store
+
+    path = str(tmp_path / "s")
+    make_store(path)
+    before = str(answers_or_refuses(path))
+    offset = _newest_meta(path) + byte
+    with open(os.path.join(path, "data.mdb"), "r+b") as f:
+        f.seek(offset)
+        value = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([value ^ (1 << bit)]))
+    out = run_isolated(
+        f"""
+        import tiered
+        for readonly in (True, False):
+            try:
+                with tiered.open({path!r}, readonly=readonly) as store:
+                    print("answered", store.volume("a").changed_since("c1"))
+            except tiered.CorruptionError as exc:
+                print("refused", exc)
+        """
+    )
+    assert out.splitlines() and all(line.startswith("refused") for line in out.splitlines()), (before, out)
+    assert "database" in out, out

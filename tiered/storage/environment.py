@@ -442,6 +442,21 @@ class Storage:
                 break
             yield key, value
 
+    def key_owners(self, txn: lmdb.Transaction, db: Any) -> Iterator[bytes]:
+        """The distinct first 8 bytes (a volume id) of the keys of ``db``,
+        in order, one seek per volume rather than a read per key.  A key
+        shorter than that is yielded whole."""
+        cursor = txn.cursor(db)
+        more = cursor.first()
+        while more:
+            owner = bytes(cursor.key()[:8])
+            yield owner
+            if len(owner) < 8 or owner == b"\xff" * 8:
+                more = cursor.next()
+                continue
+            # The first key of the next volume id, past every key of this one.
+            more = cursor.set_range((int.from_bytes(owner, "big") + 1).to_bytes(8, "big"))
+
     def delete_prefix(self, txn: lmdb.Transaction, db: Any, prefix: bytes) -> int:
         cursor = txn.cursor(db)
         removed = 0
