@@ -131,9 +131,10 @@ def build_store(path: str) -> dict:
 
 
 def questions(live: list[str]) -> list[list]:
-    """[since, until or None, offset, length] for every checkpoint and
-    every ordered pair of checkpoints, over every region."""
-    pairs = [(a, None) for a in live] + [(a, b) for i, a in enumerate(live) for b in live[i + 1 :]]
+    """[since, until or None, offset, length] since every checkpoint,
+    between consecutive ones and between the first and the last, over
+    every region."""
+    pairs = [(a, None) for a in live] + list(zip(live, live[1:])) + [(live[0], live[-1])]
     return [[a, b, off, length] for a, b in pairs for off, length in REGIONS]
 
 
@@ -178,13 +179,24 @@ def stored_keys(path: str) -> dict[str, list[bytes]]:
         env.close()
 
 
+def _newest_meta(path: str) -> int:
+    """Offset in data.mdb of the meta page LMDB uses (the higher txnid)."""
+    with open(os.path.join(path, "data.mdb"), "rb") as f:
+        head = f.read(152)
+        psize = int.from_bytes(head[40:44], "little")
+        f.seek(psize)
+        second = f.read(152)
+    return 0 if int.from_bytes(head[144:152], "little") > int.from_bytes(second[144:152], "little") else psize
+
+
+
 def flip(data: bytes, bit: int) -> bytes:
     out = bytearray(data)
     out[bit // 8] ^= 1 << (bit % 8)
     return bytes(out)
 
 
-def make_cases(keys: dict[str, list[bytes]], file_size: int, psize: int) -> list[list]:
+def make_cases(keys: dict[str, list[bytes]], file_size: int, psize: int, newest: int) -> list[list]:
     """Every damage of the sweep, as JSON-able [kind, ...] lists, from a
     fixed seed (the same cases on every run)."""
     rng = random.Random(SEED)
@@ -221,9 +233,12 @@ def make_cases(keys: dict[str, list[bytes]], file_size: int, psize: int) -> list
         cases.append(["file-truncate", off])
     # Meta pages: the page header and MDB_meta (magic, version, address,
     # map size, the free-list and main database records, last page, txnid).
-    for page in (0, 1):
-        for byte in range(0, 152):
-            cases.append(["meta-flip", page * psize + byte, rng.randrange(8)])
+    # A bit of every byte of the meta page LMDB uses (at ``newest``), and
+    # of every fourth byte of the other, which LMDB uses only once its
+    # txnid is the higher.
+    for page in (0, psize):
+        for byte in range(0, 152, 1 if page == newest else 4):
+            cases.append(["meta-flip", page + byte, rng.randrange(8)])
     return cases
 
 
@@ -397,7 +412,7 @@ def damaged_store_setup(tmp_path_factory):
     reference = answers(base)
     with open(os.path.join(base, "data.mdb"), "rb") as f:
         psize = int.from_bytes(f.read(44)[40:44], "little")
-    cases = make_cases(stored_keys(base), os.path.getsize(os.path.join(base, "data.mdb")), psize)
+    cases = make_cases(stored_keys(base), os.path.getsize(os.path.join(base, "data.mdb")), psize, _newest_meta(base))
     return base, model, reference, cases
 
 
@@ -534,16 +549,6 @@ def test_a_lost_volume_record_is_reported_not_vanished(tmp_path, damage, readonl
         tiered.open(path, readonly=readonly)
 
 
-def _newest_meta(path: str) -> int:
-    """Offset in data.mdb of the meta page LMDB uses (the higher txnid)."""
-    with open(os.path.join(path, "data.mdb"), "rb") as f:
-        head = f.read(152)
-        psize = int.from_bytes(head[40:44], "little")
-        f.seek(psize)
-        second = f.read(152)
-    return 0 if int.from_bytes(head[144:152], "little") > int.from_bytes(second[144:152], "little") else psize
-
-
 @pytest.mark.parametrize(
     "byte,bit",
     [(44, 2), (92, 2), (92, 3), (44, 3), (80, 4), (128, 5)],
@@ -580,3 +585,59 @@ def test_a_damaged_lmdb_meta_page_is_refused_not_an_abort(tmp_path, byte, bit):
     )
     assert out.splitlines() and all(line.startswith("refused") for line in out.splitlines()), (before, out)
     assert "database" in out, out
+
+
+@pytest.mark.parametrize("mode", ["one-bit", "hybrid"])
+@pytest.mark.parametrize("readonly", [True, False])
+def test_a_query_over_a_damaged_page_names_the_volume_and_checkpoint(tmp_path, mode, readonly):
+    """The error of a query that needs a damaged page says which volume and
+    which checkpoints were asked about, not only the volume's id."""
+    from test_format import make_store, raw_edit
+
+    from tiered.storage import keys
+
+    path = str(tmp_path / "s")
+    make_store(path, mode)
+    key = keys.page_key(1, b"W", 1, 0)
+
+    def edit(txn, dbs):
+        value = bytearray(txn.get(key, db=dbs["pages"]))
+        value[-1] ^= 0x10
+        txn.put(key, bytes(value), db=dbs["pages"])
+
+    raw_edit(path, edit)
+    with tiered.open(path, readonly=readonly) as store:
+        vol = store.volume("a")
+        with pytest.raises(tiered.CorruptionError) as since:
+            vol.changed_since("c1")
+        with pytest.raises(tiered.CorruptionError) as between:
+            vol.changed_between("c1", "c2", 0, 4096)
+        assert list(vol.changed_since("c2")) == [(5 * 512, 512)]  # the rest still answers
+        assert list(store.volume("b").changed_since("c1")) == [(0, 512), (5 * 512, 512)]
+    assert str(since.value).startswith("volume 'a', checkpoint 'c1': volume 1 page W/1/0: checksum mismatch")
+    assert str(between.value).startswith("volume 'a', checkpoints 'c1' and 'c2': volume 1 page W/1/0: checksum")
+
+
+def test_a_query_over_a_damaged_generation_page_names_the_volume_and_checkpoint(tmp_path):
+    """The same for a folded generation page of a hybrid volume."""
+    from test_format import raw_edit
+
+    from tiered.storage import keys
+
+    path = str(tmp_path / "s")
+    with tiered.open(path, sync=False) as store:
+        vol = store.create_volume("h", 64 << 20, 512, tiered.Strategy("hybrid", recent=1))
+        for i in range(1, 6):
+            vol.checkpoint(f"c{i}")
+            vol.mark(i * 512, 512)
+    key = keys.page_key(1, b"G", 0, 0)
+
+    def edit(txn, dbs):
+        value = bytearray(txn.get(key, db=dbs["pages"]))
+        value[12] ^= 1
+        txn.put(key, bytes(value), db=dbs["pages"])
+
+    raw_edit(path, edit)
+    with tiered.open(path, readonly=True) as store:
+        with pytest.raises(tiered.CorruptionError, match=r"^volume 'h', checkpoint 'c1': volume 1 page G/0/0: checksum"):
+            store.volume("h").changed_since("c1")
