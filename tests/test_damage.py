@@ -249,7 +249,7 @@ def apply(path: str, case: list) -> None:
     if kind == "file-truncate":
         os.truncate(file, case[1])
         return
-    if kind == "meta-flip":
+    if kind in ("meta-flip", "file-flip"):  # file-flip: exploratory runs only
         with open(file, "r+b") as f:
             f.seek(case[1])
             byte = f.read(1)[0]
@@ -437,11 +437,14 @@ def test_undamaged_store_answers_as_the_model(damaged_store_setup):
     assert answers(copy, readonly=False) == reference
 
 
-def run_sweep(base: str, reference: dict, cases: list, shards: int = 2) -> tuple[dict, list, list]:
+def run_sweep(
+    base: str, reference: dict, cases: list, shards: int = 2, timeout: float = 300
+) -> tuple[dict, list, list]:
     """Run the cases in ``shards`` child processes side by side; returns
     per-kind counts of outcomes, the failures, and the crashes: a child
-    that dies (SIGSEGV, SIGBUS, an LMDB assertion) names the case it was
-    running, and the cases after it run in a new child."""
+    that dies (SIGSEGV, SIGBUS, an LMDB assertion) or hangs (killed after
+    ``timeout`` seconds) names the case it was running, and the cases
+    after it run in a new child."""
     work = tempfile.mkdtemp(prefix="damage-sweep-")
     try:
         ref_file, cases_file = os.path.join(work, "reference.json"), os.path.join(work, "cases.json")
@@ -466,8 +469,14 @@ def run_sweep(base: str, reference: dict, cases: list, shards: int = 2) -> tuple
                 for i in range(shards)
             ]
             again: list[int] = []
+            deadline = time.monotonic() + timeout
             for shard, child in enumerate(children):
-                out, err = child.communicate(timeout=600)
+                try:
+                    out, err = child.communicate(timeout=max(deadline - time.monotonic(), 1))
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    out, err = child.communicate()
+                    err += "\nhung: killed"
                 started = done = 0
                 for line in out.splitlines():
                     word, index, *rest = line.split(" ", 3)
@@ -481,7 +490,7 @@ def run_sweep(base: str, reference: dict, cases: list, shards: int = 2) -> tuple
                             failures.append([case, json.loads(rest[1])])
                 if child.returncode != 0:
                     assert started == done + 1, err[-3000:]
-                    counts.setdefault(case[0], Counter())["crash"] += 1
+                    counts.setdefault(case[0], Counter())["crash"] += 1  # hangs included
                     crashes.append([case, child.returncode, err.strip().splitlines()[-1:]])
                     again += pending[shard::shards][started:]
             pending = sorted(again)
@@ -641,3 +650,44 @@ def test_a_query_over_a_damaged_generation_page_names_the_volume_and_checkpoint(
     with tiered.open(path, readonly=True) as store:
         with pytest.raises(tiered.CorruptionError, match=r"^volume 'h', checkpoint 'c1': volume 1 page G/0/0: checksum"):
             store.volume("h").changed_since("c1")
+
+
+class _DamagedTreeCursor:
+    """An LMDB cursor over a B-tree whose branch keys were damaged: a seek
+    can land on a key below the one it asked for (found by flipping bits
+    in LMDB's pages: opening the store then looped forever)."""
+
+    def __init__(self, keys: list[bytes]) -> None:
+        self.keys, self.at = keys, 0
+
+    def first(self) -> bool:
+        self.at = 0
+        return bool(self.keys)
+
+    def key(self) -> bytes:
+        return self.keys[self.at]
+
+    def next(self) -> bool:
+        self.at += 1
+        return self.at < len(self.keys)
+
+    def set_range(self, key: bytes) -> bool:
+        self.at = 0  # the damaged branch sends every seek to the first leaf
+        return True
+
+
+def test_keys_out_of_order_end_the_walk_over_volume_ids():
+    """Store.open seeks past each volume id's keys (Storage.key_owners); on
+    a damaged B-tree a seek went back and the walk never ended."""
+    from tiered.storage import keys
+    from tiered.storage.environment import Storage
+
+    storage = object.__new__(Storage)  # only its path is used
+    storage.path = "/damaged"
+    txn = type("Txn", (), {"cursor": lambda self, db: _DamagedTreeCursor(
+        [keys.checkpoint_key(1, 1), keys.checkpoint_key(2, 1)])})()
+    walk = storage.key_owners(txn, None)
+    assert next(walk) == keys.volume_key(1)
+    with pytest.raises(tiered.CorruptionError, match="out of order"):
+        for _ in range(10):
+            next(walk)

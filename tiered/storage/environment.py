@@ -448,12 +448,18 @@ class Storage:
         shorter than that is yielded whole."""
         cursor = txn.cursor(db)
         more = cursor.first()
+        sought: bytes | None = None  # the owner the last seek went past
         while more:
             owner = bytes(cursor.key()[:8])
+            if sought is not None and owner <= sought:
+                # Only a damaged B-tree returns keys out of order; seeking
+                # past ``sought`` again would then loop forever.
+                raise CorruptionError(f"store {self.path!r} is damaged: its keys are out of order")
             yield owner
             if len(owner) < 8 or owner == b"\xff" * 8:
-                more = cursor.next()
+                sought, more = None, cursor.next()
                 continue
+            sought = owner
             # The first key of the next volume id, past every key of this one.
             more = cursor.set_range((int.from_bytes(owner, "big") + 1).to_bytes(8, "big"))
 
