@@ -17,8 +17,9 @@ directly:
 * the data file: truncated at several offsets, a bit flipped in each of
   the first bytes of both LMDB meta pages.
 
-After each, the store is opened read-only and as writer, every volume is
-opened and every question asked.  Each answer must be the undamaged one
+After each, the store is opened read-only, as writer (which commits when
+it closes), and read-only again, every volume is opened and every
+question asked.  Each answer must be the undamaged one
 (same ``exact``), or a superset of it flagged ``exact=False``, or a
 ``TieredError`` raised cleanly; anything else (a different answer marked
 exact, a missing chunk, a vanished volume or checkpoint, another exception,

@@ -112,7 +112,12 @@ class Store:
                 check_history(vol_id, record, strategy, checkpoints, sorted(tables), digest)
         # A volume whose record was lost must not just vanish (integrity.check_owned).
         for what, table in (("checkpoints", db.checkpoints), ("pages", db.pages)):
-            check_owned(ids.values(), db.key_owners(txn, table), what)
+            try:
+                check_owned(ids.values(), db.key_owners(txn, table), what)
+            except CorruptionError:
+                if not deep:  # keys that left a volume with a record: name that volume
+                    self._read_names(txn, version, deep=True)
+                raise
         counter = txn.get(NEXT_VOLUME_KEY, db=db.meta)
         if counter is None:
             raise CorruptionError(f"{self.path!r} holds no volume counter")
