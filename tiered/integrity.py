@@ -20,6 +20,10 @@ check is O(catalog) and decodes no page) are checked against each other:
   the current one.  (Pages beyond the volume are refused while the catalog
   loads, :mod:`tiered.storage.pages`.)
 
+And when the store opens, every checkpoint and page key must belong to a
+volume that has a record (:func:`check_owned`): a lost record would
+otherwise make its volume vanish.
+
 Any mismatch is a :class:`~tiered.errors.CorruptionError` naming the volume
 and what is wrong, so a volume whose history could answer wrongly never
 answers at all.
@@ -180,4 +184,27 @@ def check_history(
             raise CorruptionError(
                 f"{label}: stores a writeset of period {g}, which no live checkpoint covers "
                 + (f"(live periods: [{oldest}, {gen}))" if oldest is not None else "(no live checkpoint)")
+            )
+
+
+def check_owned(vol_ids: Iterable[int], owners: Iterable[bytes], what: str) -> None:
+    """Check that every key of the ``checkpoints`` or ``pages`` database
+    (``what``), given as the distinct volume ids its keys start with
+    (``owners``, 8 bytes each), belongs to a volume that has a record.
+
+    Removing a volume deletes its keys in the transaction that deletes its
+    record, so keys of a volume without one mean that its record was lost
+    (its key deleted or changed): the volume, its checkpoints and its
+    history would otherwise just vanish from the store, with no checksum
+    ever failing.  Costs one seek per volume, not a read per key.
+    """
+    known = set(vol_ids)
+    for owner in owners:
+        if len(owner) != 8:
+            raise CorruptionError(f"the store holds a {what} key {owner.hex()} too short to name a volume")
+        vol_id = int.from_bytes(owner, "big")
+        if vol_id not in known:
+            raise CorruptionError(
+                f"the store holds {what} of volume id {vol_id}, which has no volume record: "
+                "that volume's record was lost"
             )

@@ -29,7 +29,7 @@ from .storage.environment import Storage, guarded
 from .storage.keys import checkpoint_key_gen, key_digest, parse_page_key, parse_volume_key, volume_key
 from .storage.versions import format_record, read_format, upgrade_v1
 from .checks import as_int, check_geometry
-from .integrity import check_history, check_record
+from .integrity import check_history, check_owned, check_record
 from .storage.journal import delete_entries
 from .volume import Volume, check_durability, check_name
 
@@ -112,6 +112,16 @@ class Store:
                     tables.add(parse_page_key(k, vol_id)[:2])
                     digest ^= key_digest(k)
                 check_history(vol_id, record, strategy, checkpoints, sorted(tables), digest)
+        # A volume whose record was lost must not just vanish (integrity.check_owned).
+        for what, table in (("checkpoints", db.checkpoints), ("pages", db.pages), ("journal entries", db.journal)):
+            if table is None:  # a store that predates the journal, opened read-only
+                continue
+            try:
+                check_owned(ids.values(), db.key_owners(txn, table), what)
+            except CorruptionError:
+                if not deep:  # keys that left a volume with a record: name that volume
+                    self._read_names(txn, version, deep=True)
+                raise
         counter = txn.get(NEXT_VOLUME_KEY, db=db.meta)
         if counter is None:
             raise CorruptionError(f"{self.path!r} holds no volume counter")

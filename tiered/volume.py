@@ -663,10 +663,15 @@ class Volume:
             )
         c_lo = lo >> self._shift
         c_hi = (hi + self.granularity - 1) >> self._shift
-        with self._io.cache.scan():
-            spans, exact = self._history.changed(
-                since.generation, None if until is None else until.generation, c_lo, c_hi
-            )
+        try:
+            with self._io.cache.scan():
+                spans, exact = self._history.changed(
+                    since.generation, None if until is None else until.generation, c_lo, c_hi
+                )
+        except CorruptionError as exc:
+            # A page knows only the volume's id; name what the caller asked.
+            asked = f"checkpoint {since.name!r}" if until is None else f"checkpoints {since.name!r} and {until.name!r}"
+            raise CorruptionError(f"volume {self.name!r}, {asked}: {exc}") from exc
         offsets, lengths = spans.runs(c_lo, c_hi, self._shift, lo, hi)
         return Extents(offsets, lengths, granularity=self.granularity, exact=exact, generation_id=gid)
 

@@ -468,6 +468,27 @@ class Storage:
                 break
             yield key, value
 
+    def key_owners(self, txn: lmdb.Transaction, db: Any) -> Iterator[bytes]:
+        """The distinct first 8 bytes (a volume id) of the keys of ``db``,
+        in order, one seek per volume rather than a read per key.  A key
+        shorter than that is yielded whole."""
+        cursor = txn.cursor(db)
+        more = cursor.first()
+        sought: bytes | None = None  # the owner the last seek went past
+        while more:
+            owner = bytes(cursor.key()[:8])
+            if sought is not None and owner <= sought:
+                # Only a damaged B-tree returns keys out of order; seeking
+                # past ``sought`` again would then loop forever.
+                raise CorruptionError(f"store {self.path!r} is damaged: its keys are out of order")
+            yield owner
+            if len(owner) < 8 or owner == b"\xff" * 8:
+                sought, more = None, cursor.next()
+                continue
+            sought = owner
+            # The first key of the next volume id, past every key of this one.
+            more = cursor.set_range((int.from_bytes(owner, "big") + 1).to_bytes(8, "big"))
+
     def delete_prefix(self, txn: lmdb.Transaction, db: Any, prefix: bytes) -> int:
         cursor = txn.cursor(db)
         removed = 0

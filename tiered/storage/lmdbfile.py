@@ -28,6 +28,12 @@ _FLAGS = struct.Struct("<H")  # at 10
 _HEAD = struct.Struct("<II")  # magic, version at 16
 _PSIZE = struct.Struct("<I")  # free-list md_pad at 40
 _TAIL = struct.Struct("<QQ")  # last page number, txnid at 136
+# An MDB_db record: md_pad, md_flags, md_depth, then branch, leaf and
+# overflow page counts, entries and the root page number.
+_DB = struct.Struct("<IHHQQQQQ")
+_FREE_DB, _MAIN_DB = 40, 88  # offsets of the free-list and main records
+MDB_INTEGERKEY = 0x08
+P_INVALID = (1 << 64) - 1
 META_BYTES = 152
 MIN_PSIZE, MAX_PSIZE = 512, 1 << 16
 
@@ -42,6 +48,17 @@ def _meta(block: bytes, where: str) -> tuple[int, int, int]:
         raise CorruptionError(f"{where} has LMDB data version {version}, this LMDB reads {DATA_VERSION}")
     (psize,) = _PSIZE.unpack_from(block, 40)
     last, txnid = _TAIL.unpack_from(block, 136)
+    # LMDB trusts the flags of its two core databases: a free list that
+    # claims MDB_DUPSORT fails an assertion inside LMDB (the process aborts)
+    # at the first write.  LMDB always writes the free list as
+    # MDB_INTEGERKEY, and tiered's main database (the names of its four
+    # databases) has no flags; a root page is a used page, or none.
+    for name, offset, flags in (("free-list", _FREE_DB, MDB_INTEGERKEY), ("main", _MAIN_DB, 0)):
+        _, got, _, _, _, _, _, root = _DB.unpack_from(block, offset)
+        if got != flags:
+            raise CorruptionError(f"{where} gives the {name} database flags {got:#x}, not {flags:#x}")
+        if root != P_INVALID and root > last:
+            raise CorruptionError(f"{where} puts the {name} database's root at page {root}, past its last page {last}")
     return psize, last, txnid
 
 
