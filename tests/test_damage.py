@@ -2,7 +2,9 @@
 
 A store with a volume of every strategy (one-bit, multi-bit of width 8 and
 16, hybrid with folded generation pages), several checkpoints, some
-removed, is written once by a seeded workload; a naive model (a set of
+removed, is written once by a seeded workload, and the multi-bit 16 one is
+crash-exact (``durability="sync"``) with its last writes synced by a writer
+that was then killed, so that the store holds a journal too; a naive model (a set of
 chunks per period) gives what every ``changed_since`` and
 ``changed_between`` over a few regions must hold.  Then, one damage at a
 time on a fresh copy of the closed store, through the ``lmdb`` module
@@ -59,6 +61,9 @@ GRAN = 512
 # Two and a half pages of 4 Mi chunks: page-level paths, a partial last page.
 N_CHUNKS = 2 * PAGE_CHUNKS + PAGE_CHUNKS // 2 + 77
 SIZE = N_CHUNKS * GRAN - 100
+# m16 is kept crash-exact: its last writes are synced by a writer that is
+# then killed, so the store holds its journal too.
+JOURNALED = "m16"
 VOLUMES = {
     "one": tiered.Strategy("one-bit"),
     "m8": tiered.Strategy("multi-bit", width=8),
@@ -98,10 +103,12 @@ def build_store(path: str) -> dict:
     """Write the store; return, per volume, the model's answers (chunk
     lists) keyed by question."""
     model: dict = {}
+    last_writes: list[tuple[int, int]] = []
     with tiered.open(path, sync=False) as store:
         for vname, strategy in VOLUMES.items():
             rng = random.Random(f"{SEED}-{vname}")
-            vol = store.create_volume(vname, SIZE, GRAN, strategy)
+            durability = "sync" if vname == JOURNALED else "lazy"
+            vol = store.create_volume(vname, SIZE, GRAN, strategy, durability=durability)
             periods: list[set[int]] = []  # chunks written in each period since c1
             start: dict[str, int] = {}
             for i, name in enumerate(CHECKPOINTS):
@@ -116,9 +123,13 @@ def build_store(path: str) -> dict:
             for name in REMOVED:
                 vol.remove_checkpoint(name)
                 del start[name]
-            # writes after the last removal, left for close() to flush
+            # writes after the last removal, left for close() to flush, or
+            # to a writer that syncs them and is killed (JOURNALED)
             for off, length in _writes(rng, 99):
-                vol.mark(off, length)
+                if vname == JOURNALED:
+                    last_writes.append((off, length))
+                else:
+                    vol.mark(off, length)
                 periods[-1].update(range(off // GRAN, (off + length - 1) // GRAN + 1))
             live = [c.name for c in vol.checkpoints()]
             assert live == sorted(start, key=start.__getitem__)
@@ -128,7 +139,28 @@ def build_store(path: str) -> dict:
                 chunks = set().union(*periods[a:b])
                 truth[json.dumps(q)] = sorted(chunks)
             model[vname] = truth
+    _sync_then_die(path, last_writes)
     return model
+
+
+def _sync_then_die(path: str, writes: list[tuple[int, int]]) -> None:
+    """Mark ``writes`` on the JOURNALED volume in a child writer, in three
+    synced batches, and kill it: they live only in the journal."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            store = tiered.open(path, sync=False)
+            vol = store.volume(JOURNALED)
+            for part in (writes[::3], writes[1::3], writes[2::3]):
+                vol.sync(vol.mark_many([w[0] for w in part], [w[1] for w in part]))
+            assert vol.stats()["journal_entries"] == 3
+            store._storage.env.sync(True)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0, "the journaling writer failed"
 
 
 def questions(live: list[str]) -> list[list]:
