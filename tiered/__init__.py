@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         VolumeNotFoundError,
     )
     from .extents import Extents
+    from .fsck import CheckReport, check
     from .store import Store, open
     from .volume import Checkpoint, Volume
 
@@ -45,6 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyExistsError",
+    "CheckReport",
     "Checkpoint",
     "CheckpointLimitError",
     "CheckpointNotFoundError",
@@ -66,6 +68,7 @@ __all__ = [
     "TraceFormatError",
     "Volume",
     "VolumeNotFoundError",
+    "check",
     "open",
 ]
 
@@ -74,6 +77,7 @@ __all__ = [
 # (and so `tiered --help`) instant.  Name -> submodule that defines it.
 _EXPORTS: dict[str, str] = {
     "AlreadyExistsError": "errors",
+    "CheckReport": "fsck",
     "Checkpoint": "volume",
     "CheckpointLimitError": "errors",
     "CheckpointNotFoundError": "errors",
@@ -95,6 +99,7 @@ _EXPORTS: dict[str, str] = {
     "TraceFormatError": "errors",
     "Volume": "volume",
     "VolumeNotFoundError": "errors",
+    "check": "fsck",
     "open": "store",
 }
 

@@ -345,3 +345,10 @@ class Store:
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("read-only" if self.readonly else "open")
         return f"<tiered.Store {self.path!r} {state}>"
+
+    def check(self, volume: str | None = None, repair: bool = False, remove_unreadable: bool = False) -> Any:
+        """Check every stored value and key (or one volume's); with
+        ``repair=True`` contain the damage (:mod:`tiered.fsck`, docs/api.md)."""
+        from .fsck import check_store
+
+        return check_store(self, volume, repair, remove_unreadable)
