@@ -249,7 +249,6 @@ def _scan_volume(scan: VolumeScan, storage: Storage, txn: Any, version: int) -> 
     gen = record["generation"]
     report = scan.report
     problems = report.problems
-    label = f"volume {record['name']!r}"
     everything = f"lose the tracking of every checkpoint (lost_generation = {gen})"
 
     def lose_all() -> None:
@@ -263,7 +262,7 @@ def _scan_volume(scan: VolumeScan, storage: Storage, txn: Any, version: int) -> 
         scan.checkpoint_keys[g] = key
         what = None
         try:
-            rec = codec.unpack_json(txn.get(key, db=storage.checkpoints), key, version, f"{label}: checkpoint")
+            rec = codec.unpack_json(txn.get(key, db=storage.checkpoints), key, version, "stored record")
             if not 1 <= g <= gen:
                 what = f"checkpoint generation {g} lies outside [1, the volume's generation {gen}]"
             elif not _valid_name(rec.get("name")) or not _is_number(rec.get("created")):
@@ -318,7 +317,7 @@ def _scan_volume(scan: VolumeScan, storage: Storage, txn: Any, version: int) -> 
             problems.append(_page_problem(key, what, scan.names, repair=f"delete it; {everything}"))
             continue
         value = txn.get(key, db=storage.pages)
-        what_value = f"{label} page {shown}/{g}/{page}"
+        what_value = "stored page"
         try:
             if tag == b"G":
                 codec.decode_gens_page(value, page, dtype, what_value, key=key, version=version, n_segments=n_segments)
@@ -382,7 +381,6 @@ def _scan_journal(scan: VolumeScan, storage: Storage, txn: Any, version: int, n_
     gen = record["generation"]
     first, last, count = (int(record.get(f, 0)) for f in ("journal_from", "journal_last", "journal_count"))
     strict = record["strategy"]["mode"] != "multi-bit"  # a bitmap journal holds one period
-    label = f"volume {record['name']!r}"
     found: list[Problem] = []
     seen, prev = 0, first - 1
     for key in scan.keys["journal"]:
@@ -394,8 +392,7 @@ def _scan_journal(scan: VolumeScan, storage: Storage, txn: Any, version: int, n_
             what = f"journal entry {seq} is not among the {count} entries {first}..{last} the record names"
         else:
             try:
-                period, _ = decode_entry(txn.get(key, db=storage.journal), key, version, n_chunks,
-                                         f"{label}: journal entry {seq}")
+                period, _ = decode_entry(txn.get(key, db=storage.journal), key, version, n_chunks, "stored entry")
                 if period > gen or period < 1 or (strict and period != gen):
                     what = f"journal entry {seq} holds marks of period {period}; the volume is in period {gen}"
             except CorruptionError as exc:
