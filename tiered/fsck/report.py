@@ -41,7 +41,7 @@ class Problem:
         elif self.generation is not None:
             where.append(f"generation {self.generation}")
         if self.checkpoint is not None:
-            where.append(f"checkpoint {self.checkpoint!r}")
+            where.append(f"(checkpoint {self.checkpoint!r})")
         return f"{' '.join(where)}: {self.what}"
 
 
