@@ -375,6 +375,21 @@ def test_a_damaged_checkpoint_is_removed_and_the_others_stay_exact(tmp_path, mod
     repair_and_verify(path, model, lost=set(), checkpoints=names)
 
 
+def test_two_checkpoints_of_one_name_are_both_removed(tmp_path):
+    """A buggy writer's record, with a valid checksum: neither checkpoint
+    can be told from the other."""
+    from tiered.storage import codec
+
+    path = str(tmp_path / "s")
+    model = build(path, "one-bit")
+    key = keys.checkpoint_key(1, 4)
+    raw(path, lambda txn, dbs: txn.put(key, codec.pack_json({"name": "c2", "created": 1.0}, key), db=dbs["checkpoints"]))
+    report = tiered.check(path)
+    assert [p.generation for p in report.volume("a").problems] == [2, 4]
+    assert report.volume("a").removed_checkpoints == ["<generation 2>", "<generation 4>"]
+    repair_and_verify(path, model, lost=set(), checkpoints=["c1", "c3", "c5", "c6"])
+
+
 def test_a_damaged_volume_record_is_reported_and_removed_only_when_asked(tmp_path):
     path = str(tmp_path / "s")
     model = build(path, "one-bit")

@@ -23,7 +23,7 @@ def repair_storage(storage: Storage, only: str | None, remove_unreadable: bool) 
         scan = scan_store(storage, txn, only)
         if scan.refuse is not None:
             raise CorruptionError(f"store {storage.path!r} cannot be repaired: {scan.refuse}; nothing was changed")
-        if scan.version != codec.FORMAT_VERSION:
+        if scan.version != codec.FORMAT_VERSION and not scan.report.clean:
             raise TieredError(
                 f"store {storage.path!r} is in format {scan.version}: open it for writing once to upgrade it, "
                 "then repair it; nothing was changed"

@@ -255,30 +255,35 @@ def _scan_volume(scan: VolumeScan, storage: Storage, txn: Any, version: int) -> 
         scan.lose = max(scan.lose, gen)
 
     # -- checkpoints ----------------------------------------------------
-    good: list[tuple[int, dict[str, Any]]] = []
-    seen: dict[str, int] = {}
+    readable: list[tuple[int, dict[str, Any]]] = []
+    bad: list[tuple[int, str]] = []
     for key in scan.keys["checkpoints"]:
         g = int.from_bytes(key[8:], "big")
         scan.checkpoint_keys[g] = key
-        what = None
         try:
             rec = codec.unpack_json(txn.get(key, db=storage.checkpoints), key, version, "stored record")
-            if not 1 <= g <= gen:
-                what = f"checkpoint generation {g} lies outside [1, the volume's generation {gen}]"
-            elif not _valid_name(rec.get("name")) or not _is_number(rec.get("created")):
-                what = "malformed checkpoint record"
-            elif rec["name"] in seen:
-                what = f"two checkpoints are named {rec['name']!r} (generations {seen[rec['name']]} and {g})"
         except CorruptionError as exc:
-            what = str(exc)
-        if what is None:
-            seen[rec["name"]] = g
-            scan.names[g] = rec["name"]
-            good.append((g, rec))
+            bad.append((g, str(exc)))
+            continue
+        if not 1 <= g <= gen:
+            bad.append((g, f"checkpoint generation {g} lies outside [1, the volume's generation {gen}]"))
+        elif not _valid_name(rec.get("name")) or not _is_number(rec.get("created")):
+            bad.append((g, "malformed checkpoint record"))
         else:
-            scan.drop_checkpoints.add(g)
-            problems.append(Problem("checkpoints", what, key.hex(), generation=g,
-                                    repair="delete the checkpoint; every other answer stays"))
+            readable.append((g, rec))
+    # Two checkpoints of one name: neither can be told from the other.
+    by_name: dict[str, list[int]] = {}
+    for g, rec in readable:
+        by_name.setdefault(rec["name"], []).append(g)
+    good = [(g, rec) for g, rec in readable if len(by_name[rec["name"]]) == 1]
+    for g, rec in readable:
+        if len(by_name[rec["name"]]) > 1:
+            bad.append((g, f"two checkpoints are named {rec['name']!r} (generations {by_name[rec['name']]})"))
+    scan.names = {g: rec["name"] for g, rec in good}
+    for g, what in sorted(bad):
+        scan.drop_checkpoints.add(g)
+        problems.append(Problem("checkpoints", what, scan.checkpoint_keys[g].hex(), generation=g,
+                                repair="delete the checkpoint; every other answer stays"))
     if "checkpoints" in record and record["checkpoints"] != len(scan.keys["checkpoints"]):
         scan.fix_counts = True
         problems.append(Problem(
@@ -323,8 +328,9 @@ def _scan_volume(scan: VolumeScan, storage: Storage, txn: Any, version: int) -> 
                 codec.decode_gens_page(value, page, dtype, what_value, key=key, version=version, n_segments=n_segments)
             else:
                 codec.decode_bits_page(value, page, what_value, key=key, version=version, n_segments=n_segments)
-        except CorruptionError as exc:
-            problems.append(_page_problem(key, str(exc), scan.names, repair=_damaged_page(scan, tag, g, key)))
+        except Exception as exc:  # noqa: BLE001 - whatever a decoder meets is damage to report
+            problems.append(_page_problem(key, str(exc) or type(exc).__name__, scan.names,
+                                          repair=_damaged_page(scan, tag, g, key)))
     if "pages_digest" in record and record["pages_digest"] != digest:
         lose_all()
         scan.fix_counts = True
