@@ -482,6 +482,37 @@ def test_orphan_keys_are_found_and_deleted(tmp_path):
         assert store.volume("a").generation_id == report.volume("a").generation_id  # untouched
 
 
+def test_a_failed_repair_changes_nothing(tmp_path, monkeypatch):
+    from tiered.storage.environment import Storage
+
+    path = str(tmp_path / "s")
+    build(path, "hybrid")
+    raw(path, flip("pages", keys.page_key(1, b"A", 0, 0)))
+    raw(path, flip("checkpoints", keys.checkpoint_key(2, 3)))
+
+    def everything():
+        out = {}
+
+        def read(txn, dbs):
+            for name, db in dbs.items():
+                out[name] = [(bytes(k), bytes(v)) for k, v in txn.cursor(db)]
+
+        raw(path, read)
+        return out
+
+    before = everything()
+
+    def full() -> None:
+        raise tiered.StoreFullError("the disk is full")
+
+    monkeypatch.setattr(Storage, "commit_hook", staticmethod(full))
+    with pytest.raises(tiered.StoreFullError):
+        tiered.check(path, repair=True)
+    monkeypatch.undo()
+    assert everything() == before
+    assert len(tiered.check(path).problems) == 2
+
+
 def test_store_check_api(tmp_path):
     path = str(tmp_path / "s")
     model = build(path, "one-bit")

@@ -125,7 +125,7 @@ def scan_store(storage: Storage, txn: Any, only: str | None = None) -> StoreScan
         if not result.volumes:
             from ..errors import VolumeNotFoundError
 
-            raise VolumeNotFoundError(f"store has no readable volume {only!r}")
+            raise VolumeNotFoundError(f"store has no volume {only!r}")
     for scan in result.volumes:
         if scan.record is not None:
             _scan_volume(scan, storage, txn, version)
