@@ -38,8 +38,7 @@ def plan_volume(scan: VolumeScan, remove_unreadable: bool) -> VolumePlan | None:
         return None
     if scan.record is None:
         if not remove_unreadable:
-            report.actions.append("nothing: the volume record is unreadable (remove it with remove_unreadable)")
-            return None
+            return None  # the report says it cannot be repaired
         report.actions.append("remove the volume and every key it has (its record is unreadable)")
         return VolumePlan({db: list(keys) for db, keys in scan.keys.items()}, None, remove=True)
     record = scan.record

@@ -151,10 +151,14 @@ class CheckReport:
                              + (" removed" if self.repaired else " would be removed"))
             for action in v.actions:
                 lines.append(f"  {verb}: {action}")
+            if v.unreadable and not v.actions:
+                lines.append("  not repairable: the volume record is unreadable; --remove-unreadable "
+                             "(remove_unreadable=True) with a repair removes the volume")
             if self.repaired and v.new_generation_id:
                 lines.append(f"  generation id {v.generation_id} -> {v.new_generation_id}")
         if self.after is not None:
-            lines.append("after the repair: " + ("clean" if self.after.clean else f"{len(self.after.problems)} problems remain"))
+            left = len(self.after.problems)
+            lines.append("after the repair: " + ("clean" if not left else f"{left} problem{'s' * (left != 1)} remain{'s' * (left == 1)}"))
             if not self.after.clean:
                 lines.extend("  " + line for line in self.after.render().splitlines()[1:])
         return "\n".join(lines) + "\n"
