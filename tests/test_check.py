@@ -331,17 +331,29 @@ def test_a_deleted_page_key_loses_everything(tmp_path, mode):
     repair_and_verify(path, model, lost={f"c{i}" for i in range(1, PERIODS + 1)})
 
 
+@pytest.mark.parametrize("history", ["all-checkpoints", "some-removed", "converted"])
 @pytest.mark.parametrize("mode", sorted(STRATEGIES))
-def test_any_damaged_value_of_a_volume_is_contained(tmp_path, mode):
+def test_any_damaged_value_of_a_volume_is_contained(tmp_path, mode, history):
     """Each stored value of the volume in turn (every page and checkpoint,
-    the record aside): after a repair every answer holds every chunk
-    written and is exact unless flagged, and lost checkpoints are flagged."""
+    the record aside), after removals merged some periods or not: after a
+    repair every answer holds every chunk written and is exact unless
+    flagged, and lost checkpoints are flagged."""
     import shutil
 
     base = str(tmp_path / "base")
-    model = build(base, mode, seed=7)
+    removed = (2, 5) if history == "some-removed" else ()
+    if history == "converted":
+        # From a strategy that knew less: one-bit bands, hybrid's adopted array.
+        model = build(base, "hybrid" if mode == "multi-bit" else "multi-bit", seed=7)
+    else:
+        model = build(base, mode, seed=7)
+    with tiered.open(base) as store:
+        if history == "converted":
+            store.volume("a").convert(STRATEGIES[mode])
+        for g in removed:
+            store.volume("a").remove_checkpoint(f"c{g}")
     victims = [("pages", k) for k in page_keys(base, b"W") + page_keys(base, b"A") + page_keys(base, b"G")]
-    victims += [("checkpoints", keys.checkpoint_key(1, g)) for g in range(1, PERIODS + 1)]
+    victims += [("checkpoints", keys.checkpoint_key(1, g)) for g in range(1, PERIODS + 1) if g not in removed]
     for i, (db, key) in enumerate(victims):
         path = str(tmp_path / f"s{i}")
         shutil.copytree(base, path)
