@@ -185,6 +185,7 @@ def repair_and_verify(path: str, model, lost: set[str], checkpoints: list[str] |
     damaged volume has a new generation id and answers as the model says,
     the other volume is untouched and exact."""
     before = stored_record(path)
+    before_b = stored_record(path, 2)
     code, text = cli("check", path, "--repair")
     assert code == 0, text
     assert "after the repair: clean" in text
@@ -193,6 +194,7 @@ def repair_and_verify(path: str, model, lost: set[str], checkpoints: list[str] |
     assert cli("check", path)[0] == 0
     after = stored_record(path)
     assert after["generation_id"] != before.get("generation_id")
+    assert stored_record(path, 2) == before_b  # the clean volume is untouched
     with tiered.open(path) as store:
         assert store.check().clean
         vol = store.volume("a")
