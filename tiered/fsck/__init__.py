@@ -1,8 +1,9 @@
 """Find, report and contain damage: ``tiered check`` and ``Store.check``.
 
-* :mod:`.scan` reads every value and key of the store, decodes every page
-  and cross-checks records, checkpoints, catalog and journal, collecting
-  every problem instead of stopping at the first;
+* :mod:`.scan` walks the store (meta records, the keys of every database,
+  keys of no volume) and :mod:`.volumes` checks each volume: every value,
+  every page decoded, records, checkpoints, catalog and journal
+  cross-checked, collecting every problem instead of stopping at the first;
 * :mod:`.plan` decides what a repair changes (which periods are marked
   lost, which values deleted), without touching the store;
 * :mod:`.repair` makes those changes in one write transaction;

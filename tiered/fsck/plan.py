@@ -17,7 +17,8 @@ import uuid
 from typing import Any
 
 from ..storage.keys import key_digest
-from .scan import StoreScan, VolumeScan
+from .scan import StoreScan
+from .volumes import VolumeScan
 
 
 @dataclasses.dataclass
