@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         VolumeNotFoundError,
     )
     from .extents import Extents
+    from .fsck import CheckReport, check
     from .store import Store, open
     from .transfer import compact
     from .volume import Checkpoint, Volume
@@ -47,6 +48,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyExistsError",
+    "CheckReport",
     "Checkpoint",
     "CheckpointLimitError",
     "CheckpointNotFoundError",
@@ -69,6 +71,7 @@ __all__ = [
     "TraceFormatError",
     "Volume",
     "VolumeNotFoundError",
+    "check",
     "compact",
     "open",
 ]
@@ -78,6 +81,7 @@ __all__ = [
 # (and so `tiered --help`) instant.  Name -> submodule that defines it.
 _EXPORTS: dict[str, str] = {
     "AlreadyExistsError": "errors",
+    "CheckReport": "fsck",
     "Checkpoint": "volume",
     "CheckpointLimitError": "errors",
     "CheckpointNotFoundError": "errors",
@@ -101,6 +105,7 @@ _EXPORTS: dict[str, str] = {
     "Volume": "volume",
     "VolumeNotFoundError": "errors",
     "compact": "transfer",
+    "check": "fsck",
     "open": "store",
 }
 

@@ -374,3 +374,12 @@ class Store:
         from .transfer.backup import backup_store
 
         return backup_store(self, path)
+
+    # -- checking (tiered/fsck/) ------------------------------------------
+
+    def check(self, volume: str | None = None, repair: bool = False, remove_unreadable: bool = False) -> Any:
+        """Check every stored value and key (or one volume's); with
+        ``repair=True`` contain the damage (:mod:`tiered.fsck`, docs/api.md)."""
+        from .fsck import check_store
+
+        return check_store(self, volume, repair, remove_unreadable)

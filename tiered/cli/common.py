@@ -26,6 +26,9 @@ PROG = "tiered"
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+# `tiered check`: the store holds damage (after --repair: damage remains).
+# The same number as a failure, as fsck and `git fsck` report damage.
+EXIT_DAMAGED = 1
 EXIT_INTERRUPTED = 130
 # -- argument types ----------------------------------------------------------
 # Each wraps one parser of ..units (where the rule for K, KiB and kB is

@@ -15,6 +15,7 @@ import sys
 from typing import Callable, NoReturn
 
 from .common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, UsageError
+from .check import add_check_arguments, cmd_check
 from .compare import add_compare_arguments, cmd_compare
 from .convert import add_convert_arguments, cmd_convert
 from .inspect import (
@@ -68,6 +69,12 @@ COMMANDS: tuple[Command, ...] = (
         cmd_compact,
     ),
     Command(
+        "check",
+        "verify every stored value of a store and report what is damaged; --repair contains it",
+        add_check_arguments,
+        cmd_check,
+    ),
+    Command(
         "compare",
         "replay a workload or trace through each strategy, measure the costs, and recommend one",
         add_compare_arguments,
@@ -92,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description=(
-            "Change-block tracking: inspect a tiered store (read-only), convert a volume "
-            "to another strategy, or compare the strategies on a workload."
+            "Change-block tracking: inspect a tiered store (read-only), check and repair it, "
+            "convert a volume to another strategy, or compare the strategies on a workload."
         ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
