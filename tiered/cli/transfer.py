@@ -87,9 +87,13 @@ def cmd_load(args: argparse.Namespace) -> int:
             "mode": vol.strategy.mode,
             "checkpoints": len(vol.checkpoints()),
             "unclean_shutdown": vol.unclean_shutdown,
+            "durability": vol.durability,
+            "generation_id": vol.generation_id,
         }
     text = f"loaded volume {report['volume']!r} ({report['mode']}, {report['checkpoints']} checkpoints)"
-    if report["unclean_shutdown"]:
+    if report["unclean_shutdown"] and report["durability"] == "sync":
+        text += "; it was dumped after an unclean shutdown, and its journal kept every synced mark"
+    elif report["unclean_shutdown"]:
         text += "; it was dumped with marks lost or unflushed, so older checkpoints answer conservatively"
     _report(args, report, text)
     return EXIT_OK

@@ -42,6 +42,7 @@ from .files import open_output
 from ..errors import ClosedError, CorruptionError, InvalidArgumentError, StorageError, TieredError
 from ..storage import codec
 from ..storage.journal import JOURNAL_KEY_SIZE
+from ..volume import stored_generation_id
 from ..storage.keys import checkpoint_key_gen, parse_page_key, volume_key
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ STORE_LOCAL_FIELDS = ("id", "pages_digest")
 def dump_volume(vol: "Volume", file: Any) -> dict[str, Any]:
     """Write ``vol`` to ``file`` (a path or a binary file object).
 
-    Returns ``{"volume", "records", "checkpoints", "pages", "bytes"}``.
+    Returns ``{"volume", "generation_id", "records", "checkpoints", "pages", "bytes"}``.
     Raises ClosedError, InvalidArgumentError (``file`` is neither a path
     nor a binary file object), StorageError (an I/O error of ``file`` or of
     the store, or the store's map grew in this process during the dump,
@@ -151,6 +152,7 @@ def _write(vol: "Volume", txn: Any, writer: stream.StreamWriter) -> dict[str, An
     writer.finish()
     return {
         "volume": vol.name,
+        "generation_id": stored_generation_id({**record, "id": vol._id}),
         "records": writer.records,
         "checkpoints": checkpoints,
         "pages": pages,
