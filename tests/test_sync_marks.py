@@ -63,3 +63,35 @@ def test_convert_forgets_remembered_chunks(vol):
     vol.checkpoint("c1")
     vol.convert("multi-bit" if vol.strategy.mode != "multi-bit" else "one-bit")
     assert vol.mark(3 * G, 1) is not None
+
+
+def test_concurrent_syncs_share_commits(tmp_path):
+    import threading
+
+    with tiered.open(str(tmp_path / "s"), sync=False) as store:
+        vol = store.create_volume("v", 1 << 30, G, durability="sync")
+        vol.checkpoint("c0")
+        threads, per = 8, 20
+        errors = []
+
+        def work(t: int) -> None:
+            try:
+                for k in range(per):
+                    token = vol.mark((k * threads + t) * G, 4096)
+                    assert token is not None
+                    vol.sync(token)
+                    assert vol._sync.durable_seq >= token
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        pool = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+        for th in pool:
+            th.start()
+        for th in pool:
+            th.join()
+        assert not errors
+        stats = vol.stats()
+        assert stats["sync_waits"] == threads * per
+        assert 1 <= stats["sync_commits"] <= threads * per
+        assert stats["sync_writes"] == threads * per
+        assert vol.changed_since("c0").total_bytes == threads * per * G

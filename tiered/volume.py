@@ -149,6 +149,10 @@ class Volume:
         # Taken before _lock by every call that commits, so that a sync
         # leader's commit (made outside _lock) never interleaves with them.
         self._commit_lock = threading.Lock()
+        # Group commit (see sync): whether a thread leads a sync commit, and
+        # the condition its followers wait on, woken after each commit.
+        self._leading = False
+        self._synced = threading.Condition(self._lock)
         #: The storage epoch of this volume's snapshot (readers; see _check_open).
         self._epoch = self._storage.epoch
         self._marking = False
@@ -460,10 +464,30 @@ class Volume:
         if lazy:
             self.flush()
             return
+        while True:
+            with self._lock:
+                # Followers wait here while a leader commits; each commit
+                # wakes them all at once, and the marks they make meanwhile
+                # go to the open batch, which the next leader commits whole.
+                while self._leading and target > self._sync.durable_seq:
+                    self._synced.wait()
+                if target <= self._sync.durable_seq:
+                    return
+                self._leading = True
+            try:
+                self._lead_commit(target)
+            finally:
+                with self._lock:
+                    self._leading = False
+                    self._synced.notify_all()
+
+    def _lead_commit(self, target: int) -> None:
+        """Commit the open batch as one journal entry, unless ``target`` is
+        durable by the time the commit lock is ours."""
         with self._commit_lock:
             with self._lock:
                 if target <= self._sync.durable_seq:
-                    return  # a leader committed it while this thread waited
+                    return  # a checkpoint, flush... committed it meanwhile
                 self._check_writable()
                 seq, ranges = self._sync.cut()
                 record = self._volume_record(**self._journal_fields(seq))
