@@ -91,7 +91,6 @@ def test_concurrent_syncs_share_commits(tmp_path):
             th.join()
         assert not errors
         stats = vol.stats()
-        assert stats["sync_waits"] == threads * per
-        assert 1 <= stats["sync_commits"] <= threads * per
+        assert stats["sync_commits"] <= stats["sync_waits"] <= threads * per  # a token may be durable before its sync
         assert stats["sync_writes"] == threads * per
         assert vol.changed_since("c0").total_bytes == threads * per * G
