@@ -25,9 +25,13 @@ def durability_columns(durabilities: Sequence[str]) -> bool:
 
 def _durability_cells(m: Measurement) -> tuple[str, ...]:
     if m.durability == "lazy":
-        return ("-", "-", f"{m.replay_s:.2f}s", "-")
+        return ("-", "-", _seconds(m.replay_s), "-")
     vs = "-" if m.replay_vs_lazy is None else f"{m.replay_vs_lazy:.2f}x"
-    return (_fraction(m.sync_fraction), f"{m.syncs_per_s:,.0f}", f"{m.replay_s:.2f}s", vs)
+    return (_fraction(m.sync_fraction), f"{m.syncs_per_s:,.0f}", _seconds(m.replay_s), vs)
+
+
+def _seconds(s: float) -> str:
+    return f"{s * 1e3:.1f}ms" if s < 1 else f"{s:.2f}s"
 
 
 def _fraction(x: float) -> str:
