@@ -156,6 +156,7 @@ class Volume:
         #: The storage epoch of this volume's snapshot (readers; see _check_open).
         self._epoch = self._storage.epoch
         self._marking = False
+        self._syncing = False
         self._pending_offsets = array("q")
         self._pending_lengths = array("q")
         self._io = PageIO(self._storage, self._id, strategy.cache_bytes, gens_dtype(strategy), self._n_chunks)
@@ -189,6 +190,7 @@ class Volume:
                 self._transact(lambda batch: nothing)
         elif self._lost and any(c.generation <= self._lost for c in self._checkpoints):
             self.unclean_shutdown = True
+        self._update_marking()
 
     def _replay(self, txn: Any, record: dict[str, Any]) -> None:
         """Apply the journal over the flushed state read at open."""
@@ -320,11 +322,11 @@ class Volume:
     # -- write path -----------------------------------------------------
 
     def _update_marking(self) -> None:
-        """Recompute whether mark() may take its fast path."""
-        self._marking = (
-            not self._closed and not self._storage.readonly and bool(self._checkpoints) and self._unflushed
-            and self.durability == "lazy"
-        )
+        """Recompute whether mark() may take its fast path (lazy), or its
+        sync-mode path without further checks (``_syncing``)."""
+        writable = not self._closed and not self._storage.readonly and bool(self._checkpoints)
+        self._marking = writable and self._unflushed and self.durability == "lazy"
+        self._syncing = writable and self.durability == "sync"
 
     def _drain(self) -> None:
         """Apply the single marks buffered by mark(); call under the lock."""
@@ -357,6 +359,13 @@ class Volume:
             )
         with self._lock:
             if not self._marking:
+                if self._syncing and length:
+                    # A write inside one chunk found durable in this period
+                    # before needs nothing: one set lookup.
+                    chunk = offset >> self._shift
+                    if chunk in self._sync.hot and (offset + length - 1) >> self._shift == chunk:
+                        return None
+                    return self._mark_one_sync(offset, length)
                 self._check_writable()
                 if not self._checkpoints or not length:
                     return None  # no checkpoint can ask about this write, or it is empty
@@ -406,14 +415,11 @@ class Volume:
             return None
 
     def _mark_one_sync(self, offset: int, length: int) -> int | None:
-        # A write inside one chunk found durable in this period before needs
-        # nothing: a set lookup instead of two arrays and a numba probe.
+        # Two reused 1-element arrays, not two new ones per call.
         sync = self._sync
         shift = self._shift
         chunk = offset >> shift
         single = (offset + length - 1) >> shift == chunk
-        if single and chunk in sync.hot:
-            return None
         offsets, lengths = sync.one_offset, sync.one_length
         offsets[0] = offset
         lengths[0] = length
