@@ -238,6 +238,8 @@ class Measurement:
     extents: int = 0
     digest: str = ""
     durability: str = "lazy"
+    #: Writes per mark_many call (and so per sync) in the replay.
+    batch: int = 0
     #: Wall seconds of the whole replay: marks, syncs and checkpoints.
     replay_s: float = 0.0
     #: sync mode: writes that dirtied a chunk new in its period, and their share.
@@ -382,6 +384,7 @@ def _write_phase(
     with store_module.open(path, sync=options.sync) as store:
         vol = store.create_volume("replay", size=rec.size, granularity=config.granularity, strategy=config.strategy,
                                   durability=config.durability)
+        result.batch = options.batch
         replay0 = time.perf_counter()
         mark_s, ckpt_s, syncs, sync_s = _replay(vol, rec, sampler, report, options.batch)
         result.replay_s = time.perf_counter() - replay0

@@ -122,9 +122,10 @@ def write_verdict(out: TextIO, results: Sequence[Measurement], advice: Advice, p
     compared = durability_columns([m.durability for m in results])
     if compared:
         commit = [m.commit_ms for m in results if m.ok and m.durability == "sync"]
+        batch = max((m.batch for m in results if m.ok), default=0)
         out.write(
             "SYNCED: writes that dirtied a chunk new in the period, so needed a sync (sync mode; one\n"
-            "sync(token) per batch of up to 64Ki writes that needs one; WRITES/S counts the syncs' time).\n"
+            f"sync(token) per batch of {batch:,} writes that needs one; WRITES/S counts the syncs' time).\n"
             "SYNCS/S: syncs per second of time spent syncing.  REPLAY: the replay's wall time; VS LAZY:\n"
             "over the lazy configuration's"
             + (f".  One small LMDB commit on this disk: {format_ms(float(sorted(commit)[len(commit) // 2]))}.\n"
