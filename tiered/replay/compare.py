@@ -30,13 +30,15 @@ Durability is a dimension of the configurations too.  A ``"sync"``
 configuration replays the same batches into a volume created with
 ``durability="sync"``: each batch is marked with ``mark_many``, and when the
 batch returns a token the replay calls ``sync(token)`` before the next
-batch, so one sync serves the whole batch (at most one per batch of up to
-64 Ki writes, as a writer that issues a batch of I/Os and waits for its
-marks before writing them).  It reports, beside everything above: the
+batch, so one sync serves the whole batch (at most one per batch, as a
+writer that issues a batch of I/Os and waits for its marks before writing
+them; a run that compares durabilities replays batches of SYNC_BATCH
+writes, every configuration alike).  It reports, beside everything above: the
 writes that needed a sync (those that dirtied a chunk not yet marked in the
 period, counted by the volume), the syncs made and the seconds spent in
 them, the replay's wall time, and the cost of one small LMDB commit (one
-tiny put, fsynced when the store is) in the same directory.  The parent
+tiny put, fsynced when the store is) in the same directory, taken now and
+then during the replay (:class:`CommitProbe`).  The parent
 relates each sync configuration's replay time to the lazy configuration
 of the same strategy and granularity measured in the same run.
 """
@@ -251,7 +253,8 @@ class Measurement:
     sync_commits: int = 0
     sync_s: float = 0.0
     syncs_per_s: float = 0.0
-    #: sync mode: the median of a few commits of one tiny put on this disk.
+    #: sync mode: the median commit of one tiny put on this disk, taken
+    #: during the replay (after the first sync and every 32nd).
     commit_ms: float = 0.0
     #: sync mode: replay_s over that of the lazy configuration of the same
     #: strategy and granularity in the same run (None: not measured).
@@ -361,8 +364,6 @@ def measure(
             names = _write_phase(config, rec, path, options, sampler, base, result, report)
             gc.collect()  # the writer's cache must not outlive it into the cold phase
             _cold_phase(config, path, names, options.repeat, sampler, result)
-        if config.durability == "sync":
-            result.commit_ms = _commit_ms(os.path.join(root, "commit-probe"), options.sync)
         result.cpu_s = time.process_time() - cpu0
         result.wall_s = time.perf_counter() - wall0
         result.ram_peak_bytes = sampler.peak - base
@@ -381,13 +382,21 @@ def _write_phase(
     """Replay, then query in the writer (warm); returns the checkpoint names."""
     from .. import store as store_module
 
+    probe = CommitProbe(path + "-commit-probe", options.sync) if config.durability == "sync" else None
     with store_module.open(path, sync=options.sync) as store:
         vol = store.create_volume("replay", size=rec.size, granularity=config.granularity, strategy=config.strategy,
                                   durability=config.durability)
         result.batch = options.batch
         replay0 = time.perf_counter()
-        mark_s, ckpt_s, syncs, sync_s = _replay(vol, rec, sampler, report, options.batch)
-        result.replay_s = time.perf_counter() - replay0
+        try:
+            mark_s, ckpt_s, syncs, sync_s = _replay(vol, rec, sampler, report, options.batch, probe)
+        finally:
+            if probe is not None:
+                probe.close()
+        # The probe's commits are not the replay's.
+        result.replay_s = time.perf_counter() - replay0 - (probe.total_s if probe is not None else 0.0)
+        if probe is not None:
+            result.commit_ms = probe.median_ms()
         result.ram_replay_peak_bytes = sampler.peak - base
         result.writes = rec.writes
         result.checkpoints = len(ckpt_s)
@@ -449,12 +458,14 @@ def _median_ms(seconds: list[float]) -> float:
 
 
 def _replay(
-    vol: Any, rec: Recording, sampler: PeakSampler, report: Callable[[int], None] | None, batch: int = REPLAY_BATCH
+    vol: Any, rec: Recording, sampler: PeakSampler, report: Callable[[int], None] | None, batch: int = REPLAY_BATCH,
+    probe: "CommitProbe | None" = None,
 ) -> tuple[float, list[float], int, float]:
     """Feed the recording to the volume, ``batch`` writes per mark_many:
     (seconds in mark_many, seconds per checkpoint, sync() calls, seconds in
     them).  A batch whose marks return a token is synced before the next
-    one (sync mode)."""
+    one (sync mode); after the first sync and every PROBE_EVERY-th, the
+    ``probe`` commits once."""
     mark_s = sync_s = 0.0
     syncs = 0
     ckpt_s: list[float] = []
@@ -472,6 +483,8 @@ def _replay(
                     _, seconds = _timed(vol.sync, token)
                     sync_s += seconds
                     syncs += 1
+                    if probe is not None and syncs % PROBE_EVERY == 1:
+                        probe.commit()
             done += len(event)
             if report is not None:
                 report(done)
@@ -479,24 +492,42 @@ def _replay(
     return mark_s, ckpt_s, syncs, sync_s
 
 
-def _commit_ms(path: str, sync: bool, rounds: int = 7) -> float:
-    """The median time of a commit of one tiny put in a fresh LMDB
-    environment at ``path`` (what one sync costs at the least; a commit
-    with no change at all writes nothing, so it would measure nothing)."""
-    import lmdb
+# A sync replay times one small commit after this many syncs (and after the first).
+PROBE_EVERY = 32
 
-    env = lmdb.open(path, map_size=1 << 20, sync=sync, metasync=sync)
-    try:
-        times = []
-        for i in range(rounds + 1):
-            t = time.perf_counter()
-            with env.begin(write=True) as txn:
-                txn.put(b"k", i.to_bytes(8, "little"))
-            times.append(time.perf_counter() - t)
-        return _median_ms(times[1:])
-    finally:
-        env.close()
-        shutil.rmtree(path, ignore_errors=True)
+
+class CommitProbe:
+    """Commits of one tiny put in an LMDB environment of their own, beside
+    the store (same disk, same flags): what one sync costs at the least.
+    (A transaction with no change is no yardstick: LMDB writes nothing for
+    it.)  Taken during the replay, since fsync times drift on a shared disk;
+    ``total_s`` is what they took, which the replay time leaves out."""
+
+    def __init__(self, path: str, sync: bool) -> None:
+        import lmdb
+
+        self.path = path
+        self.env = lmdb.open(path, map_size=1 << 20, sync=sync, metasync=sync)
+        self.times: list[float] = []
+        self.total_s = 0.0
+        self.commit()  # the file's first pages: not counted
+        self.times.clear()
+        self.total_s = 0.0
+
+    def commit(self) -> None:
+        t = time.perf_counter()
+        with self.env.begin(write=True) as txn:
+            txn.put(b"k", len(self.times).to_bytes(8, "little"))
+        seconds = time.perf_counter() - t
+        self.times.append(seconds)
+        self.total_s += seconds
+
+    def median_ms(self) -> float:
+        return _median_ms(self.times) if self.times else 0.0
+
+    def close(self) -> None:
+        self.env.close()
+        shutil.rmtree(self.path, ignore_errors=True)
 
 
 def relate_to_lazy(result: Measurement, earlier: Sequence[Measurement]) -> None:
