@@ -19,11 +19,19 @@ durable
     everything else that is marked: in a committed entry, or in the
     flushed or sealed state.
 
-Group commit: a syncing thread that finds its token not yet durable takes
-the volume's commit lock; whoever holds it commits the whole open batch,
-so every thread that marked meanwhile is served by one LMDB commit and one
-fsync, and finds its token durable when its turn comes.  Everything here
-runs under the volume's lock; only the LMDB commit runs outside it.
+Group commit (:meth:`tiered.Volume.sync`): a syncing thread that finds its
+token not yet durable either leads, if no commit is under way, or waits on
+the volume's condition.  The leader commits the whole open batch (holding
+the volume's commit lock, outside its lock), so every thread that marked
+meanwhile is served by one LMDB commit and one fsync; each commit wakes
+every waiter at once, those served return, and the marks made during the
+commit form the next batch, which the next leader commits whole.
+Everything here runs under the volume's lock; only the LMDB commit runs
+outside it.
+
+Single marks of chunks found durable in the current period are remembered
+in ``hot`` (a bounded set), so that the hot set's marks cost one lookup;
+the volume empties it whenever a commit may change the period or history.
 """
 
 from __future__ import annotations
