@@ -19,11 +19,19 @@ durable
     everything else that is marked: in a committed entry, or in the
     flushed or sealed state.
 
-Group commit: a syncing thread that finds its token not yet durable takes
-the volume's commit lock; whoever holds it commits the whole open batch,
-so every thread that marked meanwhile is served by one LMDB commit and one
-fsync, and finds its token durable when its turn comes.  Everything here
-runs under the volume's lock; only the LMDB commit runs outside it.
+Group commit (:meth:`tiered.Volume.sync`): a syncing thread that finds its
+token not yet durable either leads, if no commit is under way, or waits on
+the volume's condition.  The leader commits the whole open batch (holding
+the volume's commit lock, outside its lock), so every thread that marked
+meanwhile is served by one LMDB commit and one fsync; each commit wakes
+every waiter at once, those served return, and the marks made during the
+commit form the next batch, which the next leader commits whole.
+Everything here runs under the volume's lock; only the LMDB commit runs
+outside it.
+
+Single marks of chunks found durable in the current period are remembered
+in ``hot`` (a bounded set), so that the hot set's marks cost one lookup;
+the volume empties it whenever a commit may change the period or history.
 """
 
 from __future__ import annotations
@@ -37,6 +45,15 @@ from .bitmaps.table import SegmentTable
 
 #: What a sync-mode mark returns when it needs no sync.
 DURABLE = None
+
+#: Chunks remembered as durable in the current period by single marks
+#: (Volume.mark), so that the hot set's marks skip the numba probe; the set
+#: is emptied when full, and whenever the period or the history changes.
+HOT_CHUNKS = 8192
+
+
+_NONE = np.empty(0, np.int64)
+_NONE.setflags(write=False)
 
 
 class SyncState:
@@ -52,6 +69,13 @@ class SyncState:
         self.flight_seq = 0
         self.durable_seq = next_seq - 1
         self._new = np.empty(64, np.int64)
+        #: Single chunks known marked and durable in the current period.
+        self.hot: set[int] = set()
+        #: Reused by single marks: no two array allocations per call.
+        self.one_offset = np.zeros(1, np.int64)
+        self.one_length = np.zeros(1, np.int64)
+        #: Writes that dirtied a chunk new in its period (needed a sync).
+        self.new_writes = 0
         #: Commits made by sync leaders, and syncs that waited for one.
         self.commits = 0
         self.waits = 0
@@ -61,6 +85,10 @@ class SyncState:
     def classify(self, active: SegmentTable, gen: int, offsets: np.ndarray, lengths: np.ndarray, shift: int) -> tuple[np.ndarray, int]:
         """(indices of the writes that dirty a chunk not marked in period
         ``gen`` of ``active``, the token the batch needs or 0)."""
+        if not self._ranges and not self._flight_ranges and P.all_marked(
+            active.index, active.pool, active.is_bits, gen, active.n_top, offsets, lengths, shift
+        ):
+            return _NONE, 0  # the steady state: nothing new, nothing pending
         if len(self._new) < len(offsets):
             self._new = np.empty(max(len(offsets), 2 * len(self._new)), np.int64)
         n_new, status = P.classify(
@@ -130,6 +158,13 @@ class SyncState:
         self.flight.reset()
         self._flight_ranges = array("q")
 
+    def remember(self, chunk: int) -> None:
+        """``chunk`` is marked and durable in the current period."""
+        hot = self.hot
+        if len(hot) >= HOT_CHUNKS:
+            hot.clear()
+        hot.add(chunk)
+
     def flushed(self) -> None:
         """The whole active state was persisted: every mark is durable."""
         self.durable_seq = self.open_seq
@@ -139,6 +174,7 @@ class SyncState:
 
     @property
     def ram_bytes(self) -> int:
-        return self.open.nbytes + self.flight.nbytes + self._new.nbytes + 8 * (
+        # about 60 bytes per remembered chunk: its set slot and its int
+        return self.open.nbytes + self.flight.nbytes + self._new.nbytes + 60 * len(self.hot) + 8 * (
             self._ranges.buffer_info()[1] + self._flight_ranges.buffer_info()[1]
         )

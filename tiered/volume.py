@@ -152,9 +152,14 @@ class Volume:
         # Taken before _lock by every call that commits, so that a sync
         # leader's commit (made outside _lock) never interleaves with them.
         self._commit_lock = threading.Lock()
+        # Group commit (see sync): whether a thread leads a sync commit, and
+        # the condition its followers wait on, woken after each commit.
+        self._leading = False
+        self._synced = threading.Condition(self._lock)
         #: The storage epoch of this volume's snapshot (readers; see _check_open).
         self._epoch = self._storage.epoch
         self._marking = False
+        self._syncing = False
         self._pending_offsets = array("q")
         self._pending_lengths = array("q")
         self._io = PageIO(self._storage, self._id, strategy.cache_bytes, gens_dtype(strategy), self._n_chunks)
@@ -191,6 +196,7 @@ class Volume:
                 self._transact(lambda batch: nothing)
         elif self._lost and any(c.generation <= self._lost for c in self._checkpoints):
             self.unclean_shutdown = True
+        self._update_marking()
 
     def _replay(self, txn: Any, record: dict[str, Any]) -> None:
         """Apply the journal over the flushed state read at open."""
@@ -290,6 +296,7 @@ class Volume:
             raise
         for batch in attempts[:-1]:
             self._io.forget(batch)
+        self._sync.hot.clear()  # the period or the history may have changed
         if persists:
             self._sync.flushed()
         elif entry is not None:
@@ -323,11 +330,11 @@ class Volume:
     # -- write path -----------------------------------------------------
 
     def _update_marking(self) -> None:
-        """Recompute whether mark() may take its fast path."""
-        self._marking = (
-            not self._closed and not self._storage.readonly and bool(self._checkpoints) and self._unflushed
-            and self.durability == "lazy"
-        )
+        """Recompute whether mark() may take its fast path (lazy), or its
+        sync-mode path without further checks (``_syncing``)."""
+        writable = not self._closed and not self._storage.readonly and bool(self._checkpoints)
+        self._marking = writable and self._unflushed and self.durability == "lazy"
+        self._syncing = writable and self.durability == "sync"
 
     def _drain(self) -> None:
         """Apply the single marks buffered by mark(); call under the lock."""
@@ -360,11 +367,18 @@ class Volume:
             )
         with self._lock:
             if not self._marking:
+                if self._syncing and length:
+                    # A write inside one chunk found durable in this period
+                    # before needs nothing: one set lookup.
+                    chunk = offset >> self._shift
+                    if chunk in self._sync.hot and (offset + length - 1) >> self._shift == chunk:
+                        return None
+                    return self._mark_one_sync(offset, length)
                 self._check_writable()
                 if not self._checkpoints or not length:
                     return None  # no checkpoint can ask about this write, or it is empty
                 if self.durability == "sync":
-                    return self._mark_sync(np.array([offset], np.int64), np.array([length], np.int64))
+                    return self._mark_one_sync(offset, length)
                 self._note_dirty()
             if length:
                 # One numba call costs more than the whole budget of a single
@@ -408,11 +422,26 @@ class Volume:
             self._history.mark_many(offs64, lens64, self._shift, self._gen)
             return None
 
+    def _mark_one_sync(self, offset: int, length: int) -> int | None:
+        # Two reused 1-element arrays, not two new ones per call.
+        sync = self._sync
+        shift = self._shift
+        chunk = offset >> shift
+        single = (offset + length - 1) >> shift == chunk
+        offsets, lengths = sync.one_offset, sync.one_length
+        offsets[0] = offset
+        lengths[0] = length
+        token = self._mark_sync(offsets, lengths)
+        if token is None and single:
+            sync.remember(chunk)
+        return token
+
     def _mark_sync(self, offsets: np.ndarray, lengths: np.ndarray) -> int | None:
         # Writes whose chunks are all marked in this period need no marking
         # at all; the others are journaled in the open batch, then marked.
         new, token = self._sync.classify(self._history.current, self._gen, offsets, lengths, self._shift)
         if len(new):
+            self._sync.new_writes += len(new)
             offs, lens = offsets[new], lengths[new]
             self._sync.add(offs, lens, self._shift)
             self._history.mark_many(offs, lens, self._shift, self._gen)
@@ -449,10 +478,30 @@ class Volume:
         if lazy:
             self.flush()
             return
+        while True:
+            with self._lock:
+                # Followers wait here while a leader commits; each commit
+                # wakes them all at once, and the marks they make meanwhile
+                # go to the open batch, which the next leader commits whole.
+                while self._leading and target > self._sync.durable_seq:
+                    self._synced.wait()
+                if target <= self._sync.durable_seq:
+                    return
+                self._leading = True
+            try:
+                self._lead_commit(target)
+            finally:
+                with self._lock:
+                    self._leading = False
+                    self._synced.notify_all()
+
+    def _lead_commit(self, target: int) -> None:
+        """Commit the open batch as one journal entry, unless ``target`` is
+        durable by the time the commit lock is ours."""
         with self._commit_lock:
             with self._lock:
                 if target <= self._sync.durable_seq:
-                    return  # a leader committed it while this thread waited
+                    return  # a checkpoint, flush... committed it meanwhile
                 self._check_writable()
                 if self._record.get("journal_count", 0) >= JOURNAL_MAX_ENTRIES:
                     # Fold the journal into the stored state now and then,
@@ -775,6 +824,7 @@ class Volume:
             io.apply(staged["batch"])
             staged["after"]()
             self._io, self._history, self.strategy = io, history, target
+            self._sync.hot.clear()
             self._sync.flushed()
             self.durability = mode
             self._record = staged["record"]
@@ -835,6 +885,7 @@ class Volume:
                 "generation_id": self.generation_id,
                 "sync_commits": self._sync.commits,
                 "sync_waits": self._sync.waits,
+                "sync_writes": self._sync.new_writes,
                 "journal_entries": int(self._record.get("journal_count", 0)),
             }
 

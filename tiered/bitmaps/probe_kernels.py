@@ -145,3 +145,23 @@ def classify(
         elif status & NEEDS_FLIGHT == 0 and bits_any(flight_index, flight_pool, n_top, c0, c1):
             status |= NEEDS_FLIGHT
     return n_new, status
+
+
+@njit(**_jit)
+def all_marked(act_index, act_pool, act_bits, gen, n_top, offsets, lengths, shift):
+    """Whether every chunk a write touches is marked in period ``gen`` of
+    the active table: :func:`classify`'s answer when no batch is open or in
+    flight and no write is new, with half its arrays to pass (each array
+    argument costs a numba call about 0.1 us)."""
+    for i in range(offsets.shape[0]):
+        length = lengths[i]
+        if length == 0:
+            continue
+        c0 = offsets[i] >> shift
+        c1 = (offsets[i] + length - 1) >> shift
+        if act_bits:
+            if not bits_all(act_index, act_pool, n_top, c0, c1):
+                return False
+        elif not gens_all_at_least(act_index, act_pool, n_top, c0, c1, gen):
+            return False
+    return True

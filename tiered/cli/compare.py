@@ -27,6 +27,7 @@ TRACE_FORMATS = ("fio", "blkparse", "msr")
 # The engine's strategy modes, kept here so that `--help` and argument
 # errors need no engine import; a test checks they match.
 MODES = ("one-bit", "multi-bit", "hybrid")
+DURABILITIES = ("lazy", "sync")
 DEFAULT_WORKLOAD = "zipf"
 DEFAULT_VOLUME = 1 << 40
 DEFAULT_WRITES = 10_000_000
@@ -81,12 +82,18 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                          help="page-cache budget per volume (default: 64M, or half of --max-ram if less)")
     configs.add_argument("--width", type=int, choices=(8, 16, 32), default=16, help="multi-bit generation bits (default: 16)")
     configs.add_argument("--recent", type=positive_int, default=8, metavar="N", help="hybrid's one-bit writesets (default: 8)")
+    configs.add_argument("--durability", type=choice_list(DURABILITIES), default=["lazy"], metavar="MODES",
+                         help="lazy, sync or lazy,sync (default: lazy). sync replays into a durability=\"sync\" "
+                              "volume and syncs each batch whose marks return a token; the table then shows the "
+                              "share of writes that needed a sync, syncs/s, and the replay time against lazy")
     limits = parser.add_argument_group("your limits, for the recommendation")
     limits.add_argument("--max-ram", type=positive_size, metavar="SIZE", help="peak RAM (32MiB, 1G)")
     limits.add_argument("--max-query-ms", type=positive_ms, metavar="TIME",
                         help="cold changed_since of the oldest checkpoint, in ms or with a unit (20ms, 1s)")
     limits.add_argument("--max-checkpoint-ms", type=positive_ms, metavar="TIME", help="the slowest checkpoint (ms, or 20ms, 1s)")
     limits.add_argument("--min-writes-per-s", type=positive_rate, metavar="RATE", help="mark throughput (2M, 500k)")
+    limits.add_argument("--require-exact-after-crash", action="store_true",
+                        help="recommend only a sync-mode configuration (needs --durability sync or lazy,sync)")
     output = parser.add_argument_group("output")
     add_json_argument(output)
     output.add_argument("--plot", metavar="FILE.png",
@@ -94,6 +101,9 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                              "(.png, .svg, .pdf: any type matplotlib writes)")
     output.add_argument("--repeat", type=positive_int, default=3, metavar="N",
                         help="time each query N times, cold and warm, and report the median (default: 3)")
+    output.add_argument("--batch", type=positive_int, metavar="N",
+                        help="writes per mark_many call, and per sync in sync mode (default: 65,536; 64, a writer's "
+                             "queue depth, when --durability has sync, for every configuration of the run)")
     output.add_argument("--dir", metavar="DIR", help="where the temporary stores go (default: the system's temp dir)")
     output.add_argument("--no-sync", action="store_true", help="do not fsync at checkpoints (faster, not crash-safe)")
     output.add_argument("--no-progress", action="store_true",
@@ -117,9 +127,14 @@ def check_arguments(args: argparse.Namespace) -> tuple[Any, list[Any]]:
             raise UsageError(f"{', '.join(given)} apply to --trace only")
         if args.checkpoint_seconds is not None and args.iops is None:
             raise UsageError("--checkpoint-seconds on a workload needs --iops, the write rate that gives writes times")
+    if args.require_exact_after_crash and "sync" not in args.durability:
+        raise UsageError("--require-exact-after-crash recommends only sync-mode configurations: "
+                         "add --durability sync (or lazy,sync)")
     try:
-        limits = advisor.Limits(args.max_ram, args.max_query_ms, args.max_checkpoint_ms, args.min_writes_per_s)
-        configs = compare.configurations(args.mode, args.granularity, cache_budgets(args), args.width, args.recent)
+        limits = advisor.Limits(args.max_ram, args.max_query_ms, args.max_checkpoint_ms, args.min_writes_per_s,
+                                args.require_exact_after_crash)
+        configs = compare.configurations(args.mode, args.granularity, cache_budgets(args), args.width, args.recent,
+                                         args.durability)
         if args.trace is None:
             compare.check_volume_size(_volume(args), configs)
         elif args.size is not None:
@@ -293,7 +308,8 @@ def _measure_all(args: argparse.Namespace, run: _Run, progress: Any) -> None:
             children = runner.Children(run.configs, workdir)
         run.rec = rec = _compare_recording(args, run.configs, os.path.join(workdir, "writes.bin"), progress)
         progress.close()  # the recording's bar goes before the header comes
-        widths = report.column_widths([c.label for c in run.configs])
+        widths = report.column_widths([c.label for c in run.configs],
+                                      report.durability_columns([c.durability for c in run.configs]))
         if not args.json:
             progress.print(
                 f"replaying {rec.description}: {rec.writes:,} writes, {len(rec.marks)} checkpoints, "
@@ -302,7 +318,7 @@ def _measure_all(args: argparse.Namespace, run: _Run, progress: Any) -> None:
                 sys.stdout,
             )
         results = runner.run_each(rec, run.configs, workdir=workdir, sync=not args.no_sync, repeat=args.repeat,
-                                  progress=progress, children=children)
+                                  progress=progress, children=children, batch=args.batch)
         for m in results:
             run.results.append(m)
             if args.json:

@@ -38,6 +38,11 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
         "--recent", type=positive_int, metavar="N",
         help=f"hybrid only: sealed writesets kept one-bit before folding (default: {DEFAULT_RECENT})",
     )
+    parser.add_argument(
+        "--durability", choices=("lazy", "sync"),
+        help="also switch durability in the same transaction: sync makes answers exact after a crash "
+             "(writes that dirty a new chunk wait for sync()); default: keep the volume's",
+    )
     add_json_argument(parser)
 
 
@@ -76,12 +81,13 @@ def convert_volume(args: argparse.Namespace) -> dict[str, Any]:
     with open_store_for_writing(args.store) as store:
         vol = store.volume(args.volume)
         old = vol.strategy.fixed()
+        old_durability = vol.durability
         before = vol.stats()
         start = time.perf_counter()
-        vol.convert(target)
+        vol.convert(target, durability=getattr(args, "durability", None))
         seconds = time.perf_counter() - start
         after = vol.stats()
-    return {
+    report = {
         "volume": args.volume,
         "from": old,
         "to": target.fixed(),
@@ -90,6 +96,9 @@ def convert_volume(args: argparse.Namespace) -> dict[str, Any]:
         "disk_bytes": {"before": before["disk_bytes"], "after": after["disk_bytes"]},
         "ram_bytes": {"before": before["ram_bytes"], "after": after["ram_bytes"]},
     }
+    if getattr(args, "durability", None) is not None:
+        report["durability"] = {"before": old_durability, "after": after["durability"]}
+    return report
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -107,6 +116,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         "volume": report["volume"],
         "strategy": f"{describe_strategy(report['from'])} -> {describe_strategy(report['to'])}",
         "checkpoints kept": str(report["checkpoints"]),
+        **({"durability": f"{report['durability']['before']} -> {report['durability']['after']}"}
+           if "durability" in report else {}),
         "seconds": f"{report['seconds']:.3f}",
         "disk_bytes": f"{report['disk_bytes']['before']} -> {report['disk_bytes']['after']}",
         "ram_bytes": f"{report['ram_bytes']['before']} -> {report['ram_bytes']['after']}",

@@ -69,11 +69,17 @@ class Limits:
     max_query_ms: float | None = None
     max_checkpoint_ms: float | None = None
     min_writes_per_s: float | None = None
+    #: Only sync-mode configurations qualify: answers exact after a crash.
+    require_exact_after_crash: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.require_exact_after_crash, bool):
+            raise InvalidArgumentError(
+                f"require_exact_after_crash must be a bool, got {self.require_exact_after_crash!r}"
+            )
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if value is None:
+            if value is None or field.name == "require_exact_after_crash":
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise InvalidArgumentError(f"{field.name} must be a number, got {value!r}")
@@ -90,13 +96,26 @@ class Limits:
         ]
         return [(_BY_FIELD[f], bound, flag) for f, bound, flag in pairs if bound is not None]
 
+    def given(self) -> bool:
+        """Whether any limit was given."""
+        return bool(self.checks()) or self.require_exact_after_crash
+
     def describe(self) -> str:
-        return ", ".join(f"{flag} {metric.show(bound)}" for metric, bound, flag in self.checks())
+        parts = [f"{flag} {metric.show(bound)}" for metric, bound, flag in self.checks()]
+        if self.require_exact_after_crash:
+            parts.append("--require-exact-after-crash")
+        return ", ".join(parts)
+
+
+#: Why a configuration breaks --require-exact-after-crash.
+NOT_EXACT = "lazy durability (a crash loses the marks in RAM: answers are no longer exact)"
 
 
 def violations(m: Measurement, limits: Limits) -> list[str]:
     """Each limit the measurement breaks, as 'peak RAM 80.0 MiB > 32.0 MiB'."""
     out = []
+    if limits.require_exact_after_crash and m.durability != "sync":
+        out.append(NOT_EXACT)
     for metric, bound, _ in limits.checks():
         value = getattr(m, metric.field)
         broken = value > bound if metric.lower_is_better else value < bound
@@ -134,7 +153,16 @@ def recommend(results: Sequence[Measurement], limits: Limits) -> Advice:
     if not measured:
         return Advice(None, "no configuration completed its replay, so there is nothing to recommend")
     fitting = [m for m in measured if not violations(m, limits)]
+    if not fitting and limits.require_exact_after_crash and not any(m.durability == "sync" for m in measured):
+        return Advice(
+            None,
+            "--require-exact-after-crash admits only sync-mode configurations, and none was measured "
+            "(compare with --durability sync or lazy,sync)",
+        )
     if not fitting:
+        if limits.require_exact_after_crash:
+            measured = [m for m in measured if m.durability == "sync"]
+
         def overshoot(m: Measurement) -> float:
             worst = 1.0
             for metric, bound, _ in limits.checks():
@@ -150,12 +178,12 @@ def recommend(results: Sequence[Measurement], limits: Limits) -> Advice:
         )
     scored = sorted(fitting, key=lambda m: (max(_ratios(m, fitting).values()), m.ram_peak_bytes))
     choice = scored[0]
-    meets = f"meets {limits.describe()}" if limits.checks() else "no limits were given"
+    meets = f"meets {limits.describe()}" if limits.given() else "no limits were given"
     if len(fitting) == 1:
         why = f"{meets}, and it is the only configuration that does"
     else:
         names = ", ".join(m.name for m in METRICS)
-        of = f"of the {len(fitting)} that do" if limits.checks() else f"of the {len(fitting)} measured"
+        of = f"of the {len(fitting)} that do" if limits.given() else f"of the {len(fitting)} measured"
         why = f"{meets}; {of}, its worst ratio to the best on {names} is the smallest"
     worse = _against_the_best(choice, measured)
     if not worse:

@@ -25,6 +25,22 @@ What is measured, per configuration (all in :class:`Measurement`):
   store's pages mapped in by reads);
 * disk: the volume's bytes in the store and the size of the store's file;
 * CPU seconds of the child, and its wall time.
+
+Durability is a dimension of the configurations too.  A ``"sync"``
+configuration replays the same batches into a volume created with
+``durability="sync"``: each batch is marked with ``mark_many``, and when the
+batch returns a token the replay calls ``sync(token)`` before the next
+batch, so one sync serves the whole batch (at most one per batch, as a
+writer that issues a batch of I/Os and waits for its marks before writing
+them; a run that compares durabilities replays batches of SYNC_BATCH
+writes, every configuration alike).  It reports, beside everything above: the
+writes that needed a sync (those that dirtied a chunk not yet marked in the
+period, counted by the volume), the syncs made and the seconds spent in
+them, the replay's wall time, and the cost of one small LMDB commit (one
+tiny put, fsynced when the store is) in the same directory, taken now and
+then during the replay (:class:`CommitProbe`).  The parent
+relates each sync configuration's replay time to the lazy configuration
+of the same strategy and granularity measured in the same run.
 """
 
 from __future__ import annotations
@@ -50,20 +66,30 @@ from .workloads import CheckpointMark, Event, Workload, generate
 
 # Writes handed to one mark_many call during a replay.
 REPLAY_BATCH = 65536
+# The default of a run that compares durabilities: a writer's I/O queue
+# depth, so that a sync serves the writes issued together, not a whole
+# period (every configuration of the run, lazy too, replays these batches).
+SYNC_BATCH = 64
+
+
+DURABILITIES = ("lazy", "sync")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """One thing to measure: a strategy at a granularity."""
+    """One thing to measure: a strategy at a granularity, with a durability."""
 
     strategy: Strategy
     granularity: int
+    durability: str = "lazy"
 
     @property
     def label(self) -> str:
         s = self.strategy
         extra = {"multi-bit": f" w{s.width}", "hybrid": f" r{s.recent}"}.get(s.mode, "")
-        return f"{s.mode}{extra} {format_size(self.granularity)} cache {format_size(s.cache_bytes)}"
+        # lazy is the default: its labels are those of a run without durabilities
+        tail = "" if self.durability == "lazy" else f" {self.durability}"
+        return f"{s.mode}{extra} {format_size(self.granularity)} cache {format_size(s.cache_bytes)}{tail}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,6 +239,31 @@ class Measurement:
     changed_bytes: int = 0
     extents: int = 0
     digest: str = ""
+    durability: str = "lazy"
+    #: Writes per mark_many call (and so per sync) in the replay.
+    batch: int = 0
+    #: Wall seconds of the whole replay: marks, syncs and checkpoints.
+    replay_s: float = 0.0
+    #: sync mode: writes that dirtied a chunk new in its period, and their share.
+    sync_writes: int = 0
+    sync_fraction: float = 0.0
+    #: sync mode: sync() calls made (at most one per batch), the LMDB commits
+    #: they took, the seconds spent in them, and syncs per second of that time.
+    syncs: int = 0
+    sync_commits: int = 0
+    sync_s: float = 0.0
+    syncs_per_s: float = 0.0
+    #: sync mode: the median commit of one tiny put on this disk, taken
+    #: during the replay (after the first sync and every 32nd).
+    commit_ms: float = 0.0
+    #: sync mode: replay_s over that of the lazy configuration of the same
+    #: strategy and granularity in the same run (None: not measured).
+    replay_vs_lazy: float | None = None
+
+    @property
+    def key(self) -> tuple:
+        """What identifies the configuration but its durability."""
+        return (self.mode, self.width, self.recent, self.granularity, self.cache_bytes)
 
     @property
     def ok(self) -> bool:
@@ -231,6 +282,7 @@ def _empty_measurement(config: Config) -> Measurement:
         recent=s.recent if s.mode == "hybrid" else None,
         granularity=config.granularity,
         cache_bytes=s.cache_bytes,
+        durability=config.durability,
     )
 
 
@@ -257,12 +309,15 @@ def _warm_up(config: Config, root: str) -> None:
     w = Workload("uniform", volume_size=1 << 30, writes=500 * checkpoints, checkpoint_every=500, seed=1)
     path = os.path.join(root, "warm")
     with store_module.open(path, sync=False) as store:
-        vol = store.create_volume("warm", size=w.volume_size, granularity=config.granularity, strategy=config.strategy)
+        vol = store.create_volume("warm", size=w.volume_size, granularity=config.granularity,
+                                  strategy=config.strategy, durability=config.durability)
         for event in generate(w):
             if isinstance(event, CheckpointMark):
                 vol.checkpoint(f"c{event.index}")
             else:
-                vol.mark_many(event.offsets, event.lengths)
+                token = vol.mark_many(event.offsets, event.lengths)
+                if token is not None:
+                    vol.sync(token)
         vol.changed_since("c0")
         vol.changed_between("c0", "c1")
     with store_module.open(path, readonly=True) as store:
@@ -288,6 +343,8 @@ class RunOptions:
     sync: bool = True
     #: Times each query is measured; the median is reported.
     repeat: int = 3
+    #: Writes per mark_many call (and per sync, in sync mode).
+    batch: int = REPLAY_BATCH
 
 
 def measure(
@@ -325,13 +382,32 @@ def _write_phase(
     """Replay, then query in the writer (warm); returns the checkpoint names."""
     from .. import store as store_module
 
+    probe = CommitProbe(path + "-commit-probe", options.sync) if config.durability == "sync" else None
     with store_module.open(path, sync=options.sync) as store:
-        vol = store.create_volume("replay", size=rec.size, granularity=config.granularity, strategy=config.strategy)
-        mark_s, ckpt_s = _replay(vol, rec, sampler, report)
+        vol = store.create_volume("replay", size=rec.size, granularity=config.granularity, strategy=config.strategy,
+                                  durability=config.durability)
+        result.batch = options.batch
+        replay0 = time.perf_counter()
+        try:
+            mark_s, ckpt_s, syncs, sync_s = _replay(vol, rec, sampler, report, options.batch, probe)
+        finally:
+            if probe is not None:
+                probe.close()
+        # The probe's commits are not the replay's.
+        result.replay_s = time.perf_counter() - replay0 - (probe.total_s if probe is not None else 0.0)
+        if probe is not None:
+            result.commit_ms = probe.median_ms()
         result.ram_replay_peak_bytes = sampler.peak - base
         result.writes = rec.writes
         result.checkpoints = len(ckpt_s)
-        result.writes_per_s = rec.writes / mark_s if mark_s else 0.0
+        # A sync-mode write waits for its sync too: both count.
+        result.writes_per_s = rec.writes / (mark_s + sync_s) if mark_s + sync_s else 0.0
+        if config.durability == "sync":
+            stats = vol.stats()
+            result.sync_writes = stats["sync_writes"]
+            result.sync_fraction = result.sync_writes / rec.writes if rec.writes else 0.0
+            result.syncs, result.sync_commits, result.sync_s = syncs, stats["sync_commits"], sync_s
+            result.syncs_per_s = syncs / sync_s if sync_s else 0.0
         result.checkpoint_p50_ms = float(np.median(ckpt_s)) * 1e3
         result.checkpoint_max_ms = float(np.max(ckpt_s)) * 1e3
         gc.collect()
@@ -382,10 +458,16 @@ def _median_ms(seconds: list[float]) -> float:
 
 
 def _replay(
-    vol: Any, rec: Recording, sampler: PeakSampler, report: Callable[[int], None] | None
-) -> tuple[float, list[float]]:
-    """Feed the recording to the volume: (seconds in mark_many, seconds per checkpoint)."""
-    mark_s = 0.0
+    vol: Any, rec: Recording, sampler: PeakSampler, report: Callable[[int], None] | None, batch: int = REPLAY_BATCH,
+    probe: "CommitProbe | None" = None,
+) -> tuple[float, list[float], int, float]:
+    """Feed the recording to the volume, ``batch`` writes per mark_many:
+    (seconds in mark_many, seconds per checkpoint, sync() calls, seconds in
+    them).  A batch whose marks return a token is synced before the next
+    one (sync mode); after the first sync and every PROBE_EVERY-th, the
+    ``probe`` commits once."""
+    mark_s = sync_s = 0.0
+    syncs = 0
     ckpt_s: list[float] = []
     done = 0
     for event in read_recording(rec):
@@ -393,13 +475,70 @@ def _replay(
             _, seconds = _timed(vol.checkpoint, f"c{event.index}")
             ckpt_s.append(seconds)
         else:
-            _, seconds = _timed(vol.mark_many, event.offsets, event.lengths)
-            mark_s += seconds
+            for lo in range(0, len(event), batch):
+                offsets, lengths = event.offsets[lo : lo + batch], event.lengths[lo : lo + batch]
+                token, seconds = _timed(vol.mark_many, offsets, lengths)
+                mark_s += seconds
+                if token is not None:
+                    _, seconds = _timed(vol.sync, token)
+                    sync_s += seconds
+                    syncs += 1
+                    if probe is not None and syncs % PROBE_EVERY == 1:
+                        probe.commit()
             done += len(event)
             if report is not None:
                 report(done)
         sampler.sample()
-    return mark_s, ckpt_s
+    return mark_s, ckpt_s, syncs, sync_s
+
+
+# A sync replay times one small commit after this many syncs (and after the first).
+PROBE_EVERY = 32
+
+
+class CommitProbe:
+    """Commits of one tiny put in an LMDB environment of their own, beside
+    the store (same disk, same flags): what one sync costs at the least.
+    (A transaction with no change is no yardstick: LMDB writes nothing for
+    it.)  Taken during the replay, since fsync times drift on a shared disk;
+    ``total_s`` is what they took, which the replay time leaves out."""
+
+    def __init__(self, path: str, sync: bool) -> None:
+        import lmdb
+
+        self.path = path
+        self.env = lmdb.open(path, map_size=1 << 20, sync=sync, metasync=sync)
+        self.times: list[float] = []
+        self.total_s = 0.0
+        self.commit()  # the file's first pages: not counted
+        self.times.clear()
+        self.total_s = 0.0
+
+    def commit(self) -> None:
+        t = time.perf_counter()
+        with self.env.begin(write=True) as txn:
+            txn.put(b"k", len(self.times).to_bytes(8, "little"))
+        seconds = time.perf_counter() - t
+        self.times.append(seconds)
+        self.total_s += seconds
+
+    def median_ms(self) -> float:
+        return _median_ms(self.times) if self.times else 0.0
+
+    def close(self) -> None:
+        self.env.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def relate_to_lazy(result: Measurement, earlier: Sequence[Measurement]) -> None:
+    """Set a sync configuration's replay time relative to the lazy one of
+    the same strategy and granularity among ``earlier`` results, if any."""
+    if result.durability == "lazy" or not result.ok:
+        return
+    for m in earlier:
+        if m.ok and m.durability == "lazy" and m.key == result.key and m.replay_s > 0:
+            result.replay_vs_lazy = result.replay_s / m.replay_s
+            return
 
 
 # -- the comparison ------------------------------------------------------------
@@ -411,19 +550,26 @@ def configurations(
     cache_budgets: Sequence[int],
     width: int = 16,
     recent: int = 8,
+    durabilities: Sequence[str] = ("lazy",),
 ) -> list[Config]:
-    """Every combination, in the order given (mode varies slowest); checked
-    here, so that a bad one fails before any replay."""
+    """Every combination, in the order given (mode varies slowest), but
+    durability varies fastest and lazy comes first, so that each sync
+    configuration follows the lazy one it is related to; checked here, so
+    that a bad one fails before any replay."""
     from ..checks import check_granularity
 
     for granularity in granularities:
         check_granularity(granularity)
+    for durability in durabilities:
+        if durability not in DURABILITIES:
+            raise InvalidArgumentError(f"durability must be one of {', '.join(DURABILITIES)}, got {durability!r}")
+    order = [d for d in DURABILITIES if d in durabilities]
     out = []
     for mode in modes:
         for granularity in granularities:
             for cache in cache_budgets:
                 strategy = Strategy(mode, width=width, recent=recent, cache_bytes=cache)
-                out.append(Config(strategy, granularity))
+                out.extend(Config(strategy, granularity, durability) for durability in order)
     return out
 
 
@@ -444,6 +590,7 @@ def compare(
     progress: bool = True,
     repeat: int = 3,
     children: Any = None,
+    batch: int | None = None,
 ) -> list[Measurement]:
     """Measure every configuration on the recording, one child process each;
     each query is timed ``repeat`` times and the median reported.
@@ -453,7 +600,14 @@ def compare(
     from .runner import run_each
 
     with Progress(progress) as bar:
-        return list(run_each(rec, configs, workdir=workdir, sync=sync, repeat=repeat, progress=bar, children=children))
+        return list(run_each(rec, configs, workdir=workdir, sync=sync, repeat=repeat, progress=bar, children=children,
+                             batch=batch))
+
+
+def default_batch(configs: Sequence[Config]) -> int:
+    """Writes per mark_many call: SYNC_BATCH when a configuration is not
+    lazy, else REPLAY_BATCH."""
+    return SYNC_BATCH if any(c.durability != "lazy" for c in configs) else REPLAY_BATCH
 
 
 def disagreements(results: Sequence[Measurement]) -> list[str]:

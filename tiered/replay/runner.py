@@ -36,7 +36,10 @@ from types import TracebackType
 from typing import Any
 
 from ..errors import InvalidArgumentError
-from .compare import Config, Measurement, Recording, RunOptions, _empty_measurement, check_volume_size, measure, warm_up
+from .compare import (
+    Config, Measurement, Recording, RunOptions, _empty_measurement, check_volume_size, default_batch, measure, relate_to_lazy,
+    warm_up,
+)
 from .progress import Progress
 
 # Signals that stop a comparison (see tiered.cli.stopping).
@@ -262,6 +265,7 @@ def run_each(
     repeat: int = 3,
     progress: Progress | None = None,
     children: Children | None = None,
+    batch: int | None = None,
 ) -> Iterator[Measurement]:
     """Measure the configurations one after another, yielding each result
     as it is done.  ``children``: a :class:`Children` of these
@@ -275,16 +279,23 @@ def run_each(
         raise InvalidArgumentError(f"repeat must be a positive int, got {repeat!r}")
     if children is not None and children.configs != list(configs):
         raise InvalidArgumentError("the children were started for other configurations")
-    options = RunOptions(sync, repeat)
+    if batch is None:
+        batch = default_batch(configs)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise InvalidArgumentError(f"batch must be a positive int, got {batch!r}")
+    options = RunOptions(sync, repeat, batch)
     progress = Progress(False) if progress is None else progress
     own = children is None
     if own:
         children = Children(configs, workdir)
     try:
         progress.stage("replaying", rec.writes * len(configs), "writes")
+        done: list[Measurement] = []
         for i, config in enumerate(configs):
             progress.describe(f"{i + 1}/{len(configs)} {config.label}")
             result = children.measure(i, rec, options, progress, i * rec.writes)
+            relate_to_lazy(result, done)
+            done.append(result)
             progress.set((i + 1) * rec.writes)
             yield result
     finally:
