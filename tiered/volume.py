@@ -527,12 +527,16 @@ class Volume:
 
                 return after
 
+            # unflushed=False tells _transact that this commit persists the
+            # whole active state (and so drops the sync journal): pass it only
+            # when it does.  A multi-bit checkpoint of a clean volume persists
+            # nothing, and must journal the marks made since the last flush.
             self._transact(
                 build,
                 generation=new.generation,
                 lost_generation=lost,
-                unflushed=False if flushed else self._unflushed,
                 checkpoints=len(self._checkpoints) + 1,
+                **({"unflushed": False} if flushed else {}),
             )
             if renumber:
                 self._checkpoints = checkpoints

@@ -1,0 +1,452 @@
+"""The crash-exact contract of ``durability="sync"``, call by call.
+
+A mark returns None when every chunk it touches is already durably marked in
+the current period, else a token; ``sync(token)`` (or ``sync()``, or any call
+that commits: checkpoint, removal, flush) makes it durable.  "Durable" is
+checked on crash images: a copy of the store's ``data.mdb`` taken after a
+commit returned, while the writer still runs, is what a crash right there
+would leave; reopening it replays the journal.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+from naive import ReferenceVolume, covers
+
+import tiered
+from tiered.config import PAGE_CHUNKS, SEG_CHUNKS
+
+GRAN = 512
+SIZE = (PAGE_CHUNKS + 2 * SEG_CHUNKS + 300) * GRAN - 100
+STRATEGIES = {
+    "one-bit": tiered.Strategy("one-bit"),
+    "multi-bit-8": tiered.Strategy("multi-bit", width=8),
+    "multi-bit-16": tiered.Strategy("multi-bit", width=16),
+    "hybrid-1": tiered.Strategy("hybrid", recent=1),
+}
+KEYS = sorted(STRATEGIES)
+
+
+def image(store: tiered.Store, dst: str) -> str:
+    """A crash image of ``store`` as of its last commit."""
+    os.makedirs(dst)
+    shutil.copy(os.path.join(store.path, "data.mdb"), dst)
+    return dst
+
+
+def chunk(c: int) -> tuple[int, int]:
+    return c * GRAN, GRAN
+
+
+def answers(vol: tiered.Volume) -> dict[str, tuple[list, bool]]:
+    out = {}
+    for c in vol.checkpoints():
+        got = vol.changed_since(c.name)
+        out[c.name] = (list(got), got.exact)
+    return out
+
+
+def check(vol: tiered.Volume, model: ReferenceVolume, where: str, exact_between: bool = True) -> None:
+    names = model.names()
+    assert [c.name for c in vol.checkpoints()] == names, where
+    for i, name in enumerate(names):
+        got = vol.changed_since(name)
+        assert got.exact, f"{where}: changed_since({name!r}) not exact"
+        assert list(got) == model.changed_since(name), f"{where}: changed_since({name!r})"
+        for newer in names[i + 1 :]:
+            got = vol.changed_between(name, newer)
+            want = model.changed_between(name, newer)
+            assert covers(list(got), want), f"{where}: changed_between({name!r}, {newer!r}) missed a chunk"
+            if got.exact:
+                assert list(got) == want, f"{where}: changed_between({name!r}, {newer!r})"
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = tiered.open(str(tmp_path / "s"), sync=False)
+    yield s
+    s.close()
+
+
+def new_volume(store, key: str, durability: str = "sync") -> tiered.Volume:
+    return store.create_volume("v", size=SIZE, granularity=GRAN, strategy=STRATEGIES[key], durability=durability)
+
+
+# -- tokens ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_token_rules(store, key):
+    vol = new_volume(store, key)
+    assert vol.durability == "sync" and vol.stats()["durability"] == "sync"
+    assert vol.mark(*chunk(3)) is None  # no checkpoint: nothing is tracked
+    vol.checkpoint("a")
+    t1 = vol.mark(*chunk(3))
+    assert type(t1) is int and t1 > 0
+    # Journaled but not committed: the write must still wait.
+    assert vol.mark(3 * GRAN + 7, 1) == t1
+    assert vol.mark_many(np.array([3 * GRAN]), np.array([GRAN])) == t1
+    vol.sync(t1)
+    # Hot chunk after its sync: nothing to wait for, whatever part is written.
+    assert vol.mark(*chunk(3)) is None
+    assert vol.mark(3 * GRAN + 100, 3) is None
+    assert vol.mark_many([3 * GRAN, 3 * GRAN + 5], [1, 2]) is None
+    assert vol.mark(0, 0) is None and vol.mark_many([], []) is None
+    # A write over a durable chunk and a new one needs a sync.
+    t2 = vol.mark(3 * GRAN, 2 * GRAN)
+    assert type(t2) is int and t2 > t1
+    assert vol.mark_many([9 * GRAN, 3 * GRAN], [1, 1]) == t2  # any new write makes the batch wait
+    vol.sync()
+    assert vol.mark_many([3 * GRAN, 4 * GRAN, 9 * GRAN], [1, 1, 1]) is None
+    # A new period: the chunks are not marked in it yet.
+    vol.checkpoint("b")
+    t3 = vol.mark(*chunk(3))
+    assert type(t3) is int and t3 > t2
+    # Across segments and pages.
+    t4 = vol.mark((PAGE_CHUNKS - 5) * GRAN, 10 * GRAN)
+    vol.sync(t4)
+    assert vol.mark((PAGE_CHUNKS - 5) * GRAN, 10 * GRAN) is None
+    assert vol.mark((PAGE_CHUNKS - 6) * GRAN, 10 * GRAN) is not None
+
+
+@pytest.mark.xfail(strict=True, reason="a write journals all its chunks, durable ones included (conservative)")
+def test_durable_chunk_next_to_a_new_one_needs_no_sync(store):
+    vol = new_volume(store, "one-bit")
+    vol.checkpoint("a")
+    vol.sync(vol.mark(*chunk(3)))
+    t = vol.mark(3 * GRAN, 2 * GRAN)  # chunk 3 is durable, chunk 4 is new
+    assert t is not None
+    assert vol.mark(*chunk(3)) is None  # chunk 3 alone needs nothing
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_mark_while_a_commit_is_in_flight(store, key):
+    vol = new_volume(store, key)
+    vol.checkpoint("a")
+    t1 = vol.mark(*chunk(10))
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_commit() -> None:
+        entered.set()
+        assert release.wait(10)
+
+    store._storage.commit_hook = slow_commit
+    leader = threading.Thread(target=vol.sync, args=(t1,))
+    leader.start()
+    assert entered.wait(10)
+    # The batch holding chunk 10 is being committed: a write to it waits for that commit ...
+    assert vol.mark(*chunk(10)) == t1
+    # ... a new chunk goes to the next batch ...
+    t2 = vol.mark(*chunk(11))
+    assert t2 > t1
+    # ... and a write over both waits for the later one.
+    assert vol.mark(10 * GRAN, 2 * GRAN) == t2
+    assert vol.mark_many([10 * GRAN], [1]) == t1
+    release.set()
+    store._storage.commit_hook = None
+    leader.join()
+    assert vol.mark(*chunk(10)) is None
+    assert vol.mark(*chunk(11)) == t2
+    vol.sync(t2)
+    assert vol.mark(10 * GRAN, 2 * GRAN) is None
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_sync_semantics_and_invalid_tokens(store, key):
+    vol = new_volume(store, key)
+    vol.checkpoint("a")
+    commits = vol.stats()["sync_commits"]
+    vol.sync()  # nothing to do: no commit
+    assert vol.stats()["sync_commits"] == commits
+    t = vol.mark(*chunk(1))
+    for bad in (0, -1, "1", 1.0, True, t + 1, 1 << 70):
+        with pytest.raises(tiered.InvalidArgumentError):
+            vol.sync(bad)
+    vol.sync(t)
+    assert vol.stats()["sync_commits"] == commits + 1
+    vol.sync(t)  # already durable: no commit
+    vol.sync()
+    assert vol.stats()["sync_commits"] == commits + 1
+    assert vol.stats()["journal_entries"] >= 1
+    vol.flush()
+    assert vol.stats()["journal_entries"] == 0 and not vol.stats()["unflushed"]
+    vol.sync(t)  # an old token stays valid
+    vol.close()
+    with pytest.raises(tiered.ClosedError):
+        vol.sync()
+
+
+def test_lazy_mode_marks_return_none_and_sync_flushes(store):
+    vol = new_volume(store, "one-bit", durability="lazy")
+    vol.checkpoint("a")
+    assert vol.mark(*chunk(1)) is None and vol.mark_many([0], [1]) is None
+    assert vol.stats()["unflushed"]
+    vol.sync()
+    assert not vol.stats()["unflushed"]
+
+
+def test_readonly_volume_refuses_marks(tmp_path):
+    path = str(tmp_path / "s")
+    with tiered.open(path, sync=False) as s:
+        vol = new_volume(s, "one-bit")
+        vol.checkpoint("a")
+        vol.sync(vol.mark(*chunk(1)))
+    with tiered.open(path, readonly=True) as s:
+        vol = s.volume("v")
+        vol.sync()  # nothing to make durable
+        with pytest.raises(tiered.ReadOnlyError):
+            vol.mark(*chunk(2))
+        assert list(vol.changed_since("a")) == [chunk(1)]
+
+
+# -- durability, checked on crash images ------------------------------------------
+
+
+@pytest.mark.parametrize("key", KEYS)
+@pytest.mark.parametrize("barrier", ["sync-token", "sync-all", "checkpoint", "remove", "flush"])
+def test_barriers_make_every_earlier_mark_durable(tmp_path, key, barrier):
+    """Each barrier, on a clean volume (just flushed) and on one with a
+    journal, makes every mark before it survive a crash, exactly."""
+    store = tiered.open(str(tmp_path / "s"), sync=False)
+    vol = new_volume(store, key)
+    model = ReferenceVolume(SIZE, GRAN)
+    for name in ("a", "b"):
+        vol.checkpoint(name)
+        model.checkpoint(name)
+    gid = vol.generation_id
+    for rnd in range(3):
+        if rnd == 1:
+            vol.flush()  # a clean volume: the barrier must journal what follows
+        writes = [chunk(5 + rnd), (PAGE_CHUNKS * GRAN - 700 - 4 * GRAN * rnd, 1400), (SEG_CHUNKS * GRAN * (rnd + 1), SEG_CHUNKS * GRAN + 1)]
+        tokens = []
+        for w in writes:
+            tokens.append(vol.mark(*w))
+            model.mark(*w)
+        assert all(tokens)
+        if barrier == "sync-token":
+            for t in tokens:
+                vol.sync(t)
+        elif barrier == "sync-all":
+            vol.sync()
+        elif barrier == "checkpoint":
+            vol.checkpoint(f"k{rnd}")
+            model.checkpoint(f"k{rnd}")
+        elif barrier == "remove":
+            vol.checkpoint(f"k{rnd}")  # a barrier already; mark again, then remove
+            model.checkpoint(f"k{rnd}")
+            vol.mark(*chunk(40 + rnd))
+            model.mark(*chunk(40 + rnd))
+            vol.remove_checkpoint("b" if rnd == 0 else f"k{rnd - 1}")
+            model.remove("b" if rnd == 0 else f"k{rnd - 1}")
+        else:
+            vol.flush()
+        crash = image(store, str(tmp_path / f"crash{rnd}"))
+        for readonly in (True, False):
+            with tiered.open(crash, readonly=readonly, sync=False) as s:
+                v = s.volume("v")
+                where = f"{barrier} round {rnd} {'reader' if readonly else 'writer'}"
+                check(v, model, where)
+                assert v.generation_id == gid, where
+                if barrier in ("sync-token", "sync-all"):
+                    assert v.unclean_shutdown, where  # the journal was replayed
+        # The replay was persisted: a clean reopen answers the same.
+        with tiered.open(crash, sync=False) as s:
+            v = s.volume("v")
+            assert not v.unclean_shutdown
+            check(v, model, f"{barrier} round {rnd} reopened twice")
+            assert v.stats()["journal_entries"] == 0
+    store.close()
+    with tiered.open(str(tmp_path / "s"), sync=False) as s:
+        check(s.volume("v"), model, "closed and reopened")
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_journal_spans_periods_and_renumbering(tmp_path, key):
+    """Marks journaled over many checkpoints (multi-bit-8 renumbers) replay exactly."""
+    store = tiered.open(str(tmp_path / "s"), sync=False)
+    vol = new_volume(store, key)
+    model = ReferenceVolume(SIZE, GRAN)
+    for _ in range(250):
+        vol.checkpoint("spent")
+        vol.remove_checkpoint("spent")
+    rng = np.random.default_rng(3)
+    for i in range(12):
+        vol.checkpoint(f"c{i}")
+        model.checkpoint(f"c{i}")
+        if i > 4 and i % 2:
+            vol.remove_checkpoint(f"c{i - 4}")
+            model.remove(f"c{i - 4}")
+        for _ in range(3):
+            c = int(rng.integers(0, SIZE // GRAN))
+            model.mark(*chunk(c))
+            vol.sync(vol.mark(*chunk(c)))
+        crash = image(store, str(tmp_path / f"crash{i}"))
+        with tiered.open(crash, sync=False) as s:
+            check(s.volume("v"), model, f"after checkpoint c{i}")
+    store.close()
+
+
+# -- switching modes and strategies ------------------------------------------------
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_set_durability_and_convert_round_trips(tmp_path, key):
+    store = tiered.open(str(tmp_path / "s"), sync=False)
+    vol = new_volume(store, key, durability="lazy")
+    model = ReferenceVolume(SIZE, GRAN)
+    vol.checkpoint("a")
+    model.checkpoint("a")
+    n = 0
+
+    def write() -> None:
+        nonlocal n
+        n += 1
+        w = chunk(n * 97)
+        t = vol.mark(*w)
+        if vol.durability == "sync":
+            assert t is not None
+            vol.sync(t)
+        else:
+            assert t is None
+        model.mark(*w)
+
+    write()
+    with pytest.raises(tiered.InvalidArgumentError):
+        vol.set_durability("eager")
+    with pytest.raises(tiered.InvalidArgumentError):
+        vol.convert(STRATEGIES[key], durability="eager")
+    for step, (target, mode) in enumerate(
+        [(key, "sync"), (key, "lazy"), ("one-bit", "sync"), ("multi-bit-8", None), ("hybrid-1", "lazy"), (key, "sync")]
+    ):
+        if target == key and step < 2:
+            vol.set_durability(mode)
+            vol.set_durability(mode)  # again: nothing to do
+        else:
+            vol.convert(STRATEGIES[target], durability=mode)
+        expected = mode or vol.durability
+        assert vol.durability == expected and vol.stats()["durability"] == expected
+        write()
+        vol.checkpoint(f"s{step}")
+        model.checkpoint(f"s{step}")
+        write()
+        check(vol, model, f"step {step} -> {target} {mode}")
+        if vol.durability == "sync":
+            crash = image(store, str(tmp_path / f"crash{step}"))
+            with tiered.open(crash, sync=False) as s:
+                v = s.volume("v")
+                assert v.durability == "sync"
+                check(v, model, f"step {step} crash image")
+    store.close()
+    with tiered.open(str(tmp_path / "s"), readonly=True) as s:
+        check(s.volume("v"), model, "reopened")
+        assert s.volume("v").durability == "sync"
+
+
+# -- generation ids ------------------------------------------------------------
+
+
+def test_generation_id_rules(tmp_path):
+    path = str(tmp_path / "s")
+    store = tiered.open(path, sync=False)
+    sync_vol = store.create_volume("s", size=SIZE, granularity=GRAN, durability="sync")
+    lazy_vol = store.create_volume("l", size=SIZE, granularity=GRAN, durability="lazy")
+    ids = {}
+    for vol in (sync_vol, lazy_vol):
+        gid = vol.generation_id
+        assert gid and gid == vol.stats()["generation_id"]
+        c = vol.checkpoint("a")
+        assert c.generation_id == gid and vol.checkpoints()[0].generation_id == gid
+        vol.sync(vol.mark(*chunk(1)))
+        assert vol.changed_since("a").generation_id == gid
+        vol.checkpoint("b")
+        vol.remove_checkpoint("a")  # not the last: the chain stays
+        assert vol.generation_id == gid
+        vol.mark(*chunk(2))  # left unflushed (and unsynced) at the crash
+        ids[vol.name] = gid
+    crash = image(store, str(tmp_path / "crash"))
+    with tiered.open(crash, readonly=True) as s:
+        reader_lazy_gid = s.volume("l").generation_id
+    with tiered.open(crash, sync=False) as s:
+        v = s.volume("s")
+        assert v.generation_id == ids["s"] and v.unclean_shutdown is False  # no sync since the last persist
+        v = s.volume("l")
+        # Tracking was lost: a new id, the same one a reader derived.
+        assert v.unclean_shutdown and v.generation_id != ids["l"]
+        assert v.generation_id == reader_lazy_gid
+        lost_gid = v.generation_id
+    with tiered.open(crash, sync=False) as s:
+        assert s.volume("l").generation_id == lost_gid  # persisted
+        v = s.volume("s")
+        v.remove_checkpoint("b")  # the last one: tracking resets
+        assert v.generation_id != ids["s"]
+    store.close()
+
+
+# -- a reader process -----------------------------------------------------------
+
+
+def _reader_loop(conn) -> None:
+    """In a forked child: answer ("read", path) with what a reader sees."""
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        try:
+            with tiered.open(msg[1], readonly=True) as s:
+                vol = s.volume("v")
+                conn.send(("ok", vol.unclean_shutdown, vol.generation_id, answers(vol)))
+        except Exception as exc:  # noqa: BLE001 -- reported to the parent
+            conn.send(("error", repr(exc)))
+
+
+@pytest.fixture
+def reader():
+    """A reader process, forked before this test opens any store."""
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_reader_loop, args=(child,), daemon=True)
+    proc.start()
+
+    def read(path: str):
+        parent.send(("read", path))
+        reply = parent.recv()
+        assert reply[0] == "ok", reply
+        return reply[1:]
+
+    yield read
+    parent.send(None)
+    proc.join(10)
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_reader_process_sees_a_running_writers_synced_marks_exactly(tmp_path, reader, key):
+    path = str(tmp_path / "s")
+    store = tiered.open(path, sync=False)
+    vol = new_volume(store, key)
+    model = ReferenceVolume(SIZE, GRAN)
+    gid = vol.generation_id
+    for i in range(6):
+        vol.checkpoint(f"c{i}")
+        model.checkpoint(f"c{i}")
+        for c in (i, 1000 + 7 * i, PAGE_CHUNKS + i):
+            vol.sync(vol.mark(*chunk(c)))
+            model.mark(*chunk(c))
+        vol.mark(*chunk(5000 + i))  # not synced: the reader may or may not see it
+        unclean, rgid, got = reader(path)
+        assert rgid == gid
+        for name in model.names():
+            extents, exact = got[name]
+            assert exact, name
+            assert covers(extents, model.changed_since(name)), f"the reader missed a synced mark since {name}"
+            model_with = ReferenceVolume(SIZE, GRAN, model.clock, list(model.writes), dict(model.checkpoints))
+            model_with.mark(*chunk(5000 + i))
+            assert covers(model_with.changed_since(name), extents), name
+        model.mark(*chunk(5000 + i))
+    store.close()
