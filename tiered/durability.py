@@ -55,6 +55,8 @@ class SyncState:
         #: Commits made by sync leaders, and syncs that waited for one.
         self.commits = 0
         self.waits = 0
+        #: Whether a sync leader is committing (or about to): others wait for it.
+        self.leading = False
 
     # -- the write path ---------------------------------------------------
 

@@ -149,6 +149,8 @@ class Volume:
         # Taken before _lock by every call that commits, so that a sync
         # leader's commit (made outside _lock) never interleaves with them.
         self._commit_lock = threading.Lock()
+        #: Signalled (under _lock) when a sync leader is done; see sync().
+        self._synced = threading.Condition(self._lock)
         #: The storage epoch of this volume's snapshot (readers; see _check_open).
         self._epoch = self._storage.epoch
         self._marking = False
@@ -441,32 +443,51 @@ class Volume:
         if lazy:
             self.flush()
             return
-        with self._commit_lock:
-            with self._lock:
+        # Group commit: one sync at a time leads and commits the whole open
+        # batch; the others wait on a condition for it, not in the queue of
+        # the commit lock.  Queued on that lock, a sync whose batch was just
+        # committed could wait again behind a newcomer's whole commit (Python
+        # locks are not FIFO), and each commit then served one or two syncs
+        # instead of every one made meanwhile.
+        with self._lock:
+            while self._sync.leading:
                 if target <= self._sync.durable_seq:
-                    return  # a leader committed it while this thread waited
-                self._check_writable()
-                seq, ranges = self._sync.cut()
-                record = self._volume_record(**self._journal_fields(seq))
-                gen = self._gen
-
-            def body(txn: Any) -> None:
-                key = journal_key(self._id, seq)
-                txn.put(key, encode_entry(gen, ranges, key), db=self._storage.journal)
-                vkey = volume_key(self._id)
-                txn.put(vkey, pack_json(record, vkey), db=self._storage.volumes)
-
-            try:
-                self._storage.write(body)
-            except BaseException:
+                    return
+                self._synced.wait()
+            if target <= self._sync.durable_seq:
+                return
+            self._sync.leading = True
+        try:
+            with self._commit_lock:
                 with self._lock:
-                    self._sync.failed()
-                raise
+                    if target <= self._sync.durable_seq:
+                        return  # a leader committed it while this thread waited
+                    self._check_writable()
+                    seq, ranges = self._sync.cut()
+                    record = self._volume_record(**self._journal_fields(seq))
+                    gen = self._gen
+
+                def body(txn: Any) -> None:
+                    key = journal_key(self._id, seq)
+                    txn.put(key, encode_entry(gen, ranges, key), db=self._storage.journal)
+                    vkey = volume_key(self._id)
+                    txn.put(vkey, pack_json(record, vkey), db=self._storage.volumes)
+
+                try:
+                    self._storage.write(body)
+                except BaseException:
+                    with self._lock:
+                        self._sync.failed()
+                    raise
+                with self._lock:
+                    self._sync.committed()
+                    self._sync.commits += 1
+                    self._record = record
+                    self._unflushed = True
+        finally:
             with self._lock:
-                self._sync.committed()
-                self._sync.commits += 1
-                self._record = record
-                self._unflushed = True
+                self._sync.leading = False
+                self._synced.notify_all()
 
     @guarded
     def set_durability(self, durability: str) -> None:
