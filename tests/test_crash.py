@@ -360,8 +360,11 @@ class CrashLog:
         self.gids: set[str] = set()
         self.error = None
         open_ops: dict[tuple[str, str | None], int] = {}
-        with open(path, "rb") as f:
-            lines = f.read().split(b"\n")
+        try:
+            with open(path, "rb") as f:
+                lines = f.read().split(b"\n")
+        except FileNotFoundError:
+            lines = []  # killed before it opened the log
         for n, raw in enumerate(lines):
             try:
                 rec = json.loads(raw)
