@@ -407,8 +407,9 @@ class Volume:
         # at all; the others are journaled in the open batch, then marked.
         new, token = self._sync.classify(self._history.current, self._gen, offsets, lengths, self._shift)
         if len(new):
+            # Journal only the chunks that are newly dirty (see add_new).
+            self._sync.add_new(self._history.current, self._gen, offsets, lengths, self._shift, new)
             offs, lens = offsets[new], lengths[new]
-            self._sync.add(offs, lens, self._shift)
             self._history.mark_many(offs, lens, self._shift, self._gen)
         return token or None
 
