@@ -698,7 +698,7 @@ def test_uncovered_runs_matches_a_naive_scan(bits):
 
     rng = np.random.default_rng(5 + bits)
     n_chunks = PAGE_CHUNKS + 3 * SEG_CHUNKS + 11
-    for _ in range(20):
+    for _ in range(8):
         table = SegmentTable(n_chunks, None if bits else np.uint16)
         marked: dict[int, int] = {}
         for _ in range(int(rng.integers(0, 30))):
