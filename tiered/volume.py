@@ -195,6 +195,19 @@ class Volume:
         # A bitmap holds one period, sealed at each checkpoint with the
         # journal deleted; a generation table's journal may span periods.
         strict = self._history.current.is_bits
+        # One kernel call per run of entries of one period, not per entry:
+        # a journal of many small syncs replays in one pass.
+        batch: list[np.ndarray] = []
+        batch_period = 0
+
+        def apply() -> None:
+            if batch:
+                ranges = np.concatenate(batch)
+                offsets = ranges[:, 0] << self._shift
+                lengths = (ranges[:, 1] - ranges[:, 0] + 1) << self._shift
+                self._history.mark_many(offsets, lengths, self._shift, batch_period)
+                batch.clear()
+
         for seq, period, ranges in read_entries(
             self._storage, txn, self._id, span, self._n_chunks, self._io.version, label
         ):
@@ -202,10 +215,12 @@ class Volume:
                 raise CorruptionError(
                     f"{label}: journal entry {seq} holds marks of period {period}; the volume is in period {self._gen}"
                 )
+            if period != batch_period:
+                apply()
+                batch_period = period
             if len(ranges):
-                offsets = ranges[:, 0] << self._shift
-                lengths = (ranges[:, 1] - ranges[:, 0] + 1) << self._shift
-                self._history.mark_many(offsets, lengths, self._shift, period)
+                batch.append(ranges)
+        apply()
 
     # -- plumbing -------------------------------------------------------
 
