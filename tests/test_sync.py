@@ -735,3 +735,25 @@ def test_uncovered_runs_matches_a_naive_scan(bits):
             if run:
                 want.append(tuple(run))
         assert got == want
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_a_long_journal_is_flushed_by_the_next_sync(tmp_path, monkeypatch, key):
+    """Without checkpoints the journal would grow with every sync, and the
+    replay after a crash with it: past JOURNAL_FLUSH_ENTRIES a sync flushes."""
+    import tiered.volume
+
+    monkeypatch.setattr(tiered.volume, "JOURNAL_FLUSH_ENTRIES", 5)
+    store = tiered.open(str(tmp_path / "s"), sync=False)
+    vol = new_volume(store, key)
+    model = ReferenceVolume(SIZE, GRAN)
+    vol.checkpoint("a")
+    model.checkpoint("a")
+    for i in range(23):
+        vol.sync(vol.mark(*chunk(3 * i)))
+        model.mark(*chunk(3 * i))
+        assert vol.stats()["journal_entries"] <= 5
+        if i % 6 == 5:
+            with tiered.open(image(store, str(tmp_path / f"crash{i}")), sync=False) as s:
+                check(s.volume("v"), model, f"after sync {i}")
+    store.close()

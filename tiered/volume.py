@@ -48,6 +48,11 @@ if TYPE_CHECKING:
 # Single marks buffered before one kernel call applies them all.
 PENDING_MARKS = 1024
 
+#: A sync leader that finds this many journal entries flushes instead of
+#: adding one, so that the journal, and the replay at the next open after a
+#: crash, stay bounded however long a volume goes without a checkpoint.
+JOURNAL_FLUSH_ENTRIES = 4096
+
 Durability = str
 #: ``"lazy"``: marks persist at flush, checkpoint and close; after a crash
 #: answers are flagged supersets.  ``"sync"``: crash-exact (see sync()).
@@ -479,6 +484,11 @@ class Volume:
                     if target <= self._sync.durable_seq:
                         return  # a leader committed it while this thread waited
                     self._check_writable()
+                    if self._record.get("journal_count", 0) >= JOURNAL_FLUSH_ENTRIES:
+                        # Persists every mark and empties the journal (see above).
+                        self._transact(self._history.flush, unflushed=False)
+                        self._sync.commits += 1
+                        return
                     seq, ranges = self._sync.cut()
                     record = self._volume_record(**self._journal_fields(seq))
                     gen = self._gen
