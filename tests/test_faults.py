@@ -606,3 +606,48 @@ def test_full_disk_in_sync_mode_keeps_every_acknowledged_mark(small_disk, key):
     store.close()
     with tiered.open(path, readonly=True) as s:
         check_answers(s.volume("v"), model, "reopened")
+
+
+def test_a_failed_sync_with_marks_made_meanwhile_keeps_them_all(tmp_path):
+    """Other threads mark new chunks while the leader's commit is in flight,
+    and the commit fails: the leader raises StoreFullError (it raised
+    BufferError, and the failed batch's chunks stayed marked in RAM but out of
+    every later journal entry), and the next sync commits both batches."""
+    store = tiered.open(str(tmp_path / "s"), sync=False)
+    vol = store.create_volume("v", size=SIZE, granularity=GRAN, durability="sync")
+    vol.checkpoint("a")
+    first = vol.mark(7 * GRAN, GRAN)
+    entered, release = threading.Event(), threading.Event()
+
+    def hook() -> None:
+        entered.set()
+        assert release.wait(10)
+        FailKth(1)()
+
+    store._storage.commit_hook = hook
+    errors = []
+
+    def lead() -> None:
+        try:
+            vol.sync(first)
+        except BaseException as exc:  # noqa: BLE001 -- checked below
+            errors.append(exc)
+
+    leader = threading.Thread(target=lead)
+    leader.start()
+    assert entered.wait(10)
+    second = vol.mark(9 * GRAN, GRAN)  # a new chunk, while the commit is in flight
+    release.set()
+    leader.join(10)
+    store._storage.commit_hook = None
+    assert len(errors) == 1 and isinstance(errors[0], tiered.StoreFullError), errors
+    assert vol.mark(7 * GRAN, GRAN) is not None  # not durable: still waits
+    vol.sync(second)
+    vol.sync(first)
+    assert vol.mark(7 * GRAN, GRAN) is None and vol.mark(9 * GRAN, GRAN) is None
+    image = str(tmp_path / "crash")
+    os.makedirs(image)
+    shutil.copy(os.path.join(store.path, "data.mdb"), image)
+    with tiered.open(image, sync=False) as s:
+        assert list(s.volume("v").changed_since("a")) == [(7 * GRAN, GRAN), (9 * GRAN, GRAN)]
+    store.close()

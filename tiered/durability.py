@@ -143,8 +143,13 @@ class SyncState:
         the open batch, so that the next sync retries them."""
         if len(self._flight_ranges):
             self.open.or_spans(self.flight.spans())
-            self._flight_ranges.extend(self._ranges)
-            self._ranges = self._flight_ranges
+            # A new array: the failed leader's traceback may still hold the
+            # numpy view cut() made of the flight's, which cannot be resized
+            # (BufferError, leaving the flight's chunks out of every later
+            # batch: marked in RAM, never journaled).
+            merged = array("q", self._flight_ranges)
+            merged.extend(self._ranges)
+            self._ranges = merged
         self.flight.reset()
         self._flight_ranges = array("q")
 
