@@ -17,6 +17,8 @@ import random
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 
 import lmdb
 import pytest
@@ -350,3 +352,302 @@ def test_store_close_on_a_full_disk_can_be_retried(tmp_path):
     with tiered.open(path, readonly=True) as store:
         for name, model in models.items():
             check_answers(store.volume(name), model, f"{name} reopened")
+
+
+# -- sync mode: a failed sync or checkpoint loses nothing acknowledged -----------------
+
+
+class SyncRun:
+    """A sync-mode volume, the model of every mark made, and which of them
+    were acknowledged (their sync, or a later barrier, returned)."""
+
+    def __init__(self, path: str, hook: FailKth) -> None:
+        self.path = path
+        self.hook = hook
+        self.store = tiered.open(path, sync=False)
+        self.store._storage.commit_hook = hook
+        self.vol = self.store.volume("v")
+        self.pending: dict[int, list[int]] = {}  # token -> clocks of its marks
+        self.acked: set[int] = set()  # clocks of acknowledged marks
+
+    def _marked(self, token: int | None, model: ReferenceVolume) -> None:
+        if token is None:
+            self.acked.add(model.clock)
+        else:
+            self.pending.setdefault(token, []).append(model.clock)
+
+    def _barrier(self) -> None:
+        for clocks in self.pending.values():
+            self.acked.update(clocks)
+        self.pending.clear()
+
+    def apply(self, op: tuple, model: ReferenceVolume) -> None:
+        kind = op[0]
+        if kind == "mark":
+            token = self.vol.mark(op[1], op[2])
+            model.mark(op[1], op[2])
+            self._marked(token, model)
+        elif kind == "mark_many":
+            token = self.vol.mark_many([w[0] for w in op[1]], [w[1] for w in op[1]])
+            for w in op[1]:
+                model.mark(*w)
+                self._marked(token, model)
+        elif kind == "sync_token":
+            if self.pending:
+                token = sorted(self.pending)[op[1] % len(self.pending)]
+                self.vol.sync(token)
+                self.acked.update(self.pending.pop(token))
+        elif kind == "sync":
+            self.vol.sync()
+            self._barrier()
+        elif kind == "checkpoint":
+            self.vol.checkpoint(op[1])
+            model.checkpoint(op[1])
+            self._barrier()
+        elif kind == "remove":
+            names = model.names()
+            if names:
+                name = names[op[1] % len(names)]
+                self.vol.remove_checkpoint(name)
+                model.remove(name)
+                self._barrier()
+        elif kind == "flush":
+            self.vol.flush()
+            self._barrier()
+
+    def acked_model(self, model: ReferenceVolume) -> ReferenceVolume:
+        writes = [w for w in model.writes if w[0] in self.acked]
+        return ReferenceVolume(model.size, model.granularity, model.clock, writes, dict(model.checkpoints))
+
+    def check_crash_image(self, model: ReferenceVolume, image: str, where: str) -> None:
+        """A crash now loses no acknowledged mark, and invents none."""
+        os.makedirs(image)
+        shutil.copy(os.path.join(self.path, "data.mdb"), image)
+        acked = self.acked_model(model)
+        try:
+            with tiered.open(image, sync=False) as store:
+                vol = store.volume("v")
+                assert [c.name for c in vol.checkpoints()] == model.names(), where
+                for name in model.names():
+                    got = vol.changed_since(name)
+                    assert got.exact, where
+                    assert covers(list(got), acked.changed_since(name)), f"{where}: an acknowledged mark since {name!r} was lost"
+                    assert covers(model.changed_since(name), list(got)), f"{where}: a chunk never marked since {name!r}"
+        finally:
+            shutil.rmtree(image)
+
+
+def random_sync_ops(seed: int, n: int) -> list[tuple]:
+    rng = random.Random(seed)
+    ops = []
+    for op in random_ops(seed, n):
+        if op[0] in ("convert", "close_volume", "reopen"):
+            op = ("sync",)
+        ops.append(op)
+        if op[0] in ("mark", "mark_many") and rng.random() < 0.5:
+            ops.append(("sync_token", rng.randrange(1 << 16)))
+    return ops
+
+
+def sync_replay(base: str, work: str, ops: list[tuple], k: int | None, model0: ReferenceVolume) -> int:
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(base, work)
+    model = ReferenceVolume(model0.size, model0.granularity, model0.clock, list(model0.writes), dict(model0.checkpoints))
+    hook = FailKth(k)
+    run = SyncRun(work, hook)
+    run.acked = {w[0] for w in model.writes}  # the base store is flushed
+    try:
+        for step, op in enumerate(ops):
+            fired = hook.fired
+            try:
+                run.apply(op, model)
+            except tiered.StoreFullError as exc:
+                where = f"k={k} step {step} {op} after the failure"
+                assert hook.fired and not fired, f"{where}: {exc}"
+                assert isinstance(exc, tiered.TieredError) and "full" in str(exc)
+                # RAM still holds every mark, and nothing else changed.
+                check_answers(run.vol, model, where)
+                run.check_crash_image(model, work + "-crash", where)
+                # Space is back: the same call now succeeds.
+                run.apply(op, model)
+                run.check_crash_image(model, work + "-crash", f"k={k} step {step} {op} retried")
+            else:
+                assert hook.fired == fired, f"step {step} {op} swallowed the failure"
+        run.check_crash_image(model, work + "-crash", f"k={k} at the end")
+        seen = hook.seen
+        hook.k = None
+        run.store.close()
+        with tiered.open(work, sync=False) as store:
+            vol = store.volume("v")
+            check_answers(vol, model, f"k={k} closed and reopened")
+    finally:
+        hook.k = None
+        run.store.close()
+    assert k is None or hook.fired, f"commit {k} never happened"
+    return seen
+
+
+@pytest.mark.parametrize("key", ["one-bit", "multi-bit-8", "hybrid-1"])
+def test_every_failed_commit_in_sync_mode_loses_nothing_acknowledged(tmp_path, key):
+    base, work = str(tmp_path / "base"), str(tmp_path / "work")
+    model0 = ReferenceVolume(SIZE, GRAN)
+    with tiered.open(base, sync=False) as store:
+        vol = store.create_volume("v", size=SIZE, granularity=GRAN, strategy=STRATEGIES[key], durability="sync")
+        for _ in range(SPENT_GENERATIONS):
+            vol.checkpoint("spent")
+            vol.remove_checkpoint("spent")
+        for name, (offset, length) in (("a", (0, 5 * GRAN)), ("b", (PAGE_CHUNKS * GRAN, 3 * GRAN))):
+            vol.checkpoint(name)
+            model0.checkpoint(name)
+            vol.sync(vol.mark(offset, length))
+            model0.mark(offset, length)
+    for seed in range(3):
+        ops = random_sync_ops(sorted(STRATEGIES).index(key) * 10 + 31 + seed, 40)
+        total = sync_replay(base, work, ops, None, model0)
+        assert total >= 15
+        for k in range(1, total + 1):
+            sync_replay(base, work, ops, k, model0)
+
+
+def test_a_failed_sync_leader_leaves_the_waiters_to_retry(tmp_path):
+    """The leader's commit fails: it raises StoreFullError, and a sync that
+    waited for the same batch commits it itself."""
+    store = tiered.open(str(tmp_path / "s"), sync=False)
+    vol = store.create_volume("v", size=SIZE, granularity=GRAN, durability="sync")
+    vol.checkpoint("a")
+    token = vol.mark(7 * GRAN, GRAN)
+    waiting = threading.Event()
+    calls = []
+
+    def hook() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            assert waiting.wait(10)
+            time.sleep(0.05)  # the waiter is in sync() by now
+            FailKth(1)()
+
+    store._storage.commit_hook = hook
+    errors = []
+
+    def lead() -> None:
+        try:
+            vol.sync(token)
+        except tiered.StoreFullError as exc:
+            errors.append(exc)
+
+    leader = threading.Thread(target=lead)
+    leader.start()
+    while not calls:
+        time.sleep(0.001)
+    waiter = threading.Thread(target=vol.sync, args=(token,))
+    waiter.start()
+    waiting.set()
+    leader.join(10)
+    waiter.join(10)
+    assert len(errors) == 1 and len(calls) == 2
+    assert vol.mark(7 * GRAN, GRAN) is None  # durable now
+    image = str(tmp_path / "crash")
+    os.makedirs(image)
+    shutil.copy(os.path.join(store.path, "data.mdb"), image)
+    with tiered.open(image, sync=False) as s:
+        assert list(s.volume("v").changed_since("a")) == [(7 * GRAN, GRAN)]
+    store.close()
+
+
+@pytest.mark.parametrize("key", ["one-bit", "multi-bit-8", "hybrid-1"])
+def test_full_disk_in_sync_mode_keeps_every_acknowledged_mark(small_disk, key):
+    path = os.path.join(small_disk, "s")
+    rng = random.Random(11)
+    model = ReferenceVolume(SIZE, GRAN)
+    store = tiered.open(path)
+    vol = store.create_volume("v", size=SIZE, granularity=GRAN, strategy=STRATEGIES[key], durability="sync")
+    vol.checkpoint("a")
+    model.checkpoint("a")
+    acked = []
+    for _ in range(3):
+        writes = [(rng.randrange(SIZE // GRAN) * GRAN, GRAN) for _ in range(3000)]
+        vol.sync(vol.mark_many([w[0] for w in writes], [w[1] for w in writes]))
+        for w in writes:
+            model.mark(*w)
+        acked += writes
+    filler = fill(small_disk)
+    # New chunks need a journal entry, which the full disk refuses ...
+    failed = [(rng.randrange(SIZE // GRAN) * GRAN, GRAN) for _ in range(20000)]
+    token = vol.mark_many([w[0] for w in failed], [w[1] for w in failed])
+    assert token is not None
+    for w in failed:
+        model.mark(*w)
+    with pytest.raises(tiered.StoreFullError, match="full"):
+        vol.sync(token)
+    with pytest.raises(tiered.StoreFullError):
+        vol.checkpoint("b")
+    check_answers(vol, model, "after the failed sync and checkpoint")
+    # ... a crash now keeps every acknowledged mark ...
+    image = os.path.join(os.path.dirname(small_disk), os.path.basename(small_disk) + "-img")
+    shutil.rmtree(image, ignore_errors=True)
+    os.makedirs(image)
+    shutil.copy(os.path.join(path, "data.mdb"), image)
+    os.unlink(filler)
+    try:
+        with tiered.open(image, sync=False) as s:
+            got = s.volume("v").changed_since("a")
+            acked_model = ReferenceVolume(SIZE, GRAN)
+            acked_model.checkpoint("a")
+            for w in acked:
+                acked_model.mark(*w)
+            assert covers(list(got), acked_model.changed_since("a"))
+    finally:
+        shutil.rmtree(image)
+    # ... and once space is back, the retried sync commits the marks.
+    vol.sync(token)
+    vol.checkpoint("b")
+    model.checkpoint("b")
+    check_answers(vol, model, "space returned")
+    store.close()
+    with tiered.open(path, readonly=True) as s:
+        check_answers(s.volume("v"), model, "reopened")
+
+
+def test_a_failed_sync_with_marks_made_meanwhile_keeps_them_all(tmp_path):
+    """Other threads mark new chunks while the leader's commit is in flight,
+    and the commit fails: the leader raises StoreFullError (it raised
+    BufferError, and the failed batch's chunks stayed marked in RAM but out of
+    every later journal entry), and the next sync commits both batches."""
+    store = tiered.open(str(tmp_path / "s"), sync=False)
+    vol = store.create_volume("v", size=SIZE, granularity=GRAN, durability="sync")
+    vol.checkpoint("a")
+    first = vol.mark(7 * GRAN, GRAN)
+    entered, release = threading.Event(), threading.Event()
+
+    def hook() -> None:
+        entered.set()
+        assert release.wait(10)
+        FailKth(1)()
+
+    store._storage.commit_hook = hook
+    errors = []
+
+    def lead() -> None:
+        try:
+            vol.sync(first)
+        except BaseException as exc:  # noqa: BLE001 -- checked below
+            errors.append(exc)
+
+    leader = threading.Thread(target=lead)
+    leader.start()
+    assert entered.wait(10)
+    second = vol.mark(9 * GRAN, GRAN)  # a new chunk, while the commit is in flight
+    release.set()
+    leader.join(10)
+    store._storage.commit_hook = None
+    assert len(errors) == 1 and isinstance(errors[0], tiered.StoreFullError), errors
+    assert vol.mark(7 * GRAN, GRAN) is not None  # not durable: still waits
+    vol.sync(second)
+    vol.sync(first)
+    assert vol.mark(7 * GRAN, GRAN) is None and vol.mark(9 * GRAN, GRAN) is None
+    image = str(tmp_path / "crash")
+    os.makedirs(image)
+    shutil.copy(os.path.join(store.path, "data.mdb"), image)
+    with tiered.open(image, sync=False) as s:
+        assert list(s.volume("v").changed_since("a")) == [(7 * GRAN, GRAN), (9 * GRAN, GRAN)]
+    store.close()

@@ -104,15 +104,24 @@ class SyncState:
             token = 0
         return self._new[:n_new], token
 
-    def add(self, offsets: np.ndarray, lengths: np.ndarray, shift: int) -> None:
-        """Journal validated, non-empty writes in the open batch."""
-        self.open.mark_many(offsets, lengths, shift, 1)
-        c0 = offsets >> shift
-        c1 = (offsets + lengths - 1) >> shift
-        pairs = np.empty(2 * len(c0), np.int64)
-        pairs[0::2] = c0
-        pairs[1::2] = c1
-        self._ranges.frombytes(pairs.tobytes())
+    def add_new(self, active: SegmentTable, gen: int, offsets: np.ndarray, lengths: np.ndarray, shift: int, which: np.ndarray) -> None:
+        """Journal in the open batch the chunks of the writes ``which`` not
+        yet marked in period ``gen`` of ``active``; call before marking them.
+        (Journaling a whole write would put its durable chunks back in the
+        open batch, and a later write to them alone would get a token.)"""
+        out = np.empty((max(64, 2 * len(which)), 2), np.int64)
+        while True:
+            n = P.uncovered_runs(
+                active.index, active.pool, active.is_bits, gen, active.n_top, offsets, lengths, shift, which, out
+            )
+            if n >= 0:
+                break
+            out = np.empty((2 * len(out), 2), np.int64)
+        runs = out[:n]
+        if n:
+            first = np.ascontiguousarray(runs[:, 0])  # C arrays: the kernels' one signature
+            self.open.mark_many(first, runs[:, 1] - first + 1, 0, 1)
+            self._ranges.frombytes(runs.tobytes())
 
     # -- commits ----------------------------------------------------------
 
@@ -150,8 +159,10 @@ class SyncState:
         the open batch, so that the next sync retries them."""
         if len(self._flight_ranges):
             self.open.or_spans(self.flight.spans())
-            # A new array: the committer may still hold a view of the old
-            # one, and an array with views cannot grow.
+            # A new array: the failed leader's traceback may still hold the
+            # numpy view cut() made of the flight's, which cannot be resized
+            # (BufferError, leaving the flight's chunks out of every later
+            # batch: marked in RAM, never journaled).
             merged = array("q", self._flight_ranges)
             merged.extend(self._ranges)
             self._ranges = merged

@@ -47,9 +47,11 @@ if TYPE_CHECKING:
 
 # Single marks buffered before one kernel call applies them all.
 PENDING_MARKS = 1024
-# Sync mode: the sync that would store this many journal entries since the
-# last flush flushes instead (one kernel call per entry when reopening).
-JOURNAL_MAX_ENTRIES = 1024
+
+#: A sync leader that finds this many journal entries flushes instead of
+#: adding one, so that the journal, and the replay at the next open after a
+#: crash, stay bounded however long a volume goes without a checkpoint.
+JOURNAL_FLUSH_ENTRIES = 4096
 
 Durability = str
 #: ``"lazy"``: marks persist at flush, checkpoint and close; after a crash
@@ -205,6 +207,19 @@ class Volume:
         # A bitmap holds one period, sealed at each checkpoint with the
         # journal deleted; a generation table's journal may span periods.
         strict = self._history.current.is_bits
+        # One kernel call per run of entries of one period, not per entry:
+        # a journal of many small syncs replays in one pass.
+        batch: list[np.ndarray] = []
+        batch_period = 0
+
+        def apply() -> None:
+            if batch:
+                ranges = np.concatenate(batch)
+                offsets = ranges[:, 0] << self._shift
+                lengths = (ranges[:, 1] - ranges[:, 0] + 1) << self._shift
+                self._history.mark_many(offsets, lengths, self._shift, batch_period)
+                batch.clear()
+
         for seq, period, ranges in read_entries(
             self._storage, txn, self._id, span, self._n_chunks, self._io.version, label
         ):
@@ -212,10 +227,12 @@ class Volume:
                 raise CorruptionError(
                     f"{label}: journal entry {seq} holds marks of period {period}; the volume is in period {self._gen}"
                 )
+            if period != batch_period:
+                apply()
+                batch_period = period
             if len(ranges):
-                offsets = ranges[:, 0] << self._shift
-                lengths = (ranges[:, 1] - ranges[:, 0] + 1) << self._shift
-                self._history.mark_many(offsets, lengths, self._shift, period)
+                batch.append(ranges)
+        apply()
 
     # -- plumbing -------------------------------------------------------
 
@@ -442,8 +459,9 @@ class Volume:
         new, token = self._sync.classify(self._history.current, self._gen, offsets, lengths, self._shift)
         if len(new):
             self._sync.new_writes += len(new)
+            # Journal only the chunks that are newly dirty (see add_new).
+            self._sync.add_new(self._history.current, self._gen, offsets, lengths, self._shift, new)
             offs, lens = offsets[new], lengths[new]
-            self._sync.add(offs, lens, self._shift)
             self._history.mark_many(offs, lens, self._shift, self._gen)
         return token or None
 
@@ -503,7 +521,7 @@ class Volume:
                 if target <= self._sync.durable_seq:
                     return  # a checkpoint, flush... committed it meanwhile
                 self._check_writable()
-                if self._record.get("journal_count", 0) >= JOURNAL_MAX_ENTRIES:
+                if self._record.get("journal_count", 0) >= JOURNAL_FLUSH_ENTRIES:
                     # Fold the journal into the stored state now and then,
                     # so that reopening never replays more than this.
                     self._transact(self._history.flush, persists=True)

@@ -165,3 +165,68 @@ def all_marked(act_index, act_pool, act_bits, gen, n_top, offsets, lengths, shif
         elif not gens_all_at_least(act_index, act_pool, n_top, c0, c1, gen):
             return False
     return True
+
+
+@njit(**_jit)
+def uncovered_runs(act_index, act_pool, act_bits, gen, n_top, offsets, lengths, shift, which, out):
+    """The inclusive chunk runs of the writes ``which`` (indices into
+    ``offsets``/``lengths``) that are not marked in period ``gen`` of the
+    active table, into ``out`` (shape (m, 2)).  Returns their number, or -1
+    when ``out`` is too small (call again with a larger one).
+
+    Only these chunks are newly dirty: the others are already durable or
+    already on their way in an earlier batch, so journaling them again
+    would only make later writes to them wait for a sync they do not need.
+    """
+    n = 0
+    for j in range(which.shape[0]):
+        i = which[j]
+        c0 = offsets[i] >> shift
+        c1 = (offsets[i] + lengths[i] - 1) >> shift
+        start = -1  # first chunk of the open run, if any
+        c = c0
+        while c <= c1:
+            seg = c >> SEG_SHIFT
+            seg_lo = seg << SEG_SHIFT
+            hi = min(c1, seg_lo + SEG_CHUNKS - 1)
+            e = _entry(act_index, n_top, seg)
+            if e < 0:
+                if act_bits:
+                    covered = e == FULL_ENTRY
+                else:
+                    covered = e != ABSENT and uniform_value(e) >= gen
+                if covered:
+                    if start >= 0:
+                        if n == out.shape[0]:
+                            return -1
+                        out[n, 0] = start
+                        out[n, 1] = c - 1
+                        n += 1
+                        start = -1
+                elif start < 0:
+                    start = c
+            else:
+                for k in range(c, hi + 1):
+                    b = k - seg_lo
+                    if act_bits:
+                        covered = (act_pool[e, b >> 6] >> np.uint64(b & 63)) & np.uint64(1) != 0
+                    else:
+                        covered = act_pool[e, b] >= gen
+                    if covered:
+                        if start >= 0:
+                            if n == out.shape[0]:
+                                return -1
+                            out[n, 0] = start
+                            out[n, 1] = k - 1
+                            n += 1
+                            start = -1
+                    elif start < 0:
+                        start = k
+            c = hi + 1
+        if start >= 0:
+            if n == out.shape[0]:
+                return -1
+            out[n, 0] = start
+            out[n, 1] = c1
+            n += 1
+    return n
