@@ -133,6 +133,14 @@ class Storage:
         self.epoch = 0
         #: Held around every remap, and by :meth:`pinned_map`.
         self._remap_lock = threading.RLock()
+        # Short reads pin the map (:meth:`reading`); growing it waits until
+        # none is pinned, and new pins wait while it grows.  Write
+        # transactions of the process take turns (LMDB allows one anyway)
+        # so that none is open while another thread grows the map.
+        self._pins = 0
+        self._growing = False
+        self._pin_cond = threading.Condition(threading.Lock())
+        self._write_lock = threading.Lock()
         with _open_paths_lock:
             if self.path in _open_paths:
                 raise StoreBusyError(
@@ -407,13 +415,32 @@ class Storage:
             yield
 
     @contextmanager
-    def reading(self) -> Iterator[lmdb.Transaction]:
-        txn = self.begin_read()
+    def pinned(self) -> Iterator[None]:
+        """No thread of this process grows the map inside: a remap would end
+        (or, for ``buffers=True`` reads, unmap under) the read transactions
+        begun inside.  Nothing inside may write to the store."""
+        with self._pin_cond:
+            while self._growing:
+                self._pin_cond.wait()
+            self._pins += 1
         try:
-            with self.guard("a read"):
-                yield txn
+            yield
         finally:
-            txn.abort()
+            with self._pin_cond:
+                self._pins -= 1
+                if not self._pins:
+                    self._pin_cond.notify_all()
+
+    @contextmanager
+    def reading(self) -> Iterator[lmdb.Transaction]:
+        """A short read transaction, with the map pinned (see :meth:`pinned`)."""
+        with self.pinned():
+            txn = self.begin_read()
+            try:
+                with self.guard("a read"):
+                    yield txn
+            finally:
+                txn.abort()
 
     def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
         """Run ``fn`` in one write transaction and commit it.
@@ -427,20 +454,33 @@ class Storage:
         if self.readonly:
             raise ReadOnlyError(f"store {self.path!r} is open read-only")
         assert self.env is not None
-        while True:
-            try:
-                with self.env.begin(write=True) as txn:
-                    result = fn(txn)
-                    if self.commit_hook is not None:
-                        self.commit_hook()
-                return result
-            except lmdb.MapFullError:
-                self._grow_map()
-            except lmdb.Error as exc:
-                raise self.error(exc, "a commit") from None
+        with self._write_lock:
+            while True:
+                try:
+                    with self.env.begin(write=True) as txn:
+                        result = fn(txn)
+                        if self.commit_hook is not None:
+                            self.commit_hook()
+                    return result
+                except lmdb.MapFullError:
+                    self._grow_map()
+                except lmdb.Error as exc:
+                    raise self.error(exc, "a commit") from None
 
     def _grow_map(self) -> None:
         assert self.env is not None
+        with self._pin_cond:
+            self._growing = True
+            while self._pins:
+                self._pin_cond.wait()
+        try:
+            self._remap_grown()
+        finally:
+            with self._pin_cond:
+                self._growing = False
+                self._pin_cond.notify_all()
+
+    def _remap_grown(self) -> None:
         with self._remap_lock:
             current = self.env.info()["map_size"]
             try:

@@ -279,19 +279,21 @@ class PageIO:
             return
         own = None
         txn = self.snapshot
-        if txn is None:
-            # buffers=True reads straight from the map: no copy of the page
-            txn = own = self.storage.begin_read(buffers=True)
-        try:
-            for page in pages:
-                value, what = self._fetch(txn, tag, gen, page)
-                codec.or_gens_page_at_least(
-                    value, page, self.gens_dtype, what, table, at_least,
-                    key=page_key(self.vol_id, tag, gen, page), version=self.version,
-                )
-        finally:
-            if own is not None:
-                own.abort()
+        # buffers=True reads straight from the map: no copy of the page, and
+        # the map must stay where it is meanwhile (Storage.pinned).
+        with contextlib.nullcontext() if txn is not None else self.storage.pinned():
+            if txn is None:
+                txn = own = self.storage.begin_read(buffers=True)
+            try:
+                for page in pages:
+                    value, what = self._fetch(txn, tag, gen, page)
+                    codec.or_gens_page_at_least(
+                        value, page, self.gens_dtype, what, table, at_least,
+                        key=page_key(self.vol_id, tag, gen, page), version=self.version,
+                    )
+            finally:
+                if own is not None:
+                    own.abort()
 
     def read_table(
         self,
