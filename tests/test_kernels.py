@@ -282,3 +282,54 @@ def test_gens_codec_roundtrip_at_every_density(density, dtype):
     for c, g in zip(chunks.tolist(), gens.tolist()):
         table.mark(c << SHIFT, 1, SHIFT, g)
     assert table_gens(pages_roundtrip(table)) == table_gens(table)
+
+
+# -- the sync-mode probes (tiered/bitmaps/probe_kernels.py) ---------------
+
+
+def _chunks(offs: np.ndarray, lens: np.ndarray) -> list[set[int]]:
+    return [set(range(o >> SHIFT, ((o + n - 1) >> SHIFT) + 1)) if n else set() for o, n in zip(offs.tolist(), lens.tolist())]
+
+
+@settings(max_examples=60, deadline=None)
+@given(writes(), writes(), writes(), writes(max_n=30), st.booleans())
+def test_probes_match_naive(active_w, open_w, flight_w, batch, bits):
+    """bits_all, bits_any, gens_all_at_least, all_marked and classify
+    against set arithmetic, over tables with whole pages and segments."""
+    from tiered.bitmaps import probe_kernels as P
+
+    gen = 5
+    active = SegmentTable(N_CHUNKS, None if bits else np.uint16)
+    # A generation table holds older periods too: only ``gen`` counts.
+    if not bits:
+        active.mark_many(*open_w, SHIFT, gen - 1)
+    active.mark_many(*active_w, SHIFT, 1 if bits else gen)
+    marked = table_bits(active) if bits else {c for c, v in table_gens(active).items() if v >= gen}
+    opened, flight = SegmentTable(N_CHUNKS), SegmentTable(N_CHUNKS)
+    opened.mark_many(*open_w, SHIFT, 1)
+    flight.mark_many(*flight_w, SHIFT, 1)
+    in_open, in_flight = table_bits(opened), table_bits(flight)
+    offs, lens = batch
+    touched = _chunks(offs, lens)
+    for c, (o, n) in zip(touched, zip(offs.tolist(), lens.tolist())):
+        if not n:
+            continue
+        c0, c1 = o >> SHIFT, (o + n - 1) >> SHIFT
+        assert P.bits_any(opened.index, opened.pool, opened.n_top, c0, c1) == bool(c & in_open)
+        assert P.bits_all(opened.index, opened.pool, opened.n_top, c0, c1) == (c <= in_open)
+        if not bits:
+            assert P.gens_all_at_least(active.index, active.pool, active.n_top, c0, c1, gen) == (c <= marked)
+    assert P.all_marked(active.index, active.pool, bits, gen, active.n_top, offs, lens, SHIFT) == all(
+        c <= marked for c in touched
+    )
+    new_out = np.empty(len(offs), np.int64)
+    n_new, status = P.classify(
+        active.index, active.pool, bits, gen, opened.index, opened.pool, flight.index, flight.pool,
+        active.n_top, offs, lens, SHIFT, new_out,
+    )
+    new = [i for i, c in enumerate(touched) if not c <= marked]
+    assert new_out[:n_new].tolist() == new
+    needs_open = bool(new) or any(c & in_open for c in touched)
+    assert bool(status & P.NEEDS_OPEN) == needs_open
+    if not needs_open:  # the flight bit is only looked for while the open one is not set
+        assert bool(status & P.NEEDS_FLIGHT) == any(c & in_flight for c in touched)

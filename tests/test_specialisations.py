@@ -21,10 +21,10 @@ from numba.core.registry import CPUDispatcher, cpu_target
 from numba.core.typed_passes import NopythonTypeInference
 
 import tiered
-from tiered.bitmaps import kernels, span_kernels
+from tiered.bitmaps import kernels, probe_kernels, span_kernels
 from tiered.storage import fold, gen_page_kernels, page_kernels, scan_kernels
 
-MODULES = (kernels, span_kernels, page_kernels, gen_page_kernels, scan_kernels, fold)
+MODULES = (kernels, span_kernels, probe_kernels, page_kernels, gen_page_kernels, scan_kernels, fold)
 
 
 @register_pass(mutates_CFG=False, analysis_only=True)
@@ -77,11 +77,15 @@ def _exercise(path) -> None:
     strategies += [tiered.Strategy("multi-bit", width=w) for w in (8, 16, 32)]
     with tiered.open(str(path)) as store:
         for k, strategy in enumerate(strategies):
-            vol = store.create_volume(f"v{k}", size=size, granularity=64 << 10, strategy=strategy)
+            durability = ("lazy", "sync")[k % 2]
+            vol = store.create_volume(f"v{k}", size=size, granularity=64 << 10, strategy=strategy, durability=durability)
             for c in range(8):
                 offsets = rng.integers(0, size // 4096, 300) * 4096
                 vol.mark_many(offsets, np.full(300, 4096 + 65536 * (c % 2)))
+                vol.mark_many(offsets, np.full(300, 4096))  # hot: all marked already
                 vol.mark(c << 26, 8 << 20)  # whole segments
+                vol.mark(c << 26, 1)
+                vol.sync()
                 vol.checkpoint(f"c{c}")
             vol.changed_since("c0")
             vol.changed_between("c1", "c5")
