@@ -266,7 +266,7 @@ def _ct_child(path: str, log_path: str, seed: int, threads: int) -> None:
         rng = random.Random(seed)
         if seed % 2:
             # Syncs that flush a long journal instead of adding to it.
-            sys.modules["tiered.volume"].JOURNAL_FLUSH_ENTRIES = rng.choice([1, 4, 16])
+            sys.modules["tiered.volume_sync"].JOURNAL_FLUSH_ENTRIES = rng.choice([1, 4, 16])
         store = tiered.open(path, sync=False)
         vol = store.volume("v")
         lazy = vol.durability == "lazy"

@@ -741,9 +741,9 @@ def test_uncovered_runs_matches_a_naive_scan(bits):
 def test_a_long_journal_is_flushed_by_the_next_sync(tmp_path, monkeypatch, key):
     """Without checkpoints the journal would grow with every sync, and the
     replay after a crash with it: past JOURNAL_FLUSH_ENTRIES a sync flushes."""
-    import tiered.volume
+    import tiered.volume_sync
 
-    monkeypatch.setattr(tiered.volume, "JOURNAL_FLUSH_ENTRIES", 5)
+    monkeypatch.setattr(tiered.volume_sync, "JOURNAL_FLUSH_ENTRIES", 5)
     store = tiered.open(str(tmp_path / "s"), sync=False)
     vol = new_volume(store, key)
     model = ReferenceVolume(SIZE, GRAN)

@@ -31,7 +31,8 @@ from .storage.versions import format_record, read_format, upgrade_v1
 from .checks import as_int, check_geometry
 from .integrity import check_history, check_owned, check_record
 from .storage.journal import delete_entries
-from .volume import Volume, check_durability, check_name
+from .volume import Volume, check_name
+from .volume_sync import check_durability
 
 NEXT_VOLUME_KEY = b"next_volume"
 

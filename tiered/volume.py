@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 
 from .storage.codec import pack_json, unpack_json
-from .config import MAX_GEN_32, MAX_NAME_BYTES, Strategy
+from .config import MAX_NAME_BYTES, Strategy
 from .checks import as_int
 from .errors import (
     AlreadyExistsError,
@@ -33,11 +33,13 @@ from .errors import (
 )
 from .bitmaps.table import check_writes
 from .durability import SyncState
+from .volume_convert import Conversion
+from .volume_sync import SyncWrites
 from .extents import Extents
 from .integrity import check_history
 from .storage.environment import guarded
-from .storage.pages import PageWrites, PageCache, PageIO
-from .storage.journal import delete_entries, encode_entry, journal_key, read_entries
+from .storage.pages import PageWrites, PageIO
+from .storage.journal import delete_entries
 from .storage.keys import checkpoint_key, checkpoint_key_gen, volume_key
 from .strategies import gens_dtype, make_history
 from .strategies.base import nothing
@@ -47,23 +49,6 @@ if TYPE_CHECKING:
 
 # Single marks buffered before one kernel call applies them all.
 PENDING_MARKS = 1024
-
-#: A sync leader that finds this many journal entries flushes instead of
-#: adding one, so that the journal, and the replay at the next open after a
-#: crash, stay bounded however long a volume goes without a checkpoint.
-JOURNAL_FLUSH_ENTRIES = 4096
-
-Durability = str
-#: ``"lazy"``: marks persist at flush, checkpoint and close; after a crash
-#: answers are flagged supersets.  ``"sync"``: crash-exact (see sync()).
-DURABILITIES = ("lazy", "sync")
-
-
-def check_durability(value: object) -> str:
-    if value not in DURABILITIES:
-        raise InvalidArgumentError(f"durability must be one of {', '.join(map(repr, DURABILITIES))}, got {value!r}")
-    return str(value)
-
 
 def stored_generation_id(record: dict[str, Any]) -> str:
     """The generation id a record holds; records written before ids existed
@@ -127,7 +112,7 @@ def _as_int_array(values: object, what: str) -> np.ndarray:
     return arr
 
 
-class Volume:
+class Volume(SyncWrites, Conversion):
     """Change tracking for one volume.  Get one from :class:`tiered.Store`."""
 
     def __init__(self, store: "Store", record: dict[str, Any], strategy: Strategy, txn: Any) -> None:
@@ -199,40 +184,6 @@ class Volume:
         elif self._lost and any(c.generation <= self._lost for c in self._checkpoints):
             self.unclean_shutdown = True
         self._update_marking()
-
-    def _replay(self, txn: Any, record: dict[str, Any]) -> None:
-        """Apply the journal over the flushed state read at open."""
-        span = tuple(int(record.get(f, 0)) for f in ("journal_from", "journal_last", "journal_count"))
-        label = f"volume {self.name!r}"
-        # A bitmap holds one period, sealed at each checkpoint with the
-        # journal deleted; a generation table's journal may span periods.
-        strict = self._history.current.is_bits
-        # One kernel call per run of entries of one period, not per entry:
-        # a journal of many small syncs replays in one pass.
-        batch: list[np.ndarray] = []
-        batch_period = 0
-
-        def apply() -> None:
-            if batch:
-                ranges = np.concatenate(batch)
-                offsets = ranges[:, 0] << self._shift
-                lengths = (ranges[:, 1] - ranges[:, 0] + 1) << self._shift
-                self._history.mark_many(offsets, lengths, self._shift, batch_period)
-                batch.clear()
-
-        for seq, period, ranges in read_entries(
-            self._storage, txn, self._id, span, self._n_chunks, self._io.version, label
-        ):
-            if period > self._gen or (strict and period != self._gen) or period < 1:
-                raise CorruptionError(
-                    f"{label}: journal entry {seq} holds marks of period {period}; the volume is in period {self._gen}"
-                )
-            if period != batch_period:
-                apply()
-                batch_period = period
-            if len(ranges):
-                batch.append(ranges)
-        apply()
 
     # -- plumbing -------------------------------------------------------
 
@@ -325,19 +276,6 @@ class Volume:
         self._lost = self._record["lost_generation"]
         self._unflushed = record_unflushed(self._record)
         self._update_marking()
-
-    def _journal_fields(self, seq: int) -> dict[str, Any]:
-        """Record fields once journal entry ``seq`` is committed."""
-        return {
-            "journal_from": self._record.get("journal_from") or seq,
-            "journal_last": seq,
-            "journal_count": self._record.get("journal_count", 0) + 1,
-            "unflushed": True,
-        }
-
-    def _put_entry(self, txn: Any, seq: int, ranges: np.ndarray) -> None:
-        key = journal_key(self._id, seq)
-        txn.put(key, encode_entry(self._gen, ranges, key), db=self._storage.journal)
 
     def _note_dirty(self) -> None:
         # Persist "RAM is ahead of the disk" before the first unflushed mark,
@@ -438,131 +376,6 @@ class Volume:
                 self._note_dirty()
             self._history.mark_many(offs64, lens64, self._shift, self._gen)
             return None
-
-    def _mark_one_sync(self, offset: int, length: int) -> int | None:
-        # Two reused 1-element arrays, not two new ones per call.
-        sync = self._sync
-        shift = self._shift
-        chunk = offset >> shift
-        single = (offset + length - 1) >> shift == chunk
-        offsets, lengths = sync.one_offset, sync.one_length
-        offsets[0] = offset
-        lengths[0] = length
-        token = self._mark_sync(offsets, lengths)
-        if token is None and single:
-            sync.remember(chunk)
-        return token
-
-    def _mark_sync(self, offsets: np.ndarray, lengths: np.ndarray) -> int | None:
-        # Writes whose chunks are all marked in this period need no marking
-        # at all; the others are journaled in the open batch, then marked.
-        new, token = self._sync.classify(self._history.current, self._gen, offsets, lengths, self._shift)
-        if len(new):
-            self._sync.new_writes += len(new)
-            # Journal only the chunks that are newly dirty (see add_new).
-            self._sync.add_new(self._history.current, self._gen, offsets, lengths, self._shift, new)
-            offs, lens = offsets[new], lengths[new]
-            self._history.mark_many(offs, lens, self._shift, self._gen)
-        return token or None
-
-    @guarded
-    def sync(self, token: int | None = None) -> None:
-        """Make marks durable: those that returned ``token``, or with None
-        every mark made so far.  When it returns, a crash loses none of
-        them (sync mode; lazy mode flushes the whole active state).
-
-        Concurrent calls share commits: the thread that commits takes every
-        mark made until then, so one LMDB commit and one fsync serve them
-        all, and each costs time in proportion to the chunks newly dirtied
-        since the last sync, not to the volume.  Raises
-        InvalidArgumentError (a token this volume did not issue),
-        ReadOnlyError, ClosedError, StoreFullError or StorageError; after
-        an error the marks stay in RAM and the next sync retries them.
-        """
-        if token is not None and (type(token) is not int or token < 1):
-            raise InvalidArgumentError(f"token must be what mark() returned (an int > 0 or None), got {token!r}")
-        with self._lock:
-            if token is None:
-                self._check_open()
-            lazy = self.durability == "lazy"
-            if not lazy:
-                if token is not None and token > self._sync.open_seq:
-                    raise InvalidArgumentError(f"volume {self.name!r} issued no sync token {token}")
-                target = token or self._sync.target()
-                if target <= self._sync.durable_seq:
-                    return
-                self._check_writable()
-                self._sync.waits += 1
-        if lazy:
-            self.flush()
-            return
-        while True:
-            with self._lock:
-                # Followers wait here while a leader commits; each commit
-                # wakes them all at once, and the marks they make meanwhile
-                # go to the open batch, which the next leader commits whole.
-                while self._leading and target > self._sync.durable_seq:
-                    self._synced.wait()
-                if target <= self._sync.durable_seq:
-                    return
-                self._leading = True
-            try:
-                self._lead_commit(target)
-            finally:
-                with self._lock:
-                    self._leading = False
-                    self._synced.notify_all()
-
-    def _lead_commit(self, target: int) -> None:
-        """Commit the open batch as one journal entry, unless ``target`` is
-        durable by the time the commit lock is ours."""
-        with self._commit_lock:
-            with self._lock:
-                if target <= self._sync.durable_seq:
-                    return  # a checkpoint, flush... committed it meanwhile
-                self._check_writable()
-                if self._record.get("journal_count", 0) >= JOURNAL_FLUSH_ENTRIES:
-                    # Fold the journal into the stored state now and then,
-                    # so that reopening never replays more than this.
-                    self._transact(self._history.flush, persists=True)
-                    self._sync.commits += 1
-                    return
-                seq, ranges = self._sync.cut()
-                record = self._volume_record(**self._journal_fields(seq))
-                gen = self._gen
-
-            def body(txn: Any) -> None:
-                key = journal_key(self._id, seq)
-                txn.put(key, encode_entry(gen, ranges, key), db=self._storage.journal)
-                vkey = volume_key(self._id)
-                txn.put(vkey, pack_json(record, vkey), db=self._storage.volumes)
-
-            try:
-                self._storage.write(body)
-            except BaseException:
-                with self._lock:
-                    self._sync.failed()
-                raise
-            with self._lock:
-                self._sync.committed()
-                self._sync.commits += 1
-                self._record = record
-                self._unflushed = True
-
-    @guarded
-    def set_durability(self, durability: str) -> None:
-        """Switch between ``"lazy"`` and ``"sync"``; persists the active
-        state in the same transaction.  Raises InvalidArgumentError,
-        ReadOnlyError, ClosedError, StoreFullError or StorageError; then
-        nothing changed."""
-        mode = check_durability(durability)
-        with self._commit_lock, self._lock:
-            self._check_writable()
-            if mode == self.durability:
-                return
-            self._transact(self._history.flush, persists=True, durability=mode)
-            self.durability = mode
-            self._update_marking()
 
     # -- checkpoints ----------------------------------------------------
 
@@ -764,92 +577,6 @@ class Volume:
                     f"checkpoint {older!r} is not older than {newer!r}; pass the older one first"
                 )
             return self._answer(a, b, lo, hi)
-
-    # -- conversion -------------------------------------------------------
-
-    @guarded
-    def convert(self, strategy: Strategy | str, durability: str | None = None) -> None:
-        """Keep this volume's history with another strategy from now on.
-
-        Every checkpoint stays, and every answer keeps every chunk it had:
-        where the old strategy knew only the last period that wrote a chunk
-        (multi-bit, or hybrid's folded periods), the new one knows no more,
-        and answers about those intervals stay supersets (``exact=False``).
-        One transaction, which also persists what RAM holds: a crash leaves
-        the old strategy or the new one, never a mix.  ``durability``, if
-        given, switches it in the same transaction (see set_durability).
-        """
-        target = Strategy.coerce(strategy)
-        mode = self.durability if durability is None else check_durability(durability)
-        with self._commit_lock, self._lock:
-            self._check_writable()
-            self._drain()
-            if target.fixed() == self.strategy.fixed():
-                # Only the cache budget, which is not stored, can differ.
-                self._transact(self._history.flush, persists=True, durability=mode)
-                self.durability = mode
-                self._io.cache = PageCache(target.cache_bytes)
-                self.strategy = target
-                self._update_marking()
-                return
-            io = PageIO(self._storage, self._id, target.cache_bytes, gens_dtype(target), self._n_chunks)
-            history = make_history(target, io, self._n_chunks)
-            live = np.array([c.generation for c in self._checkpoints], np.int64)
-            renumber = self._gen > history.max_generation
-            if self._gen > MAX_GEN_32 or (renumber and (not history.can_renumber or len(live) > history.max_generation)):
-                raise CheckpointLimitError(
-                    f"volume {self.name!r} is at generation {self._gen} with {len(live)} live "
-                    f"checkpoints, more than a {target.describe()} can hold"
-                )
-            if self._history.unsettled:
-                # Finish a fold spread over checkpoints, in its own transaction.
-                self._transact(self._history.settle)
-            gen, lost, checkpoints = self._gen, self._lost, self._checkpoints
-            if renumber:
-                gen = len(live)
-                lost = int(np.searchsorted(live, self._lost, side="right"))
-                checkpoints = [dataclasses.replace(c, generation=i) for i, c in enumerate(checkpoints, start=1)]
-            old_fields = self._history.record_fields()
-            staged: dict[str, Any] = {}
-
-            def body(txn: Any) -> None:
-                image = self._history.export(txn, self._gen)
-                old = self._io.batch(txn)
-                for tag, g in list(self._io.catalog):
-                    old.delete(tag, g)
-                new = io.batch(txn)
-                staged["after"] = history.adopt(new, image, live)
-                staged["batch"] = new
-                if renumber:
-                    self._put_checkpoints(txn, checkpoints)
-                delete_entries(self._storage, txn, self._id)
-                record = {k: v for k, v in self._volume_record().items() if k not in old_fields}
-                record.update(
-                    strategy=target.fixed(), generation=gen, lost_generation=lost, unflushed=False,
-                    checkpoints=len(checkpoints), pages_digest=new.digest_after(), durability=mode,
-                    journal_from=0, journal_last=0, journal_count=0, **new.record
-                )
-                key = volume_key(self._id)
-                txn.put(key, pack_json(record, key), db=self._storage.volumes)
-                staged["record"] = record
-
-            try:
-                self._storage.write(body)
-            except BaseException:
-                if "batch" in staged:
-                    io.forget(staged["batch"])
-                raise
-            io.apply(staged["batch"])
-            staged["after"]()
-            self._io, self._history, self.strategy = io, history, target
-            self._sync.hot.clear()
-            self._sync.flushed()
-            self.durability = mode
-            self._record = staged["record"]
-            self._gen, self._lost, self._unflushed = gen, lost, False
-            self._checkpoints = checkpoints
-            self._by_name = {c.name: c for c in checkpoints}
-            self._update_marking()
 
     # -- persistence and costs --------------------------------------------
 
