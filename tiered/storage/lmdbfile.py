@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 
 from ..errors import CorruptionError, StorageError
 
@@ -62,21 +63,37 @@ def _meta(block: bytes, where: str) -> tuple[int, int, int]:
     return psize, last, txnid
 
 
-def check_data_file(path: str) -> bool:
+def check_data_file(path: str, attempts: int = 3) -> bool:
     """Check the LMDB data file in directory ``path`` against its meta pages.
 
     Returns False if there is no data file (nothing to check), True if it
     is whole.  Raises CorruptionError if it is shorter than its meta pages
     say or its meta pages are damaged, StorageError if it cannot be read.
+
+    A writer may commit while this reads (a reader opening beside a
+    running writer): a meta page caught mid-write looks damaged for an
+    instant, so a failed check is read again, and only damage that stays
+    is reported.
     """
+    for attempt in range(attempts):
+        try:
+            return _check_once(path)
+        except CorruptionError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.01)
+    raise AssertionError("unreachable")
+
+
+def _check_once(path: str) -> bool:
     file = os.path.join(path, DATA_FILE)
     try:
         with open(file, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
             first = f.read(META_BYTES)
             if len(first) < META_BYTES:
                 raise CorruptionError(
-                    f"{file!r} is {size} bytes, too short for LMDB's meta pages: the file is truncated"
+                    f"{file!r} is {os.fstat(f.fileno()).st_size} bytes, too short for LMDB's meta pages: "
+                    "the file is truncated"
                 )
             psize, _, _ = _meta(first, f"{file!r} page 0")
             if not MIN_PSIZE <= psize <= MAX_PSIZE or psize & (psize - 1):
@@ -85,8 +102,12 @@ def check_data_file(path: str) -> bool:
             second = f.read(META_BYTES)
             if len(second) < META_BYTES:
                 raise CorruptionError(
-                    f"{file!r} is {size} bytes, too short for LMDB's second meta page: the file is truncated"
+                    f"{file!r} is {os.fstat(f.fileno()).st_size} bytes, too short for LMDB's second meta "
+                    "page: the file is truncated"
                 )
+            # After the meta pages: a writer writes a commit's pages before
+            # its meta page, so the size seen now covers any meta read above.
+            size = os.fstat(f.fileno()).st_size
     except FileNotFoundError:
         return False
     except OSError as exc:
