@@ -43,9 +43,6 @@ import numpy as np
 from .bitmaps import probe_kernels as P
 from .bitmaps.table import SegmentTable
 
-#: What a sync-mode mark returns when it needs no sync.
-DURABLE = None
-
 #: Chunks remembered as durable in the current period by single marks
 #: (Volume.mark), so that the hot set's marks skip the numba probe; the set
 #: is emptied when full, and whenever the period or the history changes.

@@ -26,7 +26,6 @@ from .storage.keys import volume_key
 #: crash, stay bounded however long a volume goes without a checkpoint.
 JOURNAL_FLUSH_ENTRIES = 4096
 
-Durability = str
 #: ``"lazy"``: marks persist at flush, checkpoint and close; after a crash
 #: answers are flagged supersets.  ``"sync"``: crash-exact (see sync()).
 DURABILITIES = ("lazy", "sync")
