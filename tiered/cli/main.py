@@ -22,6 +22,7 @@ from .inspect import (
     add_changed_arguments, add_volume_report_arguments, add_volumes_arguments, cmd_changed,
     cmd_checkpoints, cmd_stats, cmd_volumes,
 )
+from .serve import add_serve_arguments, cmd_serve
 from .transfer import (
     add_backup_arguments, add_compact_arguments, add_dump_arguments, add_load_arguments, cmd_backup,
     cmd_compact, cmd_dump, cmd_load,
@@ -79,6 +80,12 @@ COMMANDS: tuple[Command, ...] = (
         "replay a workload or trace through each strategy, measure the costs, and recommend one",
         add_compare_arguments,
         cmd_compare,
+    ),
+    Command(
+        "serve",
+        "export a volume's image over NBD with its dirty bitmaps (opens the store for writing)",
+        add_serve_arguments,
+        cmd_serve,
     ),
 )
 
