@@ -40,14 +40,14 @@ needs_nbdinfo = pytest.mark.skipif(NBDINFO is None, reason="nbdinfo is not insta
 class ServerThread:
     """A Server on its own event loop in a background thread."""
 
-    def __init__(self, vol: tiered.Volume, image: str, sock: str, readonly: bool = False) -> None:
+    def __init__(self, vol: tiered.Volume, image: str, sock: str, readonly: bool = False, **options) -> None:
         self.loop = asyncio.new_event_loop()
         self.sock = sock
         started = threading.Event()
 
         def run() -> None:
             asyncio.set_event_loop(self.loop)
-            self.server = Server(vol, image, readonly=readonly)
+            self.server = Server(vol, image, readonly=readonly, **options)
             self.uri = self.loop.run_until_complete(self.server.listen_unix(sock))
             started.set()
             self.loop.run_forever()
@@ -268,6 +268,7 @@ def test_bad_handshakes_and_options(served) -> None:
     # SET takes exact names only and ignores unknown ones
     replies = c.option(p.OPT_SET_META_CONTEXT, meta_request("qemu:", "qemu:dirty-bitmap:cp2", "nope:x"))
     assert contexts_of(replies) == ["qemu:dirty-bitmap:cp2"]
+    assert c.option(p.OPT_SET_META_CONTEXT, meta_request(export=b"nope"))[0][0] == p.REP_ERR_UNKNOWN
     assert c.option(p.OPT_ABORT) == [(p.REP_ACK, b"")]
     assert c.closed()
 
@@ -296,7 +297,7 @@ def test_bad_requests_get_errors_and_the_connection_goes_on(served) -> None:
     assert struct.unpack(">I", data[:4])[0] == p.EINVAL
     c.request(p.CMD_READ, 0, p.MAX_PAYLOAD + 1, cookie=3)
     flags, kind, cookie, data = c.chunk()
-    assert (kind, cookie, struct.unpack(">I", data[:4])[0]) == (p.REPLY_TYPE_ERROR, 3, p.EINVAL)
+    assert (kind, cookie, struct.unpack(">I", data[:4])[0]) == (p.REPLY_TYPE_ERROR, 3, p.EOVERFLOW)
     c.request(p.CMD_WRITE, SIZE - 1, 2, cookie=4, data=b"ab")
     assert c.simple() == (p.EINVAL, 4)
     c.request(p.CMD_WRITE_ZEROES, SIZE, 1, cookie=5)
@@ -345,6 +346,61 @@ def test_block_status_chunks(served) -> None:
     assert answer == {1: [(100, 3)], 2: [(100, 0)]}
     base = status(0, 4 * G)[1]
     assert sum(n for n, _ in base) == 4 * G and (0, 0) not in base
+
+
+def test_oversized_write_is_refused_and_the_connection_goes_on(served) -> None:
+    vol, server = served
+    c = Raw(server.sock)
+    c.go()
+    c.request(p.CMD_WRITE, 0, p.MAX_PAYLOAD + 1, cookie=1, data=bytes(p.MAX_PAYLOAD + 1))
+    assert c.simple() == (p.EINVAL, 1)
+    c.request(p.CMD_WRITE, 0, 1, cookie=2, data=b"x")
+    assert c.simple() == (0, 2)
+    assert list(vol.changed_since("cp")) == [(0, G)]
+
+
+def test_readonly_export_and_connection_limit(tmp_path: Path) -> None:
+    with tiered.open(str(tmp_path / "store"), sync=False) as store:
+        vol = store.create_volume("vda", size=SIZE, granularity=G)
+        vol.checkpoint("cp")
+        server = ServerThread(vol, make_image(tmp_path / "img"), str(tmp_path / "sock"), readonly=True, max_connections=2)
+        try:
+            assert server.server.export.flags & p.TF_READ_ONLY
+            a, b = Raw(server.sock), Raw(server.sock)
+            a.go()
+            b.greet()
+            third = Raw(server.sock)
+            assert third.closed()  # over the limit: closed at once
+            for kind in (p.CMD_WRITE, p.CMD_TRIM, p.CMD_WRITE_ZEROES):
+                a.request(kind, 0, 1, cookie=kind, data=b"x" if kind == p.CMD_WRITE else b"")
+                assert a.simple() == (p.EPERM, kind)
+            assert not vol.changed_since("cp")
+        finally:
+            server.stop()
+
+
+def test_sync_volume_data_written_only_after_sync(tmp_path: Path, monkeypatch) -> None:
+    from tiered.nbd import image as image_module
+
+    events = []
+
+    class Volume:
+        name, size = "vda", 8192
+
+        def mark(self, offset, length):
+            events.append(("mark", offset, length))
+            return 5
+
+        def sync(self, token=None):
+            events.append(("sync", token))
+
+    real = os.pwrite
+    monkeypatch.setattr(image_module.os, "pwrite", lambda fd, data, off: events.append(("pwrite", off)) or real(fd, data, off))
+    img = image_module.Image(make_image(tmp_path / "img", 8192), Volume(), readonly=False)
+    img.write(4096, b"abc", fua=False)
+    img.write_zeroes(0, 10, may_trim=False, fua=False)
+    img.close()
+    assert events == [("mark", 4096, 3), ("sync", 5), ("pwrite", 4096), ("mark", 0, 10), ("sync", 5), ("pwrite", 0)]
 
 
 @needs_qemu_io

@@ -142,6 +142,8 @@ async def negotiate(
             continue
         if option in (p.OPT_LIST_META_CONTEXT, p.OPT_SET_META_CONTEXT):
             listing = option == p.OPT_LIST_META_CONTEXT
+            if not listing:
+                session.contexts = {}  # a SET replaces the selection, even when it fails
             if not session.structured:
                 error(option, p.REP_ERR_INVALID, "meta contexts need NBD_OPT_STRUCTURED_REPLY first")
                 continue

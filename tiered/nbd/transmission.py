@@ -164,7 +164,10 @@ class Transmission:
         image = self.image
         if kind == p.CMD_READ:
             if length > p.MAX_PAYLOAD:
-                raise RequestError(p.EINVAL, f"read of {length} bytes exceeds {p.MAX_PAYLOAD}")
+                # proto.md lets a server reject large reads up front with
+                # EOVERFLOW (a structured-reply error); the client retries smaller.
+                code = p.EOVERFLOW if self.session.structured else p.EINVAL
+                raise RequestError(code, f"read of {length} bytes exceeds {p.MAX_PAYLOAD}")
             self._check_range(request)
             data = await self._blocking(image.read, offset, length) if length else b""
             if self.session.structured:
