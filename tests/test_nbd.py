@@ -346,6 +346,12 @@ def test_block_status_chunks(served) -> None:
     assert answer == {1: [(100, 3)], 2: [(100, 0)]}
     base = status(0, 4 * G)[1]
     assert sum(n for n, _ in base) == 4 * G and (0, 0) not in base
+    vol.remove_checkpoint("cp")  # selected, then removed: an error, and the connection goes on
+    c.request(p.CMD_BLOCK_STATUS, 0, G, cookie=3)
+    flags, kind, cookie, data = c.chunk()
+    assert (kind, cookie, struct.unpack(">I", data[:4])[0]) == (p.REPLY_TYPE_ERROR, 3, p.EINVAL)
+    c.request(p.CMD_READ, 2 * G, 10, cookie=4)
+    assert c.chunk()[3][8:] == b"0123456789"
 
 
 def test_oversized_write_is_refused_and_the_connection_goes_on(served) -> None:
@@ -419,9 +425,15 @@ def test_serve_command_and_sigterm(tmp_path: Path) -> None:
         uri = proc.stdout.readline().strip()
         assert uri == f"nbd+unix:///vda?socket={sock}", proc.stderr.read() if not uri else uri
         qemu_io(uri, f"write -P 0x55 {5 * G} 1")
-        assert nbdinfo("--map=qemu:dirty-bitmap:cp", uri).split()[4:8] == [str(5 * G), str(G), "1", "dirty"]
+        mapped = nbdinfo("--map=qemu:dirty-bitmap:cp", uri)
+        assert mapped.split()[4:8] == [str(5 * G), str(G), "1", "dirty"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, proc.stderr.read()
+        changed = subprocess.run(
+            [sys.executable, "-m", "tiered", "changed", store_path, "vda", "cp"],
+            capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
+        )
+        assert changed.stdout == mapped  # docs/nbd.md: byte for byte
     finally:
         if proc.poll() is None:
             proc.kill()
