@@ -33,6 +33,7 @@ G = 64 << 10
 SIZE = 64 * G + 1000  # a partial last chunk
 QEMU_IO = shutil.which("qemu-io")
 NBDINFO = shutil.which("nbdinfo")
+NBDCOPY = shutil.which("nbdcopy")
 needs_qemu_io = pytest.mark.skipif(QEMU_IO is None, reason="qemu-io is not installed")
 needs_nbdinfo = pytest.mark.skipif(NBDINFO is None, reason="nbdinfo is not installed")
 
@@ -161,6 +162,35 @@ def test_base_allocation_of_a_sparse_image(served) -> None:
     assert rows[0] == ["0", str(G), "3", "hole,zero"]
     assert rows[1] == [str(G), str(2 * G), "0", "data"]
     assert rows[2] == [str(3 * G), str(SIZE - 3 * G), "3", "hole,zero"]
+
+
+@pytest.mark.skipif(NBDCOPY is None or NBDINFO is None, reason="nbdcopy or nbdinfo is not installed")
+def test_multi_conn_writes_share_sync_commits(tmp_path: Path) -> None:
+    size = 16 << 20
+    source = tmp_path / "src"
+    with open(source, "wb") as f:
+        f.truncate(size)
+        for offset in (1 << 20, 9 << 20):
+            f.seek(offset)
+            f.write(os.urandom(3 << 20))
+    with tiered.open(str(tmp_path / "store"), sync=True) as store:
+        vol = store.create_volume("vda", size=size, granularity=G, strategy="hybrid", durability="sync")
+        vol.checkpoint("full")
+        server = ServerThread(vol, make_image(tmp_path / "img", size), str(tmp_path / "sock"))
+        try:
+            done = subprocess.run(
+                [NBDCOPY, "--destination-is-zero", "--connections=4", "--requests=16", str(source), server.uri],
+                capture_output=True, text=True, timeout=60,
+            )
+            assert done.returncode == 0, done.stderr
+            assert list(vol.changed_since("full")) == [(1 << 20, 3 << 20), (9 << 20, 3 << 20)]
+            stats = vol.stats()
+            # every write needed a sync; in-flight writes of all connections shared commits
+            assert 1 <= stats["sync_commits"] < stats["sync_writes"]
+            assert nbdinfo("--map=qemu:dirty-bitmap:full", server.uri) == expected_map(vol, "full")
+        finally:
+            server.stop()
+    assert (tmp_path / "img").read_bytes() == source.read_bytes()
 
 
 # -- raw-socket clients ---------------------------------------------------------------
