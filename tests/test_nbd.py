@@ -447,8 +447,10 @@ def test_serve_command_and_sigterm(tmp_path: Path) -> None:
         store.create_volume("vda", size=SIZE, granularity=G, strategy="multi-bit", durability="sync").checkpoint("cp")
     make_image(tmp_path / "img")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    control = str(tmp_path / "ctl")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tiered", "serve", store_path, "vda", "--image", image, "--socket", sock],
+        [sys.executable, "-m", "tiered", "serve", store_path, "vda", "--image", image, "--socket", sock,
+         "--control", control],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
     )
     try:
@@ -457,6 +459,25 @@ def test_serve_command_and_sigterm(tmp_path: Path) -> None:
         qemu_io(uri, f"write -P 0x55 {5 * G} 1")
         mapped = nbdinfo("--map=qemu:dirty-bitmap:cp", uri)
         assert mapped.split()[4:8] == [str(5 * G), str(G), "1", "dirty"]
+
+        def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "tiered", "ctl", control, *args],
+                                  capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+
+        assert ctl("checkpoint", "cp2").returncode == 0
+        assert "\t\tqemu:dirty-bitmap:cp2\n" in nbdinfo("--list", uri)
+        qemu_io(uri, f"write -P 0x55 {7 * G} 1")
+        assert nbdinfo("--map=qemu:dirty-bitmap:cp2", uri).split()[4:8] == [str(7 * G), str(G), "1", "dirty"]
+        names = [c["name"] for c in json.loads(ctl("checkpoints", "--json").stdout)["checkpoints"]]
+        assert names == ["cp", "cp2"]
+        assert "durability:         sync" in ctl("stats").stdout
+        again = ctl("checkpoint", "cp2")
+        assert again.returncode == 1 and "AlreadyExistsError" in again.stderr
+        assert ctl("remove-checkpoint", "nope").returncode == 1
+        assert ctl("checkpoints", "x").returncode == 2
+        assert ctl("remove-checkpoint", "cp2").returncode == 0
+        assert "cp2" not in nbdinfo("--list", uri)
+        mapped = nbdinfo("--map=qemu:dirty-bitmap:cp", uri)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, proc.stderr.read()
         changed = subprocess.run(
@@ -468,10 +489,10 @@ def test_serve_command_and_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert not os.path.exists(sock)
+    assert not os.path.exists(sock) and not os.path.exists(control)
     with tiered.open(store_path, readonly=True) as store:
         vol = store.volume("vda")
-        assert list(vol.changed_since("cp")) == [(5 * G, G)]
+        assert list(vol.changed_since("cp")) == [(5 * G, G), (7 * G, G)]
         assert not vol.unclean_shutdown
 
 
@@ -482,3 +503,30 @@ def test_serve_usage_errors(tmp_path: Path) -> None:
     assert main(["serve", str(tmp_path / "s"), "vda", "--image", "x", "--socket", "a", "--port", "1"]) == 2
     # a missing volume without --create: a one-line error, exit 1
     assert main(["serve", str(tmp_path / "s"), "vda", "--image", "x", "--socket", str(tmp_path / "k")]) == 1
+
+
+def test_control_socket_bad_requests(tmp_path: Path) -> None:
+    from tiered.nbd.control import request
+
+    with tiered.open(str(tmp_path / "store"), sync=False) as store:
+        vol = store.create_volume("vda", size=SIZE, granularity=G)
+        server = ServerThread(vol, make_image(tmp_path / "img"), str(tmp_path / "sock"))
+        path = str(tmp_path / "ctl")
+        asyncio.run_coroutine_threadsafe(server.server.listen_control(path), server.loop).result(10)
+        try:
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(10)
+            s.connect(path)
+            s.sendall(b"garbage\n[1]\n" + json.dumps({"op": "nope"}).encode() + b"\n")
+            f = s.makefile()
+            replies = [json.loads(f.readline()) for _ in range(3)]
+            assert [r["ok"] for r in replies] == [False, False, False]
+            assert replies[2]["error"] == "InvalidArgumentError"
+            s.close()
+            assert request(path, {"op": "checkpoint", "name": 5})["error"] == "InvalidArgumentError"
+            assert request(path, {"op": "checkpoint", "name": "a"})["checkpoint"]["name"] == "a"
+            assert [c.name for c in vol.checkpoints()] == ["a"]
+            assert request(path, {"op": "stats"})["stats"]["checkpoints"] == 1
+        finally:
+            server.stop()
+        assert not os.path.exists(path)

@@ -1,7 +1,7 @@
 """``tiered serve``: export a volume's image over NBD, with its dirty bitmaps.
 
     tiered serve STORE VOLUME --image PATH [--socket PATH | --bind ADDR --port N]
-                 [--readonly] [--create SIZE [--strategy S] [--durability D]]
+                 [--control PATH] [--readonly] [--create SIZE [--strategy S] [--durability D]]
 
 Prints the export's URI on stdout once it listens; SIGTERM or SIGINT finish
 the requests already read, close the volume cleanly and exit 0.
@@ -23,6 +23,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--socket", metavar="PATH", help="listen on this Unix socket")
     parser.add_argument("--bind", metavar="ADDR", help="listen on TCP at this address (with --port)")
     parser.add_argument("--port", type=int, metavar="N", help="TCP port (0: any free port)")
+    parser.add_argument("--control", metavar="PATH",
+                        help="serve a control socket here, for `tiered ctl` (checkpoints, stats)")
     parser.add_argument("--readonly", action="store_true", help="export read-only (opens the store read-only)")
     parser.add_argument(
         "--create",
@@ -82,6 +84,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     uri = await server.listen_unix(args.socket)
                 else:
                     uri = await server.listen_tcp(args.bind or "localhost", args.port)
+                if args.control is not None:
+                    await server.listen_control(args.control)
                 sys.stdout.write(uri + "\n")
                 sys.stdout.flush()
                 await stop.wait()

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from . import protocol as p
+from .control import Control
 from .image import Image
 from .negotiation import ExportInfo, HandshakeFailed, negotiate
 from .transmission import Transmission
@@ -44,20 +45,24 @@ class Server:
         self.executor = ThreadPoolExecutor(max_workers=max_connections + 8, thread_name_prefix="nbd")
         self._handlers: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.AbstractServer] = []
-        self._socket_path: str | None = None
+        self._unlink: list[str] = []
         self.addresses: list[str] = []
 
     def _contexts(self) -> list[str]:
         return [p.BASE_ALLOCATION] + [p.DIRTY_BITMAP_PREFIX + cp.name for cp in self.volume.checkpoints()]
 
-    async def listen_unix(self, path: str) -> str:
+    @staticmethod
+    def _remove_stale(path: str) -> None:
         try:
             if stat.S_ISSOCK(os.lstat(path).st_mode):
                 os.unlink(path)  # a stale socket of an earlier run
         except FileNotFoundError:
             pass
+
+    async def listen_unix(self, path: str) -> str:
+        self._remove_stale(path)
         self._servers.append(await asyncio.start_unix_server(self._handle, path=path))
-        self._socket_path = path
+        self._unlink.append(path)
         uri = f"nbd+unix:///{self.volume.name}?socket={path}"
         self.addresses.append(uri)
         return uri
@@ -70,6 +75,23 @@ class Server:
         uri = f"nbd://{shown}:{bound[1]}/{self.volume.name}"
         self.addresses.append(uri)
         return uri
+
+    async def listen_control(self, path: str) -> None:
+        """Serve the control socket (checkpoints, stats: see :mod:`.control`) at ``path``."""
+        self._remove_stale(path)
+        control = Control(self.volume, self.executor)
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._handlers.add(task)
+            try:
+                await control(reader, writer)
+            finally:
+                self._handlers.discard(task)
+
+        self._servers.append(await asyncio.start_unix_server(handle, path=path))
+        self._unlink.append(path)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._handlers) >= self.max_connections:
@@ -110,11 +132,11 @@ class Server:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
-        if self._socket_path is not None:
+        for path in self._unlink:
             try:
-                os.unlink(self._socket_path)
+                os.unlink(path)
             except FileNotFoundError:
                 pass
-            self._socket_path = None
+        self._unlink.clear()
         self.executor.shutdown(wait=True)
         self.image.close()
