@@ -15,7 +15,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
