@@ -11,9 +11,12 @@ volumes, or compare the strategies on a workload.
     tiered backup STORE DEST
     tiered compact STORE
     tiered compare [--workload KIND | --trace FILE] ...
+    tiered serve STORE VOLUME --image PATH [--socket PATH | --bind ADDR --port N] [--control PATH]
+    tiered ctl SOCKET {checkpoint NAME | remove-checkpoint NAME | checkpoints | stats | flush}
 
 Every command is a thin layer over the public API, one module per group of
-commands (:mod:`.inspect`, :mod:`.convert`, :mod:`.transfer`, :mod:`.compare`), registered in
+commands (:mod:`.inspect`, :mod:`.convert`, :mod:`.transfer`, :mod:`.compare`,
+:mod:`.serve`, :mod:`.ctl`), registered in
 :mod:`.main`.  Only the standard library is imported at module level: the
 engine (numpy, numba, lmdb) is imported inside the handlers, so ``tiered
 --help`` and usage errors answer at once.

@@ -22,6 +22,8 @@ from .inspect import (
     add_changed_arguments, add_volume_report_arguments, add_volumes_arguments, cmd_changed,
     cmd_checkpoints, cmd_stats, cmd_volumes,
 )
+from .ctl import add_ctl_arguments, cmd_ctl
+from .serve import add_serve_arguments, cmd_serve
 from .transfer import (
     add_backup_arguments, add_compact_arguments, add_dump_arguments, add_load_arguments, cmd_backup,
     cmd_compact, cmd_dump, cmd_load,
@@ -79,6 +81,18 @@ COMMANDS: tuple[Command, ...] = (
         "replay a workload or trace through each strategy, measure the costs, and recommend one",
         add_compare_arguments,
         cmd_compare,
+    ),
+    Command(
+        "serve",
+        "export a volume's image over NBD with its dirty bitmaps (opens the store for writing)",
+        add_serve_arguments,
+        cmd_serve,
+    ),
+    Command(
+        "ctl",
+        "make or remove a checkpoint, or show stats, through a running server's control socket",
+        add_ctl_arguments,
+        cmd_ctl,
     ),
 )
 

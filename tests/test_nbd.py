@@ -1,0 +1,532 @@
+"""The NBD server against the real clients (qemu-io, nbdinfo) and against
+raw-socket clients that break the protocol.
+
+Each test starts a server on a Unix socket in its tmp_path: in a background
+thread of this process (so the test can ask the same volume), or as
+`tiered serve` for the command-line test.  Tests needing a client tool skip
+when it is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+import tiered
+from tiered.cli.inspect import format_map_line, map_ranges
+from tiered.nbd import Server
+from tiered.nbd import protocol as p
+
+ROOT = Path(__file__).resolve().parent.parent
+G = 64 << 10
+SIZE = 64 * G + 1000  # a partial last chunk
+QEMU_IO = shutil.which("qemu-io")
+NBDINFO = shutil.which("nbdinfo")
+NBDCOPY = shutil.which("nbdcopy")
+needs_qemu_io = pytest.mark.skipif(QEMU_IO is None, reason="qemu-io is not installed")
+needs_nbdinfo = pytest.mark.skipif(NBDINFO is None, reason="nbdinfo is not installed")
+
+
+class ServerThread:
+    """A Server on its own event loop in a background thread."""
+
+    def __init__(self, vol: tiered.Volume, image: str, sock: str, readonly: bool = False, **options) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.sock = sock
+        started = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.server = Server(vol, image, readonly=readonly, **options)
+            self.uri = self.loop.run_until_complete(self.server.listen_unix(sock))
+            started.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert started.wait(10)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def make_image(path: Path, size: int = SIZE) -> str:
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return str(path)
+
+
+@pytest.fixture
+def served(tmp_path: Path):
+    """(vol, server) for a hybrid sync volume with checkpoint "cp"."""
+    store = tiered.open(str(tmp_path / "store"), sync=False)
+    vol = store.create_volume("vda", size=SIZE, granularity=G, strategy="hybrid", durability="sync")
+    vol.checkpoint("cp")
+    server = ServerThread(vol, make_image(tmp_path / "img"), str(tmp_path / "sock"))
+    yield vol, server
+    server.stop()
+    store.close()
+
+
+def qemu_io(uri: str, *commands: str) -> str:
+    argv = [QEMU_IO, "-f", "raw"]
+    for command in commands:
+        argv += ["-c", command]
+    done = subprocess.run([*argv, uri], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def nbdinfo(*args: str) -> str:
+    done = subprocess.run([NBDINFO, *args], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def expected_map(vol: tiered.Volume, checkpoint: str) -> str:
+    return "".join(format_map_line(*r) for r in map_ranges(vol.changed_since(checkpoint), 0, vol.size))
+
+
+# -- the real clients --------------------------------------------------------------
+
+WRITES_1 = ["write -P 0x55 0 100", f"write -P 0x55 {3 * G + 5} 10", f"write -P 0x56 {10 * G} {2 * G}"]
+WRITES_2 = [f"write -P 0x57 {20 * G - 1} 2", f"write -z {40 * G} {G}", f"discard {50 * G} {G}", f"write -P 1 {64 * G} 1000"]
+
+
+@needs_qemu_io
+@needs_nbdinfo
+@pytest.mark.parametrize("durability", ["lazy", "sync"])
+@pytest.mark.parametrize("strategy", ["one-bit", "multi-bit", "hybrid"])
+def test_dirty_bitmap_map_equals_changed_since(tmp_path: Path, strategy: str, durability: str) -> None:
+    with tiered.open(str(tmp_path / "store"), sync=False) as store:
+        vol = store.create_volume("vda", size=SIZE, granularity=G, strategy=strategy, durability=durability)
+        vol.checkpoint("cp1")
+        server = ServerThread(vol, make_image(tmp_path / "img"), str(tmp_path / "sock"))
+        try:
+            qemu_io(server.uri, *WRITES_1)
+            vol.checkpoint("cp2")
+            qemu_io(server.uri, *WRITES_2)
+            for name in ("cp1", "cp2"):
+                text = nbdinfo(f"--map=qemu:dirty-bitmap:{name}", server.uri)
+                assert text == expected_map(vol, name)
+                assert "dirty" in text
+                document = json.loads(nbdinfo("--json", f"--map=qemu:dirty-bitmap:{name}", server.uri))
+                dirty = [(e["offset"], e["length"]) for e in document if e["type"] == 1]
+                assert dirty == list(vol.changed_since(name))
+                assert sum(e["length"] for e in document) == SIZE
+            assert list(vol.changed_since("cp2")) == [(19 * G, 2 * G), (40 * G, G), (50 * G, G), (64 * G, 1000)]
+        finally:
+            server.stop()
+
+
+@needs_qemu_io
+def test_data_round_trip(served) -> None:
+    vol, server = served
+    qemu_io(server.uri, "write -P 0x55 4096 8192", "write -P 0x66 1000000 1")
+    out = qemu_io(server.uri, "read -P 0x55 4096 8192", "read -P 0x66 1000000 1", "read -P 0 0 4096")
+    assert "Pattern verification failed" not in out
+    assert list(vol.changed_since("cp")) == [(0, G), (15 * G, G)]
+
+
+@needs_nbdinfo
+def test_list_shows_contexts(served) -> None:
+    vol, server = served
+    vol.checkpoint("second")
+    text = nbdinfo("--list", server.uri)
+    for context in ("base:allocation", "qemu:dirty-bitmap:cp", "qemu:dirty-bitmap:second"):
+        assert f"\t\t{context}\n" in text
+    assert "export-size: %d" % SIZE in text
+    assert "can_multi_conn: true" in text
+
+
+@needs_qemu_io
+@needs_nbdinfo
+def test_base_allocation_of_a_sparse_image(served) -> None:
+    vol, server = served
+    qemu_io(server.uri, f"write -P 0x55 {G} {2 * G}")
+    rows = [line.split() for line in nbdinfo("--map", server.uri).splitlines()]
+    assert rows[0] == ["0", str(G), "3", "hole,zero"]
+    assert rows[1] == [str(G), str(2 * G), "0", "data"]
+    assert rows[2] == [str(3 * G), str(SIZE - 3 * G), "3", "hole,zero"]
+
+
+@pytest.mark.skipif(NBDCOPY is None or NBDINFO is None, reason="nbdcopy or nbdinfo is not installed")
+def test_multi_conn_writes_share_sync_commits(tmp_path: Path) -> None:
+    size = 16 << 20
+    source = tmp_path / "src"
+    with open(source, "wb") as f:
+        f.truncate(size)
+        for offset in (1 << 20, 9 << 20):
+            f.seek(offset)
+            f.write(os.urandom(3 << 20))
+    with tiered.open(str(tmp_path / "store"), sync=True) as store:
+        vol = store.create_volume("vda", size=size, granularity=G, strategy="hybrid", durability="sync")
+        vol.checkpoint("full")
+        server = ServerThread(vol, make_image(tmp_path / "img", size), str(tmp_path / "sock"))
+        try:
+            done = subprocess.run(
+                [NBDCOPY, "--destination-is-zero", "--connections=4", "--requests=16", str(source), server.uri],
+                capture_output=True, text=True, timeout=60,
+            )
+            assert done.returncode == 0, done.stderr
+            assert list(vol.changed_since("full")) == [(1 << 20, 3 << 20), (9 << 20, 3 << 20)]
+            stats = vol.stats()
+            # every write needed a sync; in-flight writes of all connections shared commits
+            assert 1 <= stats["sync_commits"] < stats["sync_writes"]
+            assert nbdinfo("--map=qemu:dirty-bitmap:full", server.uri) == expected_map(vol, "full")
+        finally:
+            server.stop()
+    assert (tmp_path / "img").read_bytes() == source.read_bytes()
+
+
+# -- raw-socket clients ---------------------------------------------------------------
+
+
+class Raw:
+    """A hand-driven client: the bytes it sends are the test's."""
+
+    def __init__(self, path: str) -> None:
+        self.s = socket.socket(socket.AF_UNIX)
+        self.s.settimeout(10)
+        self.s.connect(path)
+
+    def recv(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            more = self.s.recv(n - len(data))
+            if not more:
+                raise EOFError(f"closed after {len(data)} of {n} bytes")
+            data += more
+        return data
+
+    def closed(self) -> bool:
+        try:
+            return self.s.recv(1) == b""
+        except ConnectionError:
+            return True
+
+    def greet(self) -> None:
+        magic, opt, flags = struct.unpack(">QQH", self.recv(18))
+        assert (magic, opt) == (p.NBDMAGIC, p.IHAVEOPT)
+        assert flags == p.FLAG_FIXED_NEWSTYLE | p.FLAG_NO_ZEROES
+        self.s.sendall(struct.pack(">I", p.CLIENT_FIXED_NEWSTYLE | p.CLIENT_NO_ZEROES))
+
+    def option(self, option: int, data: bytes = b"") -> list[tuple[int, bytes]]:
+        self.s.sendall(struct.pack(">QII", p.IHAVEOPT, option, len(data)) + data)
+        replies = []
+        while True:
+            magic, opt, kind, length = struct.unpack(">QIII", self.recv(20))
+            assert (magic, opt) == (p.OPTION_REPLY_MAGIC, option)
+            replies.append((kind, self.recv(length)))
+            if kind == p.REP_ACK or kind >= 1 << 31:
+                return replies
+
+    def go(self, structured: bool = True) -> None:
+        self.greet()
+        if structured:
+            assert self.option(p.OPT_STRUCTURED_REPLY) == [(p.REP_ACK, b"")]
+        replies = self.option(p.OPT_GO, struct.pack(">I", 3) + b"vda" + struct.pack(">H", 0))
+        assert replies[-1][0] == p.REP_ACK
+
+    def request(self, kind: int, offset: int, length: int, cookie: int = 7, flags: int = 0, data: bytes = b"") -> None:
+        self.s.sendall(p.REQUEST.pack(p.REQUEST_MAGIC, flags, kind, cookie, offset, length) + data)
+
+    def simple(self) -> tuple[int, int]:
+        magic, error, cookie = struct.unpack(">IIQ", self.recv(16))
+        assert magic == p.SIMPLE_REPLY_MAGIC
+        return error, cookie
+
+    def chunk(self) -> tuple[int, int, int, bytes]:
+        magic, flags, kind, cookie, length = struct.unpack(">IHHQI", self.recv(20))
+        assert magic == p.STRUCTURED_REPLY_MAGIC
+        return flags, kind, cookie, self.recv(length)
+
+
+def meta_request(*queries: str, export: bytes = b"vda") -> bytes:
+    data = struct.pack(">I", len(export)) + export + struct.pack(">I", len(queries))
+    for q in queries:
+        data += struct.pack(">I", len(q)) + q.encode()
+    return data
+
+
+def contexts_of(replies: list[tuple[int, bytes]]) -> list[str]:
+    return [data[4:].decode() for kind, data in replies if kind == p.REP_META_CONTEXT]
+
+
+def test_bad_handshakes_and_options(served) -> None:
+    vol, server = served
+    truncated = Raw(server.sock)
+    truncated.recv(18)
+    truncated.s.sendall(b"\0\0")
+    truncated.s.close()
+
+    garbage = Raw(server.sock)
+    garbage.greet()
+    garbage.s.sendall(b"NOTMAGIC" + struct.pack(">II", 7, 0))
+    assert garbage.closed()
+
+    c = Raw(server.sock)
+    c.greet()
+    assert c.option(99)[0][0] == p.REP_ERR_UNSUP
+    assert c.option(p.OPT_EXTENDED_HEADERS)[0][0] == p.REP_ERR_UNSUP
+    assert c.option(p.OPT_SET_META_CONTEXT, meta_request("base:allocation"))[0][0] == p.REP_ERR_INVALID
+    assert c.option(p.OPT_LIST, b"x")[0][0] == p.REP_ERR_INVALID
+    assert c.option(p.OPT_LIST) == [(p.REP_SERVER, struct.pack(">I", 3) + b"vda"), (p.REP_ACK, b"")]
+    assert c.option(p.OPT_INFO, struct.pack(">I", 4) + b"nope" + struct.pack(">H", 0))[0][0] == p.REP_ERR_UNKNOWN
+    assert c.option(p.OPT_INFO, b"\0\0")[0][0] == p.REP_ERR_INVALID
+    c.option(p.OPT_STRUCTURED_REPLY)
+    vol.checkpoint("cp2")
+    everything = ["base:allocation", "qemu:dirty-bitmap:cp", "qemu:dirty-bitmap:cp2"]
+    assert contexts_of(c.option(p.OPT_LIST_META_CONTEXT, meta_request())) == everything
+    assert contexts_of(c.option(p.OPT_LIST_META_CONTEXT, meta_request("qemu:"))) == everything[1:]
+    assert contexts_of(c.option(p.OPT_LIST_META_CONTEXT, meta_request("qemu:dirty-bitmap:", "x:y"))) == everything[1:]
+    assert c.option(p.OPT_LIST_META_CONTEXT, meta_request(export=b"nope"))[0][0] == p.REP_ERR_UNKNOWN
+    # SET takes exact names only and ignores unknown ones
+    replies = c.option(p.OPT_SET_META_CONTEXT, meta_request("qemu:", "qemu:dirty-bitmap:cp2", "nope:x"))
+    assert contexts_of(replies) == ["qemu:dirty-bitmap:cp2"]
+    assert c.option(p.OPT_SET_META_CONTEXT, meta_request(export=b"nope"))[0][0] == p.REP_ERR_UNKNOWN
+    assert c.option(p.OPT_ABORT) == [(p.REP_ACK, b"")]
+    assert c.closed()
+
+    # The empty export name is the volume; EXPORT_NAME of an unknown one closes
+    ok = Raw(server.sock)
+    ok.greet()
+    ok.s.sendall(struct.pack(">QII", p.IHAVEOPT, p.OPT_EXPORT_NAME, 0))
+    assert struct.unpack(">QH", ok.recv(10)) == (SIZE, server.server.export.flags)
+    unknown = Raw(server.sock)
+    unknown.greet()
+    unknown.s.sendall(struct.pack(">QII", p.IHAVEOPT, p.OPT_EXPORT_NAME, 4) + b"nope")
+    assert unknown.closed()
+    ok.request(p.CMD_READ, 0, 4)
+    assert ok.simple() == (0, 7) and ok.recv(4) == bytes(4)
+
+
+def test_bad_requests_get_errors_and_the_connection_goes_on(served) -> None:
+    vol, server = served
+    c = Raw(server.sock)
+    c.go()
+    c.request(42, 0, 0, cookie=1)
+    assert c.simple() == (p.EINVAL, 1)
+    c.request(p.CMD_READ, SIZE - 10, 20, cookie=2)
+    flags, kind, cookie, data = c.chunk()
+    assert (flags, kind, cookie) == (p.REPLY_FLAG_DONE, p.REPLY_TYPE_ERROR, 2)
+    assert struct.unpack(">I", data[:4])[0] == p.EINVAL
+    c.request(p.CMD_READ, 0, p.MAX_PAYLOAD + 1, cookie=3)
+    flags, kind, cookie, data = c.chunk()
+    assert (kind, cookie, struct.unpack(">I", data[:4])[0]) == (p.REPLY_TYPE_ERROR, 3, p.EOVERFLOW)
+    c.request(p.CMD_WRITE, SIZE - 1, 2, cookie=4, data=b"ab")
+    assert c.simple() == (p.EINVAL, 4)
+    c.request(p.CMD_WRITE_ZEROES, SIZE, 1, cookie=5)
+    assert c.simple() == (p.EINVAL, 5)
+    c.request(p.CMD_TRIM, 1 << 62, 1, cookie=6)
+    assert c.simple() == (p.EINVAL, 6)
+    assert not vol.changed_since("cp")  # nothing out of range was marked
+    c.request(p.CMD_BLOCK_STATUS, 0, 4096, cookie=8)  # no context selected
+    assert c.chunk()[1] == p.REPLY_TYPE_ERROR
+    c.request(p.CMD_WRITE, SIZE - 2, 2, cookie=9, flags=p.CMD_FLAG_FUA, data=b"xy")
+    assert c.simple() == (0, 9)
+    c.request(p.CMD_READ, SIZE - 2, 2, cookie=10)
+    flags, kind, cookie, data = c.chunk()
+    assert (kind, cookie, data) == (p.REPLY_TYPE_OFFSET_DATA, 10, struct.pack(">Q", SIZE - 2) + b"xy")
+    c.request(p.CMD_FLUSH, 0, 0, cookie=11)
+    assert c.simple() == (0, 11)
+    assert list(vol.changed_since("cp")) == [(64 * G, 1000)]
+    c.request(p.CMD_DISC, 0, 0)
+    assert c.closed()
+
+
+def test_block_status_chunks(served) -> None:
+    vol, server = served
+    c = Raw(server.sock)
+    c.greet()
+    c.option(p.OPT_STRUCTURED_REPLY)
+    c.option(p.OPT_SET_META_CONTEXT, meta_request("base:allocation", "qemu:dirty-bitmap:cp"))
+    assert c.option(p.OPT_GO, struct.pack(">I", 0) + struct.pack(">H", 0))[-1][0] == p.REP_ACK
+    c.request(p.CMD_WRITE, 2 * G, 10, cookie=1, data=b"0123456789")
+    assert c.simple() == (0, 1)
+
+    def status(offset: int, length: int, flags: int = 0) -> dict[int, list[tuple[int, int]]]:
+        c.request(p.CMD_BLOCK_STATUS, offset, length, cookie=2, flags=flags)
+        answers = {}
+        while True:
+            chunk_flags, kind, cookie, data = c.chunk()
+            assert (kind, cookie) == (p.REPLY_TYPE_BLOCK_STATUS, 2)
+            (cid,) = struct.unpack(">I", data[:4])
+            answers[cid] = list(struct.iter_unpack(">II", data[4:]))
+            if chunk_flags & p.REPLY_FLAG_DONE:
+                return answers
+
+    assert status(G, 4 * G)[2] == [(G, 0), (G, 1), (2 * G, 0)]
+    assert status(G, 4 * G, p.CMD_FLAG_REQ_ONE)[2] == [(G, 0)]
+    answer = status(SIZE - 100, 1 << 20)  # clipped at the end of the export
+    assert answer == {1: [(100, 3)], 2: [(100, 0)]}
+    base = status(0, 4 * G)[1]
+    assert sum(n for n, _ in base) == 4 * G and (0, 0) not in base
+    vol.remove_checkpoint("cp")  # selected, then removed: an error, and the connection goes on
+    c.request(p.CMD_BLOCK_STATUS, 0, G, cookie=3)
+    flags, kind, cookie, data = c.chunk()
+    assert (kind, cookie, struct.unpack(">I", data[:4])[0]) == (p.REPLY_TYPE_ERROR, 3, p.EINVAL)
+    c.request(p.CMD_READ, 2 * G, 10, cookie=4)
+    assert c.chunk()[3][8:] == b"0123456789"
+
+
+def test_oversized_write_is_refused_and_the_connection_goes_on(served) -> None:
+    vol, server = served
+    c = Raw(server.sock)
+    c.go()
+    c.request(p.CMD_WRITE, 0, p.MAX_PAYLOAD + 1, cookie=1, data=bytes(p.MAX_PAYLOAD + 1))
+    assert c.simple() == (p.EINVAL, 1)
+    c.request(p.CMD_WRITE, 0, 1, cookie=2, data=b"x")
+    assert c.simple() == (0, 2)
+    assert list(vol.changed_since("cp")) == [(0, G)]
+
+
+def test_readonly_export_and_connection_limit(tmp_path: Path) -> None:
+    with tiered.open(str(tmp_path / "store"), sync=False) as store:
+        vol = store.create_volume("vda", size=SIZE, granularity=G)
+        vol.checkpoint("cp")
+        server = ServerThread(vol, make_image(tmp_path / "img"), str(tmp_path / "sock"), readonly=True, max_connections=2)
+        try:
+            assert server.server.export.flags & p.TF_READ_ONLY
+            a, b = Raw(server.sock), Raw(server.sock)
+            a.go()
+            b.greet()
+            third = Raw(server.sock)
+            assert third.closed()  # over the limit: closed at once
+            for kind in (p.CMD_WRITE, p.CMD_TRIM, p.CMD_WRITE_ZEROES):
+                a.request(kind, 0, 1, cookie=kind, data=b"x" if kind == p.CMD_WRITE else b"")
+                assert a.simple() == (p.EPERM, kind)
+            assert not vol.changed_since("cp")
+        finally:
+            server.stop()
+
+
+def test_sync_volume_data_written_only_after_sync(tmp_path: Path, monkeypatch) -> None:
+    from tiered.nbd import image as image_module
+
+    events = []
+
+    class Volume:
+        name, size = "vda", 8192
+
+        def mark(self, offset, length):
+            events.append(("mark", offset, length))
+            return 5
+
+        def sync(self, token=None):
+            events.append(("sync", token))
+
+    real = os.pwrite
+    monkeypatch.setattr(image_module.os, "pwrite", lambda fd, data, off: events.append(("pwrite", off)) or real(fd, data, off))
+    img = image_module.Image(make_image(tmp_path / "img", 8192), Volume(), readonly=False)
+    img.write(4096, b"abc", fua=False)
+    img.write_zeroes(0, 10, may_trim=False, fua=False)
+    img.close()
+    assert events == [("mark", 4096, 3), ("sync", 5), ("pwrite", 4096), ("mark", 0, 10), ("sync", 5), ("pwrite", 0)]
+
+
+@needs_qemu_io
+@needs_nbdinfo
+def test_serve_command_and_sigterm(tmp_path: Path) -> None:
+    store_path, image, sock = str(tmp_path / "store"), str(tmp_path / "img"), str(tmp_path / "sock")
+    with tiered.open(store_path) as store:
+        store.create_volume("vda", size=SIZE, granularity=G, strategy="multi-bit", durability="sync").checkpoint("cp")
+    make_image(tmp_path / "img")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    control = str(tmp_path / "ctl")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tiered", "serve", store_path, "vda", "--image", image, "--socket", sock,
+         "--control", control],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+    )
+    try:
+        uri = proc.stdout.readline().strip()
+        assert uri == f"nbd+unix:///vda?socket={sock}", proc.stderr.read() if not uri else uri
+        qemu_io(uri, f"write -P 0x55 {5 * G} 1")
+        mapped = nbdinfo("--map=qemu:dirty-bitmap:cp", uri)
+        assert mapped.split()[4:8] == [str(5 * G), str(G), "1", "dirty"]
+
+        def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "tiered", "ctl", control, *args],
+                                  capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+
+        assert ctl("checkpoint", "cp2").returncode == 0
+        assert "\t\tqemu:dirty-bitmap:cp2\n" in nbdinfo("--list", uri)
+        qemu_io(uri, f"write -P 0x55 {7 * G} 1")
+        assert nbdinfo("--map=qemu:dirty-bitmap:cp2", uri).split()[4:8] == [str(7 * G), str(G), "1", "dirty"]
+        names = [c["name"] for c in json.loads(ctl("checkpoints", "--json").stdout)["checkpoints"]]
+        assert names == ["cp", "cp2"]
+        assert "durability:         sync" in ctl("stats").stdout
+        again = ctl("checkpoint", "cp2")
+        assert again.returncode == 1 and "AlreadyExistsError" in again.stderr
+        assert ctl("remove-checkpoint", "nope").returncode == 1
+        assert ctl("checkpoints", "x").returncode == 2
+        assert ctl("remove-checkpoint", "cp2").returncode == 0
+        assert "cp2" not in nbdinfo("--list", uri)
+        mapped = nbdinfo("--map=qemu:dirty-bitmap:cp", uri)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, proc.stderr.read()
+        changed = subprocess.run(
+            [sys.executable, "-m", "tiered", "changed", store_path, "vda", "cp"],
+            capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
+        )
+        assert changed.stdout == mapped  # docs/nbd.md: byte for byte
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not os.path.exists(sock) and not os.path.exists(control)
+    with tiered.open(store_path, readonly=True) as store:
+        vol = store.volume("vda")
+        assert list(vol.changed_since("cp")) == [(5 * G, G), (7 * G, G)]
+        assert not vol.unclean_shutdown
+
+
+def test_serve_usage_errors(tmp_path: Path) -> None:
+    from tiered.cli import main
+
+    assert main(["serve", str(tmp_path / "s"), "vda", "--image", "x"]) == 2
+    assert main(["serve", str(tmp_path / "s"), "vda", "--image", "x", "--socket", "a", "--port", "1"]) == 2
+    # a missing volume without --create: a one-line error, exit 1
+    assert main(["serve", str(tmp_path / "s"), "vda", "--image", "x", "--socket", str(tmp_path / "k")]) == 1
+
+
+def test_control_socket_bad_requests(tmp_path: Path) -> None:
+    from tiered.nbd.control import request
+
+    with tiered.open(str(tmp_path / "store"), sync=False) as store:
+        vol = store.create_volume("vda", size=SIZE, granularity=G)
+        server = ServerThread(vol, make_image(tmp_path / "img"), str(tmp_path / "sock"))
+        path = str(tmp_path / "ctl")
+        asyncio.run_coroutine_threadsafe(server.server.listen_control(path), server.loop).result(10)
+        try:
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(10)
+            s.connect(path)
+            s.sendall(b"garbage\n[1]\n" + json.dumps({"op": "nope"}).encode() + b"\n")
+            f = s.makefile()
+            replies = [json.loads(f.readline()) for _ in range(3)]
+            assert [r["ok"] for r in replies] == [False, False, False]
+            assert replies[2]["error"] == "InvalidArgumentError"
+            s.close()
+            assert request(path, {"op": "checkpoint", "name": 5})["error"] == "InvalidArgumentError"
+            assert request(path, {"op": "checkpoint", "name": "a"})["checkpoint"]["name"] == "a"
+            assert [c.name for c in vol.checkpoints()] == ["a"]
+            assert request(path, {"op": "stats"})["stats"]["checkpoints"] == 1
+        finally:
+            server.stop()
+        assert not os.path.exists(path)
