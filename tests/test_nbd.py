@@ -530,3 +530,81 @@ def test_control_socket_bad_requests(tmp_path: Path) -> None:
         finally:
             server.stop()
         assert not os.path.exists(path)
+
+
+# -- an incremental backup, as a backup tool makes it -----------------------------
+
+QEMU_IMG = shutil.which("qemu-img")
+
+
+def _image_opts(sock: str, **extra: object) -> str:
+    opts = {"driver": "nbd", "server.type": "unix", "server.path": sock, "export": "vda", **extra}
+    return ",".join(f"{k}={v}" for k, v in opts.items())
+
+
+def _run(*argv: str) -> str:
+    done = subprocess.run(list(argv), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"{argv[0]}: {done.stderr}"
+    return done.stdout
+
+
+@needs_qemu_io
+@needs_nbdinfo
+@pytest.mark.skipif(NBDCOPY is None or QEMU_IMG is None, reason="nbdcopy or qemu-img is not installed")
+@pytest.mark.parametrize("strategy", ["one-bit", "multi-bit", "hybrid"])
+def test_incremental_backup_rounds_equal_the_image(tmp_path: Path, strategy: str) -> None:
+    """A full copy with nbdcopy at c1; then, each round, writes through NBD,
+    a new checkpoint, and only the extents `nbdinfo --map --json` reports
+    dirty since the last backup's checkpoint are read through NBD (qemu-img
+    reading a raw window of the export) and written onto the copy, which
+    must then equal the image byte for byte (`qemu-img compare`).  Each
+    round also checks QEMU's own reading of the map (`qemu-img map` with
+    x-dirty-bitmap: dirty areas are reported as not data) and removes the
+    checkpoint the backup no longer needs."""
+    import random
+
+    rng = random.Random(f"backup-{strategy}")
+    size = 256 * G
+    sock = str(tmp_path / "sock")
+    backup = tmp_path / "backup.img"
+    with tiered.open(str(tmp_path / "store"), sync=False) as store:
+        vol = store.create_volume("vda", size=size, granularity=G, strategy=strategy, durability="sync")
+        server = ServerThread(vol, make_image(tmp_path / "img", size), sock)
+        try:
+            qemu_io(server.uri, *(f"write -P {i + 1} {rng.randrange(size - 4 * G)} {rng.randrange(1, 4 * G)}" for i in range(20)))
+            vol.checkpoint("c1")
+            _run(NBDCOPY, server.uri, str(backup))  # the full backup of c1
+            last = "c1"
+            for k in range(2, 6):
+                writes = []
+                for i in range(rng.randrange(3, 12)):
+                    off, n = rng.randrange(size - 3 * G), rng.randrange(1, 3 * G)
+                    how = rng.choice(["data", "data", "zero", "discard"])
+                    writes.append(
+                        f"write -P {(k * 16 + i) % 255 + 1} {off} {n}" if how == "data"
+                        else f"write -z {off} {n}" if how == "zero" else f"discard {off} {n}"
+                    )
+                qemu_io(server.uri, *writes)
+                now = f"c{k}"
+                vol.checkpoint(now)
+                document = json.loads(nbdinfo("--json", f"--map=qemu:dirty-bitmap:{last}", server.uri))
+                dirty = [(e["offset"], e["length"]) for e in document if e["type"] & 1]
+                assert dirty == list(vol.changed_since(last)) and dirty
+                qemu_map = json.loads(_run(
+                    QEMU_IMG, "map", "--output=json", "--image-opts",
+                    _image_opts(sock, **{"x-dirty-bitmap": f"qemu:dirty-bitmap:{last}"}),
+                ))
+                assert [(e["start"], e["length"]) for e in qemu_map if not e["data"]] == dirty
+                with open(backup, "r+b") as out:
+                    for off, n in dirty:
+                        part = tmp_path / "part"
+                        _run(QEMU_IMG, "convert", "--image-opts",
+                             f"driver=raw,offset={off},size={n},file.{_image_opts(sock).replace(',', ',file.')}",
+                             "-O", "raw", str(part))
+                        out.seek(off)
+                        out.write(part.read_bytes())
+                _run(QEMU_IMG, "compare", "-f", "raw", "-F", "raw", str(backup), str(tmp_path / "img"))
+                vol.remove_checkpoint(last)  # the chain moves on
+                last = now
+        finally:
+            server.stop()
