@@ -447,10 +447,9 @@ def test_serve_command_and_sigterm(tmp_path: Path) -> None:
         store.create_volume("vda", size=SIZE, granularity=G, strategy="multi-bit", durability="sync").checkpoint("cp")
     make_image(tmp_path / "img")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    control = str(tmp_path / "ctl")
+    control = sock + ".ctl"  # the default control socket beside --socket
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tiered", "serve", store_path, "vda", "--image", image, "--socket", sock,
-         "--control", control],
+        [sys.executable, "-m", "tiered", "serve", store_path, "vda", "--image", image, "--socket", sock],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
     )
     try:
@@ -485,6 +484,8 @@ def test_serve_command_and_sigterm(tmp_path: Path) -> None:
             capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
         )
         assert changed.stdout == mapped  # docs/nbd.md: byte for byte
+        gone = ctl("stats")
+        assert gone.returncode == 1 and "is `tiered serve` running?" in gone.stderr
     finally:
         if proc.poll() is None:
             proc.kill()

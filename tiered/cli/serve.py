@@ -24,7 +24,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bind", metavar="ADDR", help="listen on TCP at this address (with --port)")
     parser.add_argument("--port", type=int, metavar="N", help="TCP port (0: any free port)")
     parser.add_argument("--control", metavar="PATH",
-                        help="serve a control socket here, for `tiered ctl` (checkpoints, stats)")
+                        help="serve a control socket here, for `tiered ctl` (checkpoints, stats); "
+                        "default with --socket: its path plus .ctl")
     parser.add_argument("--readonly", action="store_true", help="export read-only (opens the store read-only)")
     parser.add_argument(
         "--create",
@@ -84,8 +85,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     uri = await server.listen_unix(args.socket)
                 else:
                     uri = await server.listen_tcp(args.bind or "localhost", args.port)
-                if args.control is not None:
-                    await server.listen_control(args.control)
+                control = args.control
+                if control is None and args.socket is not None:
+                    control = args.socket + ".ctl"
+                if control is not None:
+                    await server.listen_control(control)
                 sys.stdout.write(uri + "\n")
                 sys.stdout.flush()
                 await stop.wait()

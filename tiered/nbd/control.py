@@ -89,7 +89,12 @@ def request(path: str, message: dict[str, Any], timeout: float = 60.0) -> dict[s
 
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(timeout)
-        s.connect(path)
+        try:
+            s.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise ConnectionError(
+                f"no server listens on control socket {path!r} ({exc.strerror}): is `tiered serve` running?"
+            ) from None
         s.sendall(json.dumps(message).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
