@@ -578,7 +578,12 @@ def test_threads_mark_sync_checkpoint_query_remove(tmp_path, reader, key):
                 extents, exact = got[name]
                 assert exact, name
                 if name in done and done[name] < asked:
-                    assert covers(extents, _must(list(marks), done, name, before=asked)), f"reader missed a mark since {name}"
+                    must = _must(list(marks), done, name, before=asked)
+                    assert covers(extents, must), (
+                        f"reader missed a mark since {name} (done at {done[name]}, asked at {asked}): "
+                        f"missing {sorted(set(must) - set(extents))[:5]}, "
+                        f"marks {[m for m in marks if m[1] < asked and m[0] > done[name]][-5:]}, stats {vol.stats()}"
+                    )
                 for newer in names[i + 1 :]:
                     assert covers(extents, got[newer][0]), f"reader: since {name} lacks what since {newer} has"
     finally:
