@@ -57,7 +57,6 @@ class SyncState:
     """Batches of newly dirty chunks on their way to the journal."""
 
     def __init__(self, n_chunks: int, next_seq: int) -> None:
-        self.n_chunks = n_chunks
         self.open = SegmentTable(n_chunks)
         self.flight = SegmentTable(n_chunks)
         self._ranges = array("q")  # the open batch: inclusive chunk ranges, pairwise

@@ -248,7 +248,7 @@ class Volume(SyncWrites, Conversion):
             if persists:
                 delete_entries(self._storage, txn, self._id)
             if entry is not None:
-                self._put_entry(txn, *entry)
+                self._put_entry(txn, *entry, self._gen)
             record = self._volume_record(**{**record_changes, **batch.record, "pages_digest": batch.digest_after()})
             key = volume_key(self._id)
             txn.put(key, pack_json(record, key), db=self._storage.volumes)

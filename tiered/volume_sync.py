@@ -84,9 +84,10 @@ class SyncWrites:
             "unflushed": True,
         }
 
-    def _put_entry(self, txn: Any, seq: int, ranges: np.ndarray) -> None:
+    def _put_entry(self, txn: Any, seq: int, ranges: np.ndarray, period: int) -> None:
+        """Stage journal entry ``seq``: ``ranges`` marked in ``period``."""
         key = journal_key(self._id, seq)
-        txn.put(key, encode_entry(self._gen, ranges, key), db=self._storage.journal)
+        txn.put(key, encode_entry(period, ranges, key), db=self._storage.journal)
 
     def _mark_one_sync(self, offset: int, length: int) -> int | None:
         # Two reused 1-element arrays, not two new ones per call.
@@ -181,8 +182,7 @@ class SyncWrites:
                 gen = self._gen
 
             def body(txn: Any) -> None:
-                key = journal_key(self._id, seq)
-                txn.put(key, encode_entry(gen, ranges, key), db=self._storage.journal)
+                self._put_entry(txn, seq, ranges, gen)
                 vkey = volume_key(self._id)
                 txn.put(vkey, pack_json(record, vkey), db=self._storage.volumes)
 
