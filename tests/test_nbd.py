@@ -395,6 +395,138 @@ def test_oversized_write_is_refused_and_the_connection_goes_on(served) -> None:
     assert list(vol.changed_since("cp")) == [(0, G)]
 
 
+def read_chunks(c: Raw, offset: int, length: int, cookie: int, flags: int = 0) -> list[tuple[int, int, int, bytes]]:
+    """The chunks of one structured READ reply: (kind, offset, length, data)."""
+    c.request(p.CMD_READ, offset, length, cookie=cookie, flags=flags)
+    chunks = []
+    while True:
+        chunk_flags, kind, got, data = c.chunk()
+        assert got == cookie
+        (at,) = struct.unpack(">Q", data[:8])
+        if kind == p.REPLY_TYPE_OFFSET_HOLE:
+            chunks.append((kind, at, struct.unpack(">I", data[8:])[0], b""))
+        else:
+            assert kind == p.REPLY_TYPE_OFFSET_DATA, kind
+            chunks.append((kind, at, len(data) - 8, data[8:]))
+        if chunk_flags & p.REPLY_FLAG_DONE:
+            return chunks
+
+
+def test_read_replies_holes_and_df(served) -> None:
+    vol, server = served
+    c = Raw(server.sock)
+    c.greet()
+    c.option(p.OPT_STRUCTURED_REPLY)
+    info = c.option(p.OPT_GO, struct.pack(">I", 0) + struct.pack(">H", 0))
+    (flags,) = struct.unpack(">H", info[0][1][10:12])
+    assert flags & p.TF_SEND_DF and flags & p.TF_SEND_FAST_ZERO and flags & p.TF_SEND_CACHE
+    c.request(p.CMD_WRITE, 2 * G, G, cookie=1, data=b"d" * G)
+    assert c.simple() == (0, 1)
+    hole, data = p.REPLY_TYPE_OFFSET_HOLE, p.REPLY_TYPE_OFFSET_DATA
+    assert read_chunks(c, 0, G, 2) == [(hole, 0, G, b"")]
+    assert read_chunks(c, G, 3 * G, 3) == [(hole, G, G, b""), (data, 2 * G, G, b"d" * G), (hole, 3 * G, G, b"")]
+    # DF: one content chunk; a hole only where the whole range is one
+    assert read_chunks(c, 0, G, 4, p.CMD_FLAG_DF) == [(hole, 0, G, b"")]
+    assert read_chunks(c, G, 3 * G, 5, p.CMD_FLAG_DF) == [(data, G, 3 * G, bytes(G) + b"d" * G + bytes(G))]
+    # the reader's view: qemu-io reads the same bytes either way
+    c.request(p.CMD_READ, 0, 8, cookie=6, flags=1 << 9)  # an unknown flag
+    assert c.chunk()[1] == p.REPLY_TYPE_ERROR
+    # without structured replies: plain data, zeros included
+    plain = Raw(server.sock)
+    plain.go(structured=False)
+    plain.request(p.CMD_READ, G, 2 * G, cookie=7)
+    assert plain.simple() == (0, 7) and plain.recv(2 * G) == bytes(G) + b"d" * G
+
+
+def test_read_pieces_past_the_chunk_limit(tmp_path: Path) -> None:
+    from tiered.nbd.image import Image
+
+    with tiered.open(str(tmp_path / "store"), sync=False) as store:
+        vol = store.create_volume("vda", size=SIZE, granularity=G)
+        img = Image(make_image(tmp_path / "img"), vol, readonly=False)
+        for i in range(0, 8, 2):
+            img.write(i * G, b"x" * G, fua=False)  # data, hole, data, hole, ...
+        pieces = img.read_pieces(0, 8 * G, 3)
+        assert [(o, n, d is None) for o, n, d in pieces] == [(0, G, False), (G, G, True), (2 * G, 6 * G, False)]
+        assert pieces[2][2] == (b"x" * G + bytes(G)) * 3
+        img.close()
+
+
+def test_cache_fast_zero_and_flags(served, monkeypatch) -> None:
+    vol, server = served
+    c = Raw(server.sock)
+    c.go()
+    c.request(p.CMD_CACHE, 0, 4 * G, cookie=1)
+    assert c.simple() == (0, 1)
+    c.request(p.CMD_CACHE, SIZE, 1, cookie=2)
+    assert c.simple() == (p.EINVAL, 2)
+    c.request(p.CMD_CACHE, 0, 1, cookie=3, flags=p.CMD_FLAG_NO_HOLE)  # a flag CACHE does not know
+    assert c.simple() == (p.EINVAL, 3)
+    c.request(p.CMD_WRITE, 0, 4 * G, cookie=4, data=b"z" * (4 * G))
+    assert c.simple() == (0, 4)
+    vol.checkpoint("cp2")
+    image = server.server.image
+    # ext4 (the tests' disk) punches holes and zeroes ranges: FAST_ZERO is served
+    fast = p.CMD_FLAG_FAST_ZERO
+    c.request(p.CMD_WRITE_ZEROES, 0, G, cookie=5, flags=fast)
+    c.request(p.CMD_WRITE_ZEROES, G, G, cookie=6, flags=fast | p.CMD_FLAG_NO_HOLE)
+    assert sorted([c.simple(), c.simple()]) == [(0, 5), (0, 6)]
+    assert image.read(0, 2 * G) == bytes(2 * G)
+    assert list(vol.changed_since("cp2")) == [(0, 2 * G)]
+    # where zeroing would mean writing zeros: ENOTSUP at once, nothing marked or written
+    monkeypatch.setattr(image, "fast_modes", set())
+    c.request(p.CMD_WRITE_ZEROES, 3 * G, G, cookie=7, flags=fast)
+    assert c.simple() == (p.ENOTSUP, 7)
+    assert list(vol.changed_since("cp2")) == [(0, 2 * G)]
+    assert image.read(3 * G, G) == b"z" * G
+    c.request(p.CMD_WRITE_ZEROES, 3 * G, G, cookie=8)  # without FAST_ZERO: written zeros
+    assert c.simple() == (0, 8)
+    assert image.read(3 * G, G) == bytes(G)
+    assert list(vol.changed_since("cp2")) == [(0, 2 * G), (3 * G, G)]
+
+
+def test_checkpoint_is_a_consistency_point(tmp_path: Path, monkeypatch) -> None:
+    """A checkpoint waits for writes already marked to reach the image, and
+    writes arriving meanwhile wait for it (they belong to the new period)."""
+    from tiered.nbd import image as image_module
+
+    with tiered.open(str(tmp_path / "store"), sync=False) as store:
+        vol = store.create_volume("vda", size=SIZE, granularity=G)
+        vol.checkpoint("c1")
+        img = image_module.Image(make_image(tmp_path / "img"), vol, readonly=False)
+        entered, release = threading.Event(), threading.Event()
+        real = os.pwrite
+
+        def slow_pwrite(fd, data, offset):
+            if offset == 0:
+                entered.set()
+                assert release.wait(10)
+            return real(fd, data, offset)
+
+        monkeypatch.setattr(image_module.os, "pwrite", slow_pwrite)
+        first = threading.Thread(target=img.write, args=(0, b"a", False))
+        first.start()
+        assert entered.wait(10)  # marked in c1's period, data not yet in the image
+        made = []
+        checkpoint = threading.Thread(target=lambda: made.append(img.checkpoint("c2")))
+        checkpoint.start()
+        checkpoint.join(0.3)
+        assert checkpoint.is_alive() and not made  # waits for the marked write
+        second = threading.Thread(target=img.write, args=(2 * G, b"b", False))
+        second.start()
+        second.join(0.3)
+        assert second.is_alive()  # arrived after the checkpoint began: held
+        assert list(vol.changed_since("c1")) == [(0, G)]
+        release.set()
+        for t in (first, checkpoint, second):
+            t.join(10)
+            assert not t.is_alive()
+        assert [c.name for c in vol.checkpoints()] == ["c1", "c2"]
+        assert list(vol.changed_since("c2")) == [(2 * G, G)]
+        assert list(vol.changed_since("c1")) == [(0, G), (2 * G, G)]
+        img.close()
+
+
 def test_readonly_export_and_connection_limit(tmp_path: Path) -> None:
     with tiered.open(str(tmp_path / "store"), sync=False) as store:
         vol = store.create_volume("vda", size=SIZE, granularity=G)
@@ -430,13 +562,24 @@ def test_sync_volume_data_written_only_after_sync(tmp_path: Path, monkeypatch) -
         def sync(self, token=None):
             events.append(("sync", token))
 
-    real = os.pwrite
-    monkeypatch.setattr(image_module.os, "pwrite", lambda fd, data, off: events.append(("pwrite", off)) or real(fd, data, off))
     img = image_module.Image(make_image(tmp_path / "img", 8192), Volume(), readonly=False)
+    real, real_fallocate = os.pwrite, image_module.fallocate
+    monkeypatch.setattr(image_module.os, "pwrite", lambda fd, data, off: events.append(("pwrite", off)) or real(fd, data, off))
+    monkeypatch.setattr(
+        image_module, "fallocate", lambda fd, mode, off, n: events.append(("fallocate", off)) or real_fallocate(fd, mode, off, n)
+    )
     img.write(4096, b"abc", fua=False)
-    img.write_zeroes(0, 10, may_trim=False, fua=False)
+    img.write_zeroes(0, 10, may_trim=False, fua=False)  # a zero range where the disk has it
+    img.trim(0, 4096, fua=False)
+    img.fast_modes.clear()
+    img.write_zeroes(0, 10, may_trim=True, fua=False)  # written zeros
     img.close()
-    assert events == [("mark", 4096, 3), ("sync", 5), ("pwrite", 4096), ("mark", 0, 10), ("sync", 5), ("pwrite", 0)]
+    assert events == [
+        ("mark", 4096, 3), ("sync", 5), ("pwrite", 4096),
+        ("mark", 0, 10), ("sync", 5), ("fallocate", 0),
+        ("mark", 0, 4096), ("sync", 5), ("fallocate", 0),
+        ("mark", 0, 10), ("sync", 5), ("pwrite", 0),
+    ]
 
 
 @needs_qemu_io
@@ -467,14 +610,14 @@ def test_serve_command_and_sigterm(tmp_path: Path) -> None:
         assert "\t\tqemu:dirty-bitmap:cp2\n" in nbdinfo("--list", uri)
         qemu_io(uri, f"write -P 0x55 {7 * G} 1")
         assert nbdinfo("--map=qemu:dirty-bitmap:cp2", uri).split()[4:8] == [str(7 * G), str(G), "1", "dirty"]
-        names = [c["name"] for c in json.loads(ctl("checkpoints", "--json").stdout)["checkpoints"]]
+        names = [c["name"] for c in json.loads(ctl("list", "--json").stdout)["checkpoints"]]
         assert names == ["cp", "cp2"]
         assert "durability:         sync" in ctl("stats").stdout
         again = ctl("checkpoint", "cp2")
-        assert again.returncode == 1 and "AlreadyExistsError" in again.stderr
-        assert ctl("remove-checkpoint", "nope").returncode == 1
-        assert ctl("checkpoints", "x").returncode == 2
-        assert ctl("remove-checkpoint", "cp2").returncode == 0
+        assert again.returncode == 1 and "already has a checkpoint 'cp2'" in again.stderr
+        assert ctl("remove", "nope").returncode == 1
+        assert ctl("list", "x").returncode == 2
+        assert ctl("remove", "cp2").returncode == 0
         assert "cp2" not in nbdinfo("--list", uri)
         mapped = nbdinfo("--map=qemu:dirty-bitmap:cp", uri)
         proc.send_signal(signal.SIGTERM)
@@ -507,11 +650,14 @@ def test_serve_usage_errors(tmp_path: Path) -> None:
 
 
 def test_control_socket_bad_requests(tmp_path: Path) -> None:
-    from tiered.nbd.control import request
+    from tiered.cli.ctl import OPS
+    from tiered.nbd import control
+    from tiered.nbd.control import ControlClient, request
 
+    assert OPS == control.OPS
     with tiered.open(str(tmp_path / "store"), sync=False) as store:
         vol = store.create_volume("vda", size=SIZE, granularity=G)
-        server = ServerThread(vol, make_image(tmp_path / "img"), str(tmp_path / "sock"))
+        server = ServerThread(vol, make_image(tmp_path / "img"), str(tmp_path / "sock"), max_connections=1)
         path = str(tmp_path / "ctl")
         asyncio.run_coroutine_threadsafe(server.server.listen_control(path), server.loop).result(10)
         try:
@@ -528,6 +674,22 @@ def test_control_socket_bad_requests(tmp_path: Path) -> None:
             assert request(path, {"op": "checkpoint", "name": "a"})["checkpoint"]["name"] == "a"
             assert [c.name for c in vol.checkpoints()] == ["a"]
             assert request(path, {"op": "stats"})["stats"]["checkpoints"] == 1
+            client = ControlClient(path)
+            with pytest.raises(tiered.AlreadyExistsError, match="'a'"):
+                client.checkpoint("a")
+            with pytest.raises(tiered.CheckpointNotFoundError):
+                client.remove("nope")
+            assert client.checkpoint("b")["name"] == "b"
+            assert [c["name"] for c in client.list()] == ["a", "b"]
+            client.remove("a")
+            assert client.stats()["checkpoints"] == 1
+            client.flush()
+            # control connections do not take the NBD clients' places
+            held = socket.socket(socket.AF_UNIX)
+            held.connect(path)
+            nbd = Raw(server.sock)
+            nbd.go()
+            held.close()
         finally:
             server.stop()
         assert not os.path.exists(path)

@@ -12,7 +12,7 @@ volumes, or compare the strategies on a workload.
     tiered compact STORE
     tiered compare [--workload KIND | --trace FILE] ...
     tiered serve STORE VOLUME --image PATH [--socket PATH | --bind ADDR --port N] [--control PATH]
-    tiered ctl SOCKET {checkpoint NAME | remove-checkpoint NAME | checkpoints | stats | flush}
+    tiered ctl SOCKET {checkpoint NAME | remove NAME | list | stats | flush}
 
 Every command is a thin layer over the public API, one module per group of
 commands (:mod:`.inspect`, :mod:`.convert`, :mod:`.transfer`, :mod:`.compare`,

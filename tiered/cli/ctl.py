@@ -1,6 +1,6 @@
 """``tiered ctl``: ask a running ``tiered serve --control PATH``.
 
-    tiered ctl SOCKET checkpoint NAME | remove-checkpoint NAME | checkpoints | stats | flush [--json]
+    tiered ctl SOCKET checkpoint NAME | remove NAME | list | stats | flush [--json]
 
 The server holds the store open for writing, so checkpoints of a served
 volume are made through it.
@@ -13,32 +13,35 @@ import sys
 
 from .common import EXIT_OK, UsageError, add_json_argument, iso_utc, write_json, write_table
 
-OPS = ("checkpoint", "remove-checkpoint", "checkpoints", "stats", "flush")
-_NAMED = ("checkpoint", "remove-checkpoint")
+OPS = ("checkpoint", "remove", "list", "stats", "flush")  # the ops of tiered.nbd.control
+
+_NAMED = ("checkpoint", "remove")
 
 
 def add_ctl_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("socket", metavar="SOCKET", help="the control socket of `tiered serve --control`")
     parser.add_argument("op", metavar="OP", choices=OPS, help=", ".join(OPS))
-    parser.add_argument("name", metavar="NAME", nargs="?", help="checkpoint name (checkpoint, remove-checkpoint)")
+    parser.add_argument("name", metavar="NAME", nargs="?", help="checkpoint name (checkpoint, remove)")
     add_json_argument(parser)
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:
     if (args.op in _NAMED) != (args.name is not None):
         raise UsageError(f"{args.op} {'needs' if args.op in _NAMED else 'takes no'} a checkpoint NAME")
-    from ..errors import TieredError
-    from ..nbd.control import request
+    from ..nbd.control import ControlClient
 
-    message = {"op": args.op}
-    if args.name is not None:
-        message["name"] = args.name
-    reply = request(args.socket, message)
-    if not reply.get("ok"):
-        raise TieredError(f"{reply.get('message')} ({reply.get('error')})")
+    client = ControlClient(args.socket)
+    calls = {
+        "checkpoint": lambda: {"checkpoint": client.checkpoint(args.name)},
+        "remove": lambda: client.remove(args.name),
+        "list": lambda: {"checkpoints": client.list()},
+        "stats": lambda: {"stats": client.stats()},
+        "flush": client.flush,
+    }
+    reply = calls[args.op]() or {}
     if args.json:
-        write_json({k: v for k, v in reply.items() if k != "ok"})
-    elif args.op == "checkpoints":
+        write_json(reply)
+    elif args.op == "list":
         write_table(("NAME", "CREATED"), ((c["name"], iso_utc(c["created"])) for c in reply["checkpoints"]))
     elif args.op == "stats":
         for key, value in reply["stats"].items():

@@ -2,8 +2,8 @@
 another process (``tiered ctl``), since the server holds the store.
 
 One JSON object per line each way.  Requests: ``{"op": "checkpoint",
-"name": N}``, ``{"op": "remove-checkpoint", "name": N}``, ``{"op":
-"checkpoints"}``, ``{"op": "stats"}``, ``{"op": "flush"}``.  Replies:
+"name": N}``, ``{"op": "remove", "name": N}``, ``{"op": "list"}``,
+``{"op": "stats"}``, ``{"op": "flush"}``.  Replies:
 ``{"ok": true, ...}`` or ``{"ok": false, "error": "ExceptionClass",
 "message": "..."}``.  A bad request gets an error reply; the connection
 and the server go on.
@@ -19,7 +19,7 @@ from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..volume import Volume
+    from .image import Image
 
 log = logging.getLogger("tiered.nbd")
 MAX_LINE = 64 << 10
@@ -29,27 +29,31 @@ def _checkpoint(cp: Any) -> dict[str, Any]:
     return dataclasses.asdict(cp)
 
 
-def handle(volume: "Volume", request: Any) -> dict[str, Any]:
+OPS = ("checkpoint", "remove", "list", "stats", "flush")
+
+
+def handle(image: "Image", request: Any) -> dict[str, Any]:
     """Run one request (blocking); returns the reply."""
     from ..errors import InvalidArgumentError, TieredError
 
+    volume = image.volume
     try:
         if not isinstance(request, dict) or not isinstance(request.get("op"), str):
             raise InvalidArgumentError('a request is a JSON object with an "op"')
         op = request["op"]
         if op == "checkpoint":
-            return {"ok": True, "checkpoint": _checkpoint(volume.checkpoint(request.get("name")))}
-        if op == "remove-checkpoint":
+            return {"ok": True, "checkpoint": _checkpoint(image.checkpoint(request.get("name")))}
+        if op == "remove":
             volume.remove_checkpoint(request.get("name"))
             return {"ok": True}
-        if op == "checkpoints":
+        if op == "list":
             return {"ok": True, "checkpoints": [_checkpoint(c) for c in volume.checkpoints()]}
         if op == "stats":
             return {"ok": True, "stats": volume.stats()}
         if op == "flush":
             volume.flush()
             return {"ok": True}
-        raise InvalidArgumentError(f"unknown op {op!r} (checkpoint, remove-checkpoint, checkpoints, stats, flush)")
+        raise InvalidArgumentError(f"unknown op {op!r} ({', '.join(OPS)})")
     except TieredError as exc:
         return {"ok": False, "error": type(exc).__name__, "message": str(exc)}
 
@@ -57,8 +61,8 @@ def handle(volume: "Volume", request: Any) -> dict[str, Any]:
 class Control:
     """Serves the control socket of one volume."""
 
-    def __init__(self, volume: "Volume", executor: Executor) -> None:
-        self.volume, self.executor = volume, executor
+    def __init__(self, image: "Image", executor: Executor) -> None:
+        self.image, self.executor = image, executor
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
@@ -72,7 +76,7 @@ class Control:
                 except ValueError:
                     reply: dict[str, Any] = {"ok": False, "error": "InvalidArgumentError", "message": "not JSON"}
                 else:
-                    reply = await loop.run_in_executor(self.executor, handle, self.volume, request)
+                    reply = await loop.run_in_executor(self.executor, handle, self.image, request)
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError, ValueError):
@@ -84,7 +88,8 @@ class Control:
 
 
 def request(path: str, message: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
-    """Send one request to a server's control socket (blocking client)."""
+    """Send one request to a server's control socket and return its reply
+    (blocking).  Raises ConnectionError where no server answers."""
     import socket
 
     with socket.socket(socket.AF_UNIX) as s:
@@ -103,3 +108,47 @@ def request(path: str, message: dict[str, Any], timeout: float = 60.0) -> dict[s
                 raise ConnectionError("the server closed the control connection without a reply")
             data += more
     return json.loads(data)
+
+
+class ControlClient:
+    """The control socket of a running ``tiered serve``, from Python.
+
+    Each call is one request; a refusal raises the server's exception class
+    (``AlreadyExistsError``, ``CheckpointNotFoundError``, ...; any other
+    :class:`~tiered.errors.TieredError`), a server that does not answer
+    ``ConnectionError``.
+    """
+
+    def __init__(self, path: str, timeout: float = 60.0) -> None:
+        self.path, self.timeout = path, timeout
+
+    def _call(self, op: str, **fields: Any) -> dict[str, Any]:
+        from .. import errors
+
+        reply = request(self.path, {"op": op, **fields}, self.timeout)
+        if not reply.get("ok"):
+            cls = getattr(errors, str(reply.get("error")), None)
+            if not (isinstance(cls, type) and issubclass(cls, errors.TieredError)):
+                cls = errors.TieredError
+            raise cls(str(reply.get("message")))
+        return reply
+
+    def checkpoint(self, name: str | None = None) -> dict[str, Any]:
+        """Create a checkpoint (a consistency point, see :mod:`.gate`); its fields as a dict."""
+        return self._call("checkpoint", name=name)["checkpoint"]
+
+    def remove(self, name: str) -> None:
+        """Remove a checkpoint."""
+        self._call("remove", name=name)
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every live checkpoint, oldest first, as dicts."""
+        return self._call("list")["checkpoints"]
+
+    def stats(self) -> dict[str, Any]:
+        """``volume.stats()`` of the served volume."""
+        return self._call("stats")["stats"]
+
+    def flush(self) -> None:
+        """Make every mark durable now (``volume.flush()``)."""
+        self._call("flush")

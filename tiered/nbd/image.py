@@ -13,32 +13,58 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import stat
+import tempfile
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import protocol as p
+from .gate import WriteGate
 
 if TYPE_CHECKING:
     from ..volume import Volume
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
+_FALLOC_FL_ZERO_RANGE = 0x10
+PUNCH_HOLE = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
+ZERO_RANGE = _FALLOC_FL_ZERO_RANGE | _FALLOC_FL_KEEP_SIZE
+_UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENODEV)
 _libc = None
 
 
-def _punch_hole(fd: int, offset: int, length: int) -> bool:
-    """Deallocate [offset, offset + length) keeping the size; False where unsupported."""
+def fallocate(fd: int, mode: int, offset: int, length: int) -> bool:
+    """fallocate(2) with ``mode``; False where the file system or device
+    does not support it (nothing changed), OSError for a real failure."""
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
         _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+    if _libc.fallocate(fd, mode, offset, length) == 0:
         return True
     code = ctypes.get_errno()
-    if code in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+    if code in _UNSUPPORTED:
         return False
     raise OSError(code, os.strerror(code))
+
+
+def probe_fallocate(directory: str) -> set[int]:
+    """The fallocate modes (PUNCH_HOLE, ZERO_RANGE) a scratch file in
+    ``directory`` supports: what the image's file system can do fast,
+    learnt without touching the image.  Empty where no scratch file can be made."""
+    try:
+        fd, path = tempfile.mkstemp(prefix=".tiered-probe-", dir=directory)
+    except OSError:
+        return set()
+    try:
+        os.unlink(path)
+        os.pwrite(fd, bytes(1) * 16384, 0)
+        return {mode for mode in (PUNCH_HOLE, ZERO_RANGE) if fallocate(fd, mode, 4096, 8192)}
+    except OSError:
+        return set()
+    finally:
+        os.close(fd)
 
 
 def descriptors(pairs: np.ndarray) -> bytes:
@@ -63,25 +89,35 @@ def dirty_pairs(offsets: np.ndarray, lengths: np.ndarray, lo: int, hi: int, limi
 
 
 class Image:
-    """The image file of an export and the volume that tracks it."""
+    """The image file (or block device) of an export and the volume that tracks it."""
 
     def __init__(self, path: str, volume: "Volume", readonly: bool) -> None:
+        from ..errors import InvalidArgumentError
+
         self.path = path
         self.volume = volume
         self.readonly = readonly
         self.size = volume.size
-        self.fd = os.open(path, os.O_RDONLY if readonly else os.O_RDWR)
+        self.gate = WriteGate()
         try:
-            actual = os.fstat(self.fd).st_size
+            self.fd = os.open(path, os.O_RDONLY if readonly else os.O_RDWR)
+        except OSError as exc:
+            raise InvalidArgumentError(f"cannot open image {path!r}: {exc.strerror}") from None
+        try:
+            st = os.fstat(self.fd)
+            self.regular = stat.S_ISREG(st.st_mode)
+            actual = st.st_size if self.regular else os.lseek(self.fd, 0, os.SEEK_END)
             if actual != self.size:
-                from ..errors import InvalidArgumentError
-
                 raise InvalidArgumentError(
                     f"image {path!r} holds {actual} bytes but volume {volume.name!r} tracks {self.size}"
                 )
         except BaseException:
             os.close(self.fd)
             raise
+        # What zeroing can do fast is learnt up front (a FAST_ZERO request
+        # must fail at once, before it marks, where zeroing means writing).
+        # A block device is not probed: its fast zeroing is never promised.
+        self.fast_modes = set() if readonly or not self.regular else probe_fallocate(os.path.dirname(os.path.abspath(path)))
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -97,6 +133,13 @@ class Image:
         if token is not None:
             self.volume.sync(token)  # the data may reach the image only now
 
+    def checkpoint(self, name: str | None = None):  # -> Checkpoint
+        """``volume.checkpoint(name)`` as a consistency point: it waits for
+        the writes already marked to reach the image and holds new ones
+        until it is sealed (see :mod:`.gate`)."""
+        with self.gate.exclusive():
+            return self.volume.checkpoint(name)
+
     # -- commands -----------------------------------------------------------------
 
     def read(self, offset: int, length: int) -> bytes:
@@ -108,12 +151,28 @@ class Image:
             data += more
         return data
 
+    def read_pieces(self, offset: int, length: int, limit: int) -> list[tuple[int, int, bytes | None]]:
+        """[offset, offset + length) as at most ``limit`` (offset, length,
+        data) pieces in order, ``data`` None for a hole (reads as zeros).
+        Past the limit the last piece is data covering the rest, so
+        ``limit=1`` gives one hole only where the whole range is one."""
+        runs = self._allocation(offset, length, limit)
+        pieces: list[tuple[int, int, bytes | None]] = []
+        if sum(run for run, _ in runs) < length:
+            runs[-1] = (length - sum(run for run, _ in runs[:-1]), 0)  # the rest, read as data
+        pos = offset
+        for run, flags in runs:
+            pieces.append((pos, run, None if flags & p.STATE_HOLE else self.read(pos, run)))
+            pos += run
+        return pieces
+
     def write(self, offset: int, data: bytes, fua: bool) -> None:
-        self._mark(offset, len(data))
-        view = memoryview(data)
-        done = 0
-        while done < len(view):
-            done += os.pwrite(self.fd, view[done:], offset + done)
+        with self.gate.write():
+            self._mark(offset, len(data))
+            view = memoryview(data)
+            done = 0
+            while done < len(view):
+                done += os.pwrite(self.fd, view[done:], offset + done)
         if fua:
             os.fdatasync(self.fd)
 
@@ -121,26 +180,55 @@ class Image:
         os.fdatasync(self.fd)
         self.volume.sync()
 
+    def cache(self, offset: int, length: int) -> None:
+        """NBD_CMD_CACHE: ask the kernel to read the range ahead."""
+        os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_WILLNEED)
+
     def trim(self, offset: int, length: int, fua: bool) -> None:
-        self._mark(offset, length)
-        _punch_hole(self.fd, offset, length)  # advisory: where unsupported the data stays
+        with self.gate.write():
+            self._mark(offset, length)
+            self._fallocate(PUNCH_HOLE, offset, length)  # advisory: where unsupported the data stays
         if fua:
             os.fdatasync(self.fd)
 
-    def write_zeroes(self, offset: int, length: int, may_trim: bool, fua: bool) -> None:
-        self._mark(offset, length)
-        if not (may_trim and _punch_hole(self.fd, offset, length)):
-            zeros = bytes(min(length, 1 << 20))
-            done = 0
-            while done < length:
-                done += os.pwrite(self.fd, zeros[: length - done], offset + done)
+    def can_zero_fast(self, may_trim: bool) -> bool:
+        """Whether WRITE_ZEROES of this kind is faster than writing zeros
+        (NBD_CMD_FLAG_FAST_ZERO): a hole punch, or with NO_HOLE a zero range."""
+        return ZERO_RANGE in self.fast_modes or (may_trim and PUNCH_HOLE in self.fast_modes)
+
+    def write_zeroes(self, offset: int, length: int, may_trim: bool, fua: bool, fast: bool = False) -> None:
+        """Zero [offset, offset + length): a hole where allowed, else an
+        allocated zero range, else written zeros.  ``fast``: raise
+        :class:`NotFast` rather than write zeros (marked, data unchanged)."""
+        with self.gate.write():
+            self._mark(offset, length)
+            if may_trim and self._fallocate(PUNCH_HOLE, offset, length):
+                pass
+            elif self._fallocate(ZERO_RANGE, offset, length):
+                pass
+            elif fast:
+                raise NotFast(f"zeroing [{offset}, +{length}) would write zeros")
+            else:
+                zeros = bytes(min(length, 1 << 20))
+                done = 0
+                while done < length:
+                    done += os.pwrite(self.fd, zeros[: length - done], offset + done)
         if fua:
             os.fdatasync(self.fd)
+
+    def _fallocate(self, mode: int, offset: int, length: int) -> bool:
+        if self.regular and mode not in self.fast_modes:
+            return False
+        if fallocate(self.fd, mode, offset, length):
+            return True
+        self.fast_modes.discard(mode)
+        return False
 
     # -- block status -------------------------------------------------------------
 
-    def allocation(self, offset: int, length: int, limit: int) -> bytes:
-        """base:allocation of [offset, offset + length): data (flags 0) and holes (hole|zero)."""
+    def _allocation(self, offset: int, length: int, limit: int) -> list[tuple[int, int]]:
+        """(length, flags) runs of [offset, offset + length): data (0) and
+        holes (hole|zero), from SEEK_DATA/SEEK_HOLE; at most ``limit``."""
         hi = offset + length
         pairs: list[tuple[int, int]] = []
         pos = offset
@@ -159,9 +247,17 @@ class Image:
             hole = min(os.lseek(self.fd, pos, os.SEEK_HOLE), hi)
             pairs.append((hole - pos, 0))
             pos = hole
-        return descriptors(np.array(pairs, dtype=np.int64).reshape(-1, 2))
+        return pairs
+
+    def allocation(self, offset: int, length: int, limit: int) -> bytes:
+        """base:allocation of [offset, offset + length) as wire descriptors."""
+        return descriptors(np.array(self._allocation(offset, length, limit), dtype=np.int64).reshape(-1, 2))
 
     def dirty(self, checkpoint: str, offset: int, length: int, limit: int) -> bytes:
         """qemu:dirty-bitmap:CHECKPOINT of [offset, offset + length)."""
         extents = self.volume.changed_since(checkpoint, offset, length)
         return descriptors(dirty_pairs(extents.offsets, extents.lengths, offset, offset + length, limit))
+
+
+class NotFast(Exception):
+    """A FAST_ZERO request that only writing zeros could serve."""

@@ -38,6 +38,11 @@ class Session:
     # context id -> context name, as selected by the last SET_META_CONTEXT
     contexts: dict[int, str] = dataclasses.field(default_factory=dict)
 
+    def flags(self, export: ExportInfo) -> int:
+        """The transmission flags for this client: DF only with structured
+        replies (proto.md, "Transmission flags", bit 7)."""
+        return export.flags | p.TF_SEND_DF if self.structured else export.flags
+
 
 class HandshakeFailed(Exception):
     """The client broke the protocol; the connection is closed without a reply."""
@@ -101,7 +106,7 @@ async def negotiate(
                 return None
             if not known(name):
                 return None  # no way to answer EXPORT_NAME with an error but to close
-            writer.write(p.export_name_reply(export.size, export.flags, session.no_zeroes))
+            writer.write(p.export_name_reply(export.size, session.flags(export), session.no_zeroes))
             await writer.drain()
             return session
         if option == p.OPT_ABORT:
@@ -124,7 +129,7 @@ async def negotiate(
             if not known(name):
                 error(option, p.REP_ERR_UNKNOWN, f"no export named {name!r} (this server exports {export.name!r})")
                 continue
-            reply(option, p.REP_INFO, p.info_export(export.size, export.flags))
+            reply(option, p.REP_INFO, p.info_export(export.size, session.flags(export)))
             if p.INFO_NAME in infos:
                 reply(option, p.REP_INFO, p.info_name(export.name))
             reply(option, p.REP_INFO, p.info_block_size(1, p.PREFERRED_BLOCK, p.MAX_PAYLOAD))

@@ -63,6 +63,8 @@ TF_SEND_TRIM = 1 << 5
 TF_SEND_WRITE_ZEROES = 1 << 6
 TF_SEND_DF = 1 << 7
 TF_CAN_MULTI_CONN = 1 << 8
+TF_SEND_CACHE = 1 << 10
+TF_SEND_FAST_ZERO = 1 << 11
 
 # -- transmission ---------------------------------------------------------------
 REQUEST_MAGIC = 0x25609513
@@ -83,6 +85,7 @@ CMD_FLAG_NO_HOLE = 1 << 1
 CMD_FLAG_DF = 1 << 2
 CMD_FLAG_REQ_ONE = 1 << 3
 CMD_FLAG_FAST_ZERO = 1 << 4
+CMD_FLAGS_KNOWN = (1 << 5) - 1
 
 REPLY_FLAG_DONE = 1 << 0
 REPLY_TYPE_NONE = 0
@@ -248,6 +251,13 @@ def offset_data_header(cookie: int, offset: int, length: int, done: bool = True)
     """Header of an NBD_REPLY_TYPE_OFFSET_DATA chunk; ``length`` bytes of data follow."""
     return chunk_header(REPLY_FLAG_DONE if done else 0, REPLY_TYPE_OFFSET_DATA, cookie, 8 + length) + struct.pack(
         ">Q", offset
+    )
+
+
+def offset_hole_chunk(cookie: int, offset: int, length: int, done: bool) -> bytes:
+    """An NBD_REPLY_TYPE_OFFSET_HOLE chunk: ``length`` bytes at ``offset`` read as zeros."""
+    return chunk_header(REPLY_FLAG_DONE if done else 0, REPLY_TYPE_OFFSET_HOLE, cookie, 12) + struct.pack(
+        ">QI", offset, length
     )
 
 

@@ -36,14 +36,17 @@ class Server:
         self.max_connections = max_connections
         flags = (
             p.TF_HAS_FLAGS | p.TF_SEND_FLUSH | p.TF_SEND_FUA | p.TF_SEND_TRIM
-            | p.TF_SEND_WRITE_ZEROES | p.TF_CAN_MULTI_CONN
+            | p.TF_SEND_WRITE_ZEROES | p.TF_SEND_FAST_ZERO | p.TF_SEND_CACHE | p.TF_CAN_MULTI_CONN
         )
         if readonly:
             flags |= p.TF_READ_ONLY
         self.export = ExportInfo(volume.name, volume.size, flags, self._contexts)
         # One pool for every connection: concurrent syncs share a group commit.
         self.executor = ThreadPoolExecutor(max_workers=max_connections + 8, thread_name_prefix="nbd")
-        self._handlers: set[asyncio.Task[None]] = set()
+        # Control requests get their own thread: they never queue behind writes.
+        self.control_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nbd-control")
+        self._handlers: set[asyncio.Task[None]] = set()  # NBD connections, counted against the limit
+        self._controls: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.AbstractServer] = []
         self._unlink: list[str] = []
         self.addresses: list[str] = []
@@ -79,16 +82,16 @@ class Server:
     async def listen_control(self, path: str) -> None:
         """Serve the control socket (checkpoints, stats: see :mod:`.control`) at ``path``."""
         self._remove_stale(path)
-        control = Control(self.volume, self.executor)
+        control = Control(self.image, self.control_executor)
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()
             assert task is not None
-            self._handlers.add(task)
+            self._controls.add(task)
             try:
                 await control(reader, writer)
             finally:
-                self._handlers.discard(task)
+                self._controls.discard(task)
 
         self._servers.append(await asyncio.start_unix_server(handle, path=path))
         self._unlink.append(path)
@@ -125,10 +128,10 @@ class Server:
         stays open: its owner closes it)."""
         for server in self._servers:
             server.close()
-        for task in list(self._handlers):
+        for task in [*self._handlers, *self._controls]:
             task.cancel()
-        while self._handlers:
-            await asyncio.gather(*list(self._handlers), return_exceptions=True)
+        while self._handlers or self._controls:
+            await asyncio.gather(*self._handlers, *self._controls, return_exceptions=True)
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
@@ -139,4 +142,5 @@ class Server:
                 pass
         self._unlink.clear()
         self.executor.shutdown(wait=True)
+        self.control_executor.shutdown(wait=True)
         self.image.close()

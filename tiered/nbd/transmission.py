@@ -19,12 +19,13 @@ from concurrent.futures import Executor
 from typing import Any
 
 from . import protocol as p
-from .image import Image
+from .image import Image, NotFast
 from .negotiation import Session
 
 log = logging.getLogger("tiered.nbd")
 
 MAX_IN_FLIGHT = 16  # requests of one connection running at once
+MAX_READ_CHUNKS = 64  # data and hole chunks of one READ reply, when it may fragment
 _DISCARD_PIECE = 1 << 20
 
 
@@ -42,6 +43,8 @@ def nbd_error(exc: BaseException) -> int:
 
     if isinstance(exc, RequestError):
         return exc.code
+    if isinstance(exc, NotFast):
+        return p.ENOTSUP
     if isinstance(exc, (InvalidArgumentError, NotFoundError)):
         return p.EINVAL
     if isinstance(exc, ReadOnlyError):
@@ -122,6 +125,15 @@ class Transmission:
 
     # -- replies ----------------------------------------------------------------
 
+    def _read_reply(self, cookie: int, pieces: list[tuple[int, int, bytes | None]]) -> None:
+        last = len(pieces) - 1
+        for i, (offset, length, data) in enumerate(pieces):
+            if data is None:
+                self.writer.write(p.offset_hole_chunk(cookie, offset, length, done=i == last))
+            else:
+                self.writer.write(p.offset_data_header(cookie, offset, length, done=i == last))
+                self.writer.write(data)
+
     def _structured(self, request: p.Request) -> bool:
         return self.session.structured and request.type in (p.CMD_READ, p.CMD_BLOCK_STATUS)
 
@@ -162,6 +174,8 @@ class Transmission:
         kind, cookie, offset, length = request.type, request.cookie, request.offset, request.length
         fua = bool(request.flags & p.CMD_FLAG_FUA)
         image = self.image
+        if request.flags & ~p.CMD_FLAGS_KNOWN or (kind == p.CMD_CACHE and request.flags & ~p.CMD_FLAG_FUA):
+            raise RequestError(p.EINVAL, f"unknown flags {request.flags:#x} for command {kind}")
         if kind == p.CMD_READ:
             if length > p.MAX_PAYLOAD:
                 # proto.md lets a server reject large reads up front with
@@ -169,14 +183,21 @@ class Transmission:
                 code = p.EOVERFLOW if self.session.structured else p.EINVAL
                 raise RequestError(code, f"read of {length} bytes exceeds {p.MAX_PAYLOAD}")
             self._check_range(request)
-            data = await self._blocking(image.read, offset, length) if length else b""
-            if self.session.structured:
-                if length:
-                    self.writer.write(p.offset_data_header(cookie, offset, length) + data)
-                else:
-                    self.writer.write(p.chunk_header(p.REPLY_FLAG_DONE, p.REPLY_TYPE_NONE, cookie, 0))
-            else:
+            if not self.session.structured:
+                data = await self._blocking(image.read, offset, length) if length else b""
                 self.writer.write(p.simple_reply(cookie) + data)
+            elif not length:
+                self.writer.write(p.chunk_header(p.REPLY_FLAG_DONE, p.REPLY_TYPE_NONE, cookie, 0))
+            else:
+                # Holes go as OFFSET_HOLE chunks; DF ("don't fragment") allows
+                # one content chunk, a hole only where the whole range is one.
+                limit = 1 if request.flags & p.CMD_FLAG_DF else MAX_READ_CHUNKS
+                self._read_reply(cookie, await self._blocking(image.read_pieces, offset, length, limit))
+            return
+        if kind == p.CMD_CACHE:
+            self._check_range(request)
+            await self._blocking(image.cache, offset, length)
+            self.writer.write(p.simple_reply(cookie))
             return
         if kind == p.CMD_WRITE:
             self._check_writable()
@@ -193,7 +214,10 @@ class Transmission:
             self._check_writable()
             self._check_range(request)
             may_trim = not request.flags & p.CMD_FLAG_NO_HOLE
-            await self._blocking(image.write_zeroes, offset, length, may_trim, fua)
+            fast = bool(request.flags & p.CMD_FLAG_FAST_ZERO)
+            if fast and not image.can_zero_fast(may_trim):
+                raise RequestError(p.ENOTSUP, "zeroing here would write zeros (FAST_ZERO)")  # before any mark
+            await self._blocking(image.write_zeroes, offset, length, may_trim, fua, fast)
         elif kind == p.CMD_BLOCK_STATUS:
             await self._block_status(request)
             return
