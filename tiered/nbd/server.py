@@ -51,6 +51,13 @@ class Server:
         self._unlink: list[str] = []
         self.addresses: list[str] = []
 
+    def checkpoint(self, name: str | None = None):  # -> Checkpoint
+        """Create a checkpoint of the served volume as a consistency point:
+        writes already marked reach the image first, writes arriving
+        meanwhile wait (blocking; call it from a thread, not the event loop).
+        Raises what ``Volume.checkpoint`` raises."""
+        return self.image.checkpoint(name)
+
     def _contexts(self) -> list[str]:
         return [p.BASE_ALLOCATION] + [p.DIRTY_BITMAP_PREFIX + cp.name for cp in self.volume.checkpoints()]
 
