@@ -612,7 +612,8 @@ def test_serve_command_and_sigterm(tmp_path: Path) -> None:
         assert nbdinfo("--map=qemu:dirty-bitmap:cp2", uri).split()[4:8] == [str(7 * G), str(G), "1", "dirty"]
         names = [c["name"] for c in json.loads(ctl("list", "--json").stdout)["checkpoints"]]
         assert names == ["cp", "cp2"]
-        assert "durability:         sync" in ctl("stats").stdout
+        shown = ctl("stats").stdout
+        assert "durability:               sync" in shown and "server.connections_total:" in shown
         again = ctl("checkpoint", "cp2")
         assert again.returncode == 1 and "already has a checkpoint 'cp2'" in again.stderr
         assert ctl("remove", "nope").returncode == 1
@@ -684,6 +685,21 @@ def test_control_socket_bad_requests(tmp_path: Path) -> None:
             client.remove("a")
             assert client.stats()["checkpoints"] == 1
             client.flush()
+            before = client.stats()["server"]
+            c = Raw(server.sock)
+            c.go()
+            c.request(p.CMD_WRITE, 0, 3, cookie=1, data=b"abc")
+            assert c.simple() == (0, 1)
+            c.request(p.CMD_READ, 0, 2, cookie=2)
+            assert c.chunk()[1] == p.REPLY_TYPE_OFFSET_DATA
+            c.request(p.CMD_READ, SIZE, 2, cookie=3)
+            assert c.chunk()[1] == p.REPLY_TYPE_ERROR
+            after = client.stats()["server"]
+            assert after["connections"] == 1 and after["connections_total"] == before["connections_total"] + 1
+            assert (after["write"], after["read"], after["errors"]) == (1, 1, 1)
+            assert (after["bytes_written"], after["bytes_read"]) == (3, 2)
+            c.request(p.CMD_DISC, 0, 0)
+            assert c.closed()
             # control connections do not take the NBD clients' places
             held = socket.socket(socket.AF_UNIX)
             held.connect(path)

@@ -44,7 +44,10 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     elif args.op == "list":
         write_table(("NAME", "CREATED"), ((c["name"], iso_utc(c["created"])) for c in reply["checkpoints"]))
     elif args.op == "stats":
-        for key, value in reply["stats"].items():
+        stats = dict(reply["stats"])
+        server = stats.pop("server")
+        rows = [*stats.items(), *((f"server.{key}", value) for key, value in server.items())]
+        for key, value in rows:
             text = str(value).lower() if isinstance(value, bool) else value
-            sys.stdout.write(f"{key + ':':<20}{text}\n")
+            sys.stdout.write(f"{key + ':':<26}{text}\n")
     return EXIT_OK

@@ -3,7 +3,8 @@ another process (``tiered ctl``), since the server holds the store.
 
 One JSON object per line each way.  Requests: ``{"op": "checkpoint",
 "name": N}``, ``{"op": "remove", "name": N}``, ``{"op": "list"}``,
-``{"op": "stats"}``, ``{"op": "flush"}``.  Replies:
+``{"op": "stats"}`` (the volume's stats and the server's counters),
+``{"op": "flush"}``.  Replies:
 ``{"ok": true, ...}`` or ``{"ok": false, "error": "ExceptionClass",
 "message": "..."}``.  A bad request gets an error reply; the connection
 and the server go on.
@@ -15,6 +16,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +34,7 @@ def _checkpoint(cp: Any) -> dict[str, Any]:
 OPS = ("checkpoint", "remove", "list", "stats", "flush")
 
 
-def handle(image: "Image", request: Any) -> dict[str, Any]:
+def handle(image: "Image", request: Any, server_stats: Callable[[], dict[str, int]]) -> dict[str, Any]:
     """Run one request (blocking); returns the reply."""
     from ..errors import InvalidArgumentError, TieredError
 
@@ -49,7 +51,7 @@ def handle(image: "Image", request: Any) -> dict[str, Any]:
         if op == "list":
             return {"ok": True, "checkpoints": [_checkpoint(c) for c in volume.checkpoints()]}
         if op == "stats":
-            return {"ok": True, "stats": volume.stats()}
+            return {"ok": True, "stats": volume.stats(), "server": server_stats()}
         if op == "flush":
             volume.flush()
             return {"ok": True}
@@ -61,8 +63,8 @@ def handle(image: "Image", request: Any) -> dict[str, Any]:
 class Control:
     """Serves the control socket of one volume."""
 
-    def __init__(self, image: "Image", executor: Executor) -> None:
-        self.image, self.executor = image, executor
+    def __init__(self, image: "Image", executor: Executor, server_stats: Callable[[], dict[str, int]]) -> None:
+        self.image, self.executor, self.server_stats = image, executor, server_stats
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
@@ -76,7 +78,7 @@ class Control:
                 except ValueError:
                     reply: dict[str, Any] = {"ok": False, "error": "InvalidArgumentError", "message": "not JSON"}
                 else:
-                    reply = await loop.run_in_executor(self.executor, handle, self.image, request)
+                    reply = await loop.run_in_executor(self.executor, handle, self.image, request, self.server_stats)
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError, ValueError):
@@ -146,8 +148,11 @@ class ControlClient:
         return self._call("list")["checkpoints"]
 
     def stats(self) -> dict[str, Any]:
-        """``volume.stats()`` of the served volume."""
-        return self._call("stats")["stats"]
+        """``volume.stats()`` of the served volume, with ``"server"``: the
+        server's counters (``Server.stats()``: connections, requests per
+        command, errors, bytes read and written)."""
+        reply = self._call("stats")
+        return {**reply["stats"], "server": reply["server"]}
 
     def flush(self) -> None:
         """Make every mark durable now (``volume.flush()``)."""

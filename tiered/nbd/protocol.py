@@ -79,6 +79,10 @@ CMD_TRIM = 4
 CMD_CACHE = 5
 CMD_WRITE_ZEROES = 6
 CMD_BLOCK_STATUS = 7
+COMMAND_NAMES = {
+    CMD_READ: "read", CMD_WRITE: "write", CMD_DISC: "disc", CMD_FLUSH: "flush", CMD_TRIM: "trim",
+    CMD_CACHE: "cache", CMD_WRITE_ZEROES: "write_zeroes", CMD_BLOCK_STATUS: "block_status",
+}
 
 CMD_FLAG_FUA = 1 << 0
 CMD_FLAG_NO_HOLE = 1 << 1

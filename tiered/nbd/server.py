@@ -47,6 +47,13 @@ class Server:
         self.control_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nbd-control")
         self._handlers: set[asyncio.Task[None]] = set()  # NBD connections, counted against the limit
         self._controls: set[asyncio.Task[None]] = set()
+        # Every key exists from the start: the control thread copies the
+        # dict while the event loop bumps values, never adding keys.
+        self.counters = dict.fromkeys(
+            [*(name for code, name in p.COMMAND_NAMES.items() if code != p.CMD_DISC),
+             "bytes_read", "bytes_written", "errors", "connections_total", "connections_refused"],
+            0,
+        )
         self._servers: list[asyncio.AbstractServer] = []
         self._unlink: list[str] = []
         self.addresses: list[str] = []
@@ -57,6 +64,15 @@ class Server:
         meanwhile wait (blocking; call it from a thread, not the event loop).
         Raises what ``Volume.checkpoint`` raises."""
         return self.image.checkpoint(name)
+
+    def stats(self) -> dict[str, int]:
+        """What the server has served since it started: ``connections`` (now),
+        ``connections_total``, ``connections_refused`` (over the limit),
+        requests completed per command (``read``, ``write``, ``flush``,
+        ``trim``, ``cache``, ``write_zeroes``, ``block_status``),
+        ``errors`` (requests answered with an NBD error), ``bytes_read``,
+        ``bytes_written``."""
+        return {"connections": len(self._handlers), **self.counters}
 
     def _contexts(self) -> list[str]:
         return [p.BASE_ALLOCATION] + [p.DIRTY_BITMAP_PREFIX + cp.name for cp in self.volume.checkpoints()]
@@ -89,7 +105,7 @@ class Server:
     async def listen_control(self, path: str) -> None:
         """Serve the control socket (checkpoints, stats: see :mod:`.control`) at ``path``."""
         self._remove_stale(path)
-        control = Control(self.image, self.control_executor)
+        control = Control(self.image, self.control_executor, self.stats)
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()
@@ -106,15 +122,17 @@ class Server:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._handlers) >= self.max_connections:
             log.warning("refusing a connection: %d clients already", self.max_connections)
+            self.counters["connections_refused"] += 1
             writer.close()
             return
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
+        self.counters["connections_total"] += 1
         try:
             session = await negotiate(reader, writer, self.export)
             if session is not None:
-                await Transmission(reader, writer, session, self.image, self.executor).run()
+                await Transmission(reader, writer, session, self.image, self.executor, self.counters).run()
         except (HandshakeFailed, asyncio.IncompleteReadError, ConnectionError) as exc:
             log.info("client dropped: %s", exc)
         except asyncio.CancelledError:

@@ -66,9 +66,11 @@ class Transmission:
         session: Session,
         image: Image,
         executor: Executor,
+        counters: dict[str, int],
     ) -> None:
         self.reader, self.writer, self.session, self.image = reader, writer, session, image
         self.executor = executor
+        self.counters = counters  # the server's, shared by its connections (see Server.stats)
         self.tasks: set[asyncio.Task[None]] = set()
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._reading: asyncio.Task[None] | None = None
@@ -144,9 +146,16 @@ class Transmission:
             self.writer.write(p.simple_reply(request.cookie, code))
 
     async def _serve(self, request: p.Request, payload: bytes) -> None:
+        counters = self.counters
         try:
             await self._execute(request, payload)
+            counters[p.COMMAND_NAMES[request.type]] += 1
+            if request.type == p.CMD_READ:
+                counters["bytes_read"] += request.length
+            elif request.type == p.CMD_WRITE:
+                counters["bytes_written"] += request.length
         except Exception as exc:  # every failure becomes an NBD error, never a crash
+            counters["errors"] += 1
             code = nbd_error(exc)
             if code == p.EIO:
                 log.exception("request %s failed", request)
