@@ -207,9 +207,14 @@ class Client:
         cookie = next(self._cookies)
         future = asyncio.get_running_loop().create_future()
         self._pending[cookie] = _Pending(kind, offset, length, future)
-        async with self._send:  # one request's bytes at a time
-            self.writer.write(p.REQUEST.pack(p.REQUEST_MAGIC, flags, kind, cookie, offset, length) + data)
-            await self.writer.drain()
+        try:
+            async with self._send:  # one request's bytes at a time
+                self.writer.write(p.REQUEST.pack(p.REQUEST_MAGIC, flags, kind, cookie, offset, length) + data)
+                await self.writer.drain()
+        except BaseException:
+            self._pending.pop(cookie, None)
+            future.cancel()
+            raise
         return await future
 
     async def read(self, offset: int, length: int) -> bytes:

@@ -61,6 +61,17 @@ def extents_of(chunks: set[int], size: int) -> list[tuple[int, int]]:
     return [(o, min(n, size - o)) for o, n in out]
 
 
+async def connect_when_free(sock: str, what: str) -> Client:
+    """Connect to a slot a closed connection frees: the server may take a
+    moment to notice the close (it refuses until then), never forever."""
+    for _ in range(300):
+        try:
+            return await Client.connect(sock)
+        except HandshakeError:
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{what}: refused for 30 s")
+
+
 def run(coro):
     async def bounded():
         return await asyncio.wait_for(coro, TIMEOUT)
@@ -142,10 +153,7 @@ def test_every_connection_slot_at_once(tmp_path: Path) -> None:
         extra = await greeting(30)
         assert extra == b"", f"a connection beyond {n} open ones was served (it got {len(extra)} greeting bytes)"
         await clients[0].disconnect()
-        try:
-            late = await Client.connect(sock)
-        except Exception as exc:
-            raise AssertionError(f"with {n - 1} connections open, a new one was refused: {exc}") from None
+        late = await connect_when_free(sock, f"a new connection after one of {n} disconnected")
         await write_and_check(late, n)
         assert not problems, "\n".join(problems)
         await asyncio.gather(late.disconnect(), *(c.disconnect() for c in clients[1:]))
@@ -516,17 +524,8 @@ def test_clients_vanishing_mid_request(tmp_path: Path, caplog) -> None:
             acks.clear()
             await acks.wait()
 
-    async def connect() -> Client:
-        """A connection to the 4th slot, which the last vanished client may still hold for a moment."""
-        for _ in range(300):
-            try:
-                return await Client.connect(sock)
-            except HandshakeError:
-                await asyncio.sleep(0.1)
-        raise AssertionError("a vanished client's connection slot was never freed")
-
     async def vanish(send: bytes) -> None:
-        c = await connect()
+        c = await connect_when_free(sock, "the 4th slot, after a client vanished")
         c.writer.write(send)
         await c.writer.drain()
         c.close()
@@ -552,7 +551,7 @@ def test_clients_vanishing_mid_request(tmp_path: Path, caplog) -> None:
         load.stop()
         await driving
         assert all(not c.closed.done() for c in clients), "a steady connection was closed"
-        late = await connect()
+        late = await connect_when_free(sock, "the 4th slot, after a client vanished")
         await late.write(late_at, b"late" * 1024, fua=True)
         assert await late.read(late_at, 4096) == b"late" * 1024, "the late connection read back other bytes"
         await asyncio.gather(late.disconnect(), *(c.disconnect() for c in clients))
