@@ -82,6 +82,7 @@ def run(coro):
 # -- 1. every connection slot at once --------------------------------------------------
 
 REGION = 4 * G  # each connection writes its own region
+CONTEXT = "qemu:dirty-bitmap:cp"
 SLOTS = 8  # of REGION // SLOTS bytes; a connection writes a random part of some of them
 
 
@@ -98,8 +99,9 @@ def region_plan(rng: random.Random, i: int) -> list[tuple[int, bytes]]:
 
 def test_every_connection_slot_at_once(tmp_path: Path) -> None:
     """MAX_CONNECTIONS (64) clients negotiate, all before any writes; each
-    writes its own region with every write in flight at once, reads it back,
-    and none disconnects before all have read back.  While all are open a
+    writes its own region with every write in flight at once, reads it back
+    (half of them with structured replies, which also read the region's
+    dirty bitmap), and none disconnects before all have read back.  While all are open a
     65th connection is closed at once; after one disconnects, a new one is
     served.  The checkpoint then reports exactly the written chunks and the
     image holds exactly the bytes written."""
@@ -114,6 +116,18 @@ def test_every_connection_slot_at_once(tmp_path: Path) -> None:
     server = ServerThread(vol, make_image(tmp_path / "img", size), sock)
     problems: list[str] = []
 
+    def region_map(i: int) -> list[tuple[int, int]]:
+        """qemu:dirty-bitmap:cp of region i once its writes are acknowledged: (length, dirty) runs."""
+        dirty = chunks_of((off, len(data)) for off, data in plans[i])
+        runs: list[tuple[int, int]] = []
+        for c in range(i * REGION // G, (i + 1) * REGION // G):
+            flag = p.STATE_DIRTY if c in dirty else 0
+            if runs and runs[-1][1] == flag:
+                runs[-1] = (runs[-1][0] + G, flag)
+            else:
+                runs.append((G, flag))
+        return runs
+
     async def write_and_check(c: Client, i: int) -> None:
         plan = plans[i]
         await asyncio.gather(*(c.write(off, data, fua=k % 3 == 0) for k, (off, data) in enumerate(plan)))
@@ -121,13 +135,19 @@ def test_every_connection_slot_at_once(tmp_path: Path) -> None:
         for (off, data), got in zip(plan, back):
             if got != data:
                 problems.append(f"connection {i}: read [{off}, +{len(data)}) differs from what it wrote")
+        if c.contexts:
+            status = await c.block_status(i * REGION, REGION)
+            if status.get(CONTEXT) != region_map(i):
+                problems.append(f"connection {i}: block status {status} of its region, not {region_map(i)}")
 
     async def main() -> None:
         negotiated, finished = asyncio.Event(), asyncio.Event()
         counts = {"negotiated": 0, "finished": 0}
 
         async def session(i: int) -> Client:
-            c = await Client.connect(sock)
+            # half the connections get simple replies, the others structured ones and the dirty bitmap
+            c = await Client.connect(sock, structured=i % 2 == 0, contexts=[CONTEXT] if i % 2 == 0 else None)
+            assert bool(c.contexts) == (i % 2 == 0), f"connection {i}: selected contexts {c.contexts}"
             counts["negotiated"] += 1
             if counts["negotiated"] == n:
                 negotiated.set()
