@@ -259,7 +259,8 @@ class Op:
 
     def __str__(self) -> str:
         name = {p.CMD_WRITE: "WRITE", p.CMD_TRIM: "TRIM", p.CMD_WRITE_ZEROES: "WRITE_ZEROES"}.get(self.kind, "FLUSH")
-        return f"#{self.id} {name}{' FUA' if self.fua else ''} [{self.offset}, +{self.length})"
+        replacing = f" (over #{self.target.id})" if self.target is not None else ""
+        return f"#{self.id} {name}{' FUA' if self.fua else ''} [{self.offset}, +{self.length}){replacing}"
 
 
 class Load:
@@ -298,7 +299,7 @@ class Load:
                 op.target.replaced_by = op
                 op.offset, op.length = op.target.offset, op.target.length
             else:
-                op.length = 4096 * int(64 ** rng.random())  # 4 KiB .. 256 KiB, log-uniform
+                op.length = 4096 * round(64 ** rng.random())  # 4 KiB .. 256 KiB, log-uniform
                 offset = self._fresh(op.length)
                 if offset is None:
                     return None
