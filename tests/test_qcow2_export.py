@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -200,6 +199,39 @@ def test_existing_name_is_refused_unless_replace(tmp_path: Path) -> None:
     assert_check_clean(image)
 
 
+def test_replace_repairs_a_bitmap_a_killed_writer_left_in_use(tmp_path: Path) -> None:
+    size = 40 * G
+    image = make_qcow2(tmp_path / "disk.qcow2", size)
+    qemu_img("bitmap", "--add", image, "a")
+    # qemu-io opens the image for writing (flagging its bitmaps in use) and
+    # waits for commands on stdin; SIGKILL leaves the flag behind.
+    writer = subprocess.Popen(["qemu-io", "-f", "qcow2", image], stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            shared = run("qemu-img", "info", "-U", "--output=json", image, check=False).stdout
+            if '"in-use"' in shared:
+                break
+            try:
+                writer.wait(0.05)
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        writer.kill()
+        writer.wait(10)
+    assert bitmaps(image)["a"]["flags"] == ["in-use", "auto"]
+    with tiered.open(str(tmp_path / "store"), sync=False) as store:
+        vol = store.create_volume("vda", size=size, granularity=G)
+        vol.checkpoint("a")
+        vol.mark(9 * G, 1)
+        with pytest.raises(tiered.AlreadyExistsError):
+            export_bitmaps(vol, image)
+        assert export_bitmaps(vol, image, replace=True)["replaced"] == ["a"]
+        assert bitmaps(image)["a"]["flags"] == ["auto"]
+        assert served_map(image, "a") == expected_map(vol, "a")
+    assert_check_clean(image)
+
+
 def test_a_failure_midway_rolls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     size = 40 * G
     image = make_qcow2(tmp_path / "disk.qcow2", size)
@@ -277,31 +309,66 @@ def test_a_bitmap_qemu_cannot_store_is_refused(tmp_path: Path) -> None:
         assert digest(image) == kept
 
 
-def test_an_image_in_use_is_refused(tmp_path: Path) -> None:
-    size = 40 * G
-    image = make_qcow2(tmp_path / "disk.qcow2", size)
-    sock = tmp_path / "sock"
-    # A writable qemu-nbd holds the image's lock as a running VM would.
-    server = subprocess.Popen(["qemu-nbd", "-f", "qcow2", "-k", str(sock), image],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+class Holder:
+    """A writable qemu-nbd holding the image's lock, as a running VM would."""
+
+    def __init__(self, image: str, sock: Path) -> None:
+        self.process = subprocess.Popen(["qemu-nbd", "-f", "qcow2", "-k", str(sock), image],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(200):
             if sock.exists():
                 break
             try:
-                server.wait(0.05)
+                self.process.wait(0.05)
             except subprocess.TimeoutExpired:
                 pass
         assert sock.exists()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def test_an_image_in_use_is_refused(tmp_path: Path) -> None:
+    size = 40 * G
+    image = make_qcow2(tmp_path / "disk.qcow2", size)
+    holder = Holder(image, tmp_path / "sock")
+    try:
         with tiered.open(str(tmp_path / "store"), sync=False) as store:
             vol = store.create_volume("vda", size=size, granularity=G)
             vol.checkpoint("a")
             with pytest.raises(tiered.TieredError, match=r"in use \(locked by a running QEMU\?\).*qemu-img"):
                 export_bitmaps(vol, image)
     finally:
-        server.terminate()
-        server.wait(10)
+        holder.stop()
     assert bitmaps(image) == {}
+
+
+def test_an_image_taken_after_the_checks_is_left_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    size = 40 * G
+    image = make_qcow2(tmp_path / "disk.qcow2", size)
+    holders = []
+    real = exporter._save_replaced
+
+    def then_taken(*args):
+        saved = real(*args)
+        holders.append(Holder(image, tmp_path / "sock"))  # just before the first change
+        return saved
+
+    monkeypatch.setattr(exporter, "_save_replaced", then_taken)
+    try:
+        with tiered.open(str(tmp_path / "store"), sync=False) as store:
+            vol = store.create_volume("vda", size=size, granularity=G)
+            vol.checkpoint("a")
+            with pytest.raises(tiered.TieredError, match=r"in use") as caught:
+                export_bitmaps(vol, image)
+            assert "rolling back" not in str(caught.value)
+    finally:
+        for holder in holders:
+            holder.stop()
+    assert len(holders) == 1
+    assert bitmaps(image) == {}
+    assert_check_clean(image)
 
 
 def test_missing_tool_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

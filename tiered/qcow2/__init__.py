@@ -2,3 +2,7 @@
 qcow2 image through QEMU's own tools (docs/qcow2.md)."""
 
 from .exporter import export_bitmaps
+
+__all__ = [
+    "export_bitmaps",
+]

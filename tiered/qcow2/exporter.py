@@ -139,16 +139,21 @@ def export_bitmaps(
                     argv.append("--remove")
                 argv += ["--add", "-g", str(granularity), "--merge", _SCRATCH_BITMAP,
                          "-b", scratch[name], "-F", "qcow2", "-f", "qcow2", "--", image, name]
-                # Appended first: a failed --merge still stores the bitmap
-                # --add created (empty, which would claim nothing changed).
+                # Counted before it runs: a failed --merge still stores the
+                # bitmap --add created (empty, claiming nothing changed).
                 done.append(name)
-                tools.img(argv, image=image)
+                try:
+                    tools.img(argv, image=image)
+                except _ImageInUse:
+                    done.pop()  # refused at open: this step changed nothing
+                    raise
         except BaseException as exc:
             problems = _roll_back(tools, image, backup, done, existing, saved)
-            if problems and isinstance(exc, TieredError):
-                raise TieredError(
-                    f"{exc}; rolling back also failed, so check the image's bitmaps: {'; '.join(problems)}"
-                ) from exc
+            if problems:
+                note = f"rolling back also failed, so check the image's bitmaps: {'; '.join(problems)}"
+                if isinstance(exc, TieredError):
+                    raise TieredError(f"{exc}; {note}") from exc
+                exc.add_note(note)
             raise
 
     return {
@@ -303,6 +308,8 @@ def _roll_back(
 ) -> list[str]:
     """Undo the names in ``done``; returns what could not be undone."""
     problems: list[str] = []
+    if not done:
+        return problems
     present = _present(tools, image, problems)
     for name in reversed(done):
         argv = ["bitmap"]
@@ -331,6 +338,10 @@ def _present(tools: "_Tools", image: str, problems: list[str]) -> set[str] | Non
 
 
 # -- running QEMU's tools ------------------------------------------------------
+
+
+class _ImageInUse(TieredError):
+    """QEMU could not take the image's lock: it opened nothing."""
 
 
 class _Tools:
@@ -377,7 +388,7 @@ class _Tools:
                           if "failed" in line or "cannot" in line or "error" in line.lower()]
                 stderr = "\n".join(filter(None, [stderr, *failed[:5]]))
         if image is not None and "lock" in stderr and "Failed to get" in stderr:
-            raise TieredError(
+            raise _ImageInUse(
                 f"the image {image} is in use (locked by a running QEMU?): "
                 f"{tool} exited with {done.returncode}: {stderr}"
             )
