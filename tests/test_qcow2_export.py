@@ -155,13 +155,17 @@ def test_chosen_checkpoints_and_a_size_qcow2_rounds_up(tmp_path: Path) -> None:
         vol.mark(3 * G + 5, 10)
         vol.checkpoint("b")
         vol.mark(size - 1, 1)
-        report = export_bitmaps(vol, image, checkpoints=["b"])
-        assert report["exported"] == ["b"]
-        assert sorted(bitmaps(image)) == ["b"]
+        odd = "-b ü,x=1"  # an option to getopt, a QEMU option list's separators
+        vol.checkpoint(odd)
+        vol.mark(7 * G, 1)
+        report = export_bitmaps(vol, image, checkpoints=["b", odd])
+        assert report["exported"] == ["b", odd]
+        assert sorted(bitmaps(image)) == [odd, "b"]
         # The last chunk reaches the image's end, 24 bytes past the volume's.
         assert served_map(image, "b") == expected_map(vol, "b").replace(
             format_map_line(20 * G, 1000, 1), format_map_line(20 * G, 1024, 1)
         )
+        assert served_map(image, odd) == expected_map(vol, odd, size=20 * G + 1024)
     assert_same_guest_data(image, before)
     assert_check_clean(image)
 
@@ -281,6 +285,9 @@ def test_bad_requests_leave_the_image_alone(tmp_path: Path) -> None:
         before = [digest(p) for p in files]
         with pytest.raises(tiered.CheckpointNotFoundError, match="'nope'"):
             export_bitmaps(vol, image, ["a", "nope"])
+        vol.checkpoint("a\0b")
+        with pytest.raises(tiered.InvalidArgumentError, match="NUL"):
+            export_bitmaps(vol, image, ["a\0b"])
         with pytest.raises(tiered.InvalidArgumentError, match="twice"):
             export_bitmaps(vol, image, ["a", "a"])
         with pytest.raises(tiered.InvalidArgumentError, match="list of names"):

@@ -5,10 +5,11 @@ exactly what QEMU writes itself:
 
 1. ``qemu-img info`` reads the image (format, virtual size, existing
    bitmaps); every argument is checked before anything is written.
-2. For each checkpoint, a scratch qcow2 of the image's virtual size gets an
-   enabled bitmap at the volume's granularity, and one ``qemu-io`` process
-   reads ``write -z OFFSET LENGTH`` commands from its stdin, one per dirty
-   extent.  Zero writes on an empty image touch only metadata, and QEMU marks
+2. A scratch qcow2 of the image's virtual size gets, for each checkpoint in
+   turn, an enabled bitmap at the volume's granularity; one ``qemu-io``
+   process reads ``write -z OFFSET LENGTH`` commands from its stdin, one per
+   dirty extent, and the bitmap is disabled before the next one is added.
+   Zero writes on an image without data touch only metadata, and QEMU marks
    enabled bitmaps dirty for them like for any write.
 3. Only then is the image changed: one ``qemu-img bitmap --add --merge`` per
    checkpoint copies the scratch bitmap into it (``--remove`` first when
@@ -16,7 +17,7 @@ exactly what QEMU writes itself:
    VM holds is refused.
 
 A failure in step 3 removes the bitmaps this call added and puts back the
-ones it replaced (their contents were copied to a scratch image first).
+ones it replaced (their contents were copied to the scratch image first).
 What can remain after a crash of this process is described in docs/qcow2.md.
 """
 
@@ -109,6 +110,8 @@ def export_bitmaps(
     _check_granularity(granularity, vsize)
     existing = _existing_bitmaps(info)
     for name in names:
+        if "\0" in name:
+            raise InvalidArgumentError(f"checkpoint name {name!r} holds a NUL byte, which a command line cannot pass")
         if len(name.encode("utf-8")) > QEMU_MAX_NAME_BYTES:
             raise InvalidArgumentError(
                 f"checkpoint name {name!r} is longer than the {QEMU_MAX_NAME_BYTES} bytes a qcow2 bitmap name may have"
@@ -122,13 +125,14 @@ def export_bitmaps(
 
     with tempfile.TemporaryDirectory(prefix="tiered-qcow2-") as scratch_dir:
         # -- fill every scratch bitmap ------------------------------------
-        scratch: dict[str, str] = {}
-        for i, name in enumerate(names):
-            path = os.path.join(scratch_dir, f"cp{i}.qcow2")
-            _fill_scratch(tools, path, vsize, granularity, answers[name])
-            scratch[name] = path
-        backup = os.path.join(scratch_dir, "replaced.qcow2")
-        saved = _save_replaced(tools, image, backup, vsize, [existing[n] for n in taken])
+        # One scratch image for all of them: the L2 tables the zero writes
+        # allocate are shared, so the scratch stays small with many checkpoints.
+        scratch = os.path.join(scratch_dir, "scratch.qcow2")
+        _create_scratch(tools, scratch, vsize)
+        filled = {name: f"new{i}" for i, name in enumerate(names)}
+        for name in names:
+            _fill(tools, scratch, filled[name], granularity, answers[name])
+        saved = _save_replaced(tools, image, scratch, [existing[n] for n in taken])
 
         # -- change the image ---------------------------------------------
         done: list[str] = []
@@ -137,8 +141,8 @@ def export_bitmaps(
                 argv = ["bitmap"]
                 if name in existing:
                     argv.append("--remove")
-                argv += ["--add", "-g", str(granularity), "--merge", _SCRATCH_BITMAP,
-                         "-b", scratch[name], "-F", "qcow2", "-f", "qcow2", "--", image, name]
+                argv += ["--add", "-g", str(granularity), "--merge", filled[name],
+                         "-b", scratch, "-F", "qcow2", "-f", "qcow2", "--", image, name]
                 # Counted before it runs: a failed --merge still stores the
                 # bitmap --add created (empty, claiming nothing changed).
                 done.append(name)
@@ -148,7 +152,7 @@ def export_bitmaps(
                     done.pop()  # refused at open: this step changed nothing
                     raise
         except BaseException as exc:
-            problems = _roll_back(tools, image, backup, done, existing, saved)
+            problems = _roll_back(tools, image, scratch, done, existing, saved)
             if problems:
                 note = f"rolling back also failed, so check the image's bitmaps: {'; '.join(problems)}"
                 if isinstance(exc, TieredError):
@@ -268,14 +272,17 @@ def _create_scratch(tools: "_Tools", path: str, vsize: int) -> None:
     tools.img(["create", "-q", "-f", "qcow2", "-o", f"cluster_size={_SCRATCH_CLUSTER}", "--", path, str(vsize)])
 
 
-def _fill_scratch(tools: "_Tools", path: str, vsize: int, granularity: int, extents: "Extents") -> None:
-    _create_scratch(tools, path, vsize)
-    tools.img(["bitmap", "--add", "-g", str(granularity), "-f", "qcow2", "--", path, _SCRATCH_BITMAP])
+def _fill(tools: "_Tools", scratch: str, bitmap: str, granularity: int, extents: "Extents") -> None:
+    """Add ``bitmap`` to the scratch image holding exactly ``extents``, and
+    leave it disabled so that the next one's writes do not reach it."""
     if not extents:
+        tools.img(["bitmap", "--add", "-g", str(granularity), "--disable", "-f", "qcow2", "--", scratch, bitmap])
         return
+    tools.img(["bitmap", "--add", "-g", str(granularity), "-f", "qcow2", "--", scratch, bitmap])
     # Write-back cache: the default (writethrough) flushes after every
     # command, which makes 170k commands take minutes instead of seconds.
-    tools.io(["-t", "writeback", "-f", "qcow2", path], _zero_writes(extents))
+    tools.io(["-t", "writeback", "-f", "qcow2", scratch], _zero_writes(extents))
+    tools.img(["bitmap", "--disable", "-f", "qcow2", "--", scratch, bitmap])
 
 
 def _zero_writes(extents: "Extents") -> bytes:
@@ -289,22 +296,21 @@ def _zero_writes(extents: "Extents") -> bytes:
     return "".join(lines).encode()
 
 
-def _save_replaced(tools: "_Tools", image: str, backup: str, vsize: int, replaced: list[_Existing]) -> list[str]:
-    """Copy the bitmaps about to be replaced into ``backup`` so that a
-    rollback can put them back; returns the names saved (an inconsistent
-    bitmap holds nothing worth saving)."""
-    keep = [b for b in replaced if b.consistent]
-    if not keep:
-        return []
-    _create_scratch(tools, backup, vsize)
-    for old in keep:
-        tools.img(["bitmap", "--add", "-g", str(old.granularity), "--merge", old.name,
-                   "-b", image, "-F", "qcow2", "-f", "qcow2", "--", backup, old.name], image=image)
-    return [b.name for b in keep]
+def _save_replaced(tools: "_Tools", image: str, scratch: str, replaced: list[_Existing]) -> dict[str, str]:
+    """Copy the bitmaps about to be replaced into the scratch image so that a
+    rollback can put them back; returns {name: scratch bitmap} for those
+    saved (an inconsistent bitmap holds nothing worth saving)."""
+    saved: dict[str, str] = {}
+    for i, old in enumerate(b for b in replaced if b.consistent):
+        copy = f"old{i}"
+        tools.img(["bitmap", "--add", "-g", str(old.granularity), "--disable", "--merge", old.name,
+                   "-b", image, "-F", "qcow2", "-f", "qcow2", "--", scratch, copy], image=image)
+        saved[old.name] = copy
+    return saved
 
 
 def _roll_back(
-    tools: "_Tools", image: str, backup: str, done: list[str], existing: dict[str, _Existing], saved: list[str]
+    tools: "_Tools", image: str, scratch: str, done: list[str], existing: dict[str, _Existing], saved: dict[str, str]
 ) -> list[str]:
     """Undo the names in ``done``; returns what could not be undone."""
     problems: list[str] = []
@@ -317,7 +323,7 @@ def _roll_back(
             argv.append("--remove")
         if name in saved:
             old = existing[name]
-            argv += ["--add", "-g", str(old.granularity), "--merge", name, "-b", backup, "-F", "qcow2"]
+            argv += ["--add", "-g", str(old.granularity), "--merge", saved[name], "-b", scratch, "-F", "qcow2"]
             if "auto" not in old.flags:
                 argv.append("--disable")
         if len(argv) == 1:
