@@ -170,6 +170,27 @@ def test_chosen_checkpoints_and_a_size_qcow2_rounds_up(tmp_path: Path) -> None:
     assert_check_clean(image)
 
 
+@pytest.mark.parametrize(
+    "granularity, size, marks",
+    [
+        (G, 3 << 30, [(100, (3 << 30) - 200)]),  # one extent of 3 GiB: qemu-io takes it in pieces
+        (2 << 30, (5 << 30) + 512, [((2 << 30) + 5, 1), (5 << 30, 1)]),  # QEMU's largest granularity
+    ],
+)
+def test_long_extents_and_the_largest_granularity(tmp_path: Path, granularity: int, size: int, marks) -> None:
+    image = make_qcow2(tmp_path / "disk.qcow2", size)
+    with tiered.open(str(tmp_path / "store"), sync=False) as store:
+        vol = store.create_volume("vda", size=size, granularity=granularity)
+        vol.checkpoint("a")
+        for offset, length in marks:
+            vol.mark(offset, length)
+        assert max(n for _, n in vol.changed_since("a")) > exporter._PIECE or granularity > exporter._PIECE
+        export_bitmaps(vol, image)
+        assert bitmaps(image)["a"]["granularity"] == granularity
+        assert served_map(image, "a") == expected_map(vol, "a")
+    assert_check_clean(image)
+
+
 def test_existing_name_is_refused_unless_replace(tmp_path: Path) -> None:
     size = 40 * G
     image, before = guest_image(tmp_path, size)
