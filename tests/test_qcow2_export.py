@@ -309,6 +309,9 @@ def test_bad_requests_leave_the_image_alone(tmp_path: Path) -> None:
         vol.checkpoint("a\0b")
         with pytest.raises(tiered.InvalidArgumentError, match="NUL"):
             export_bitmaps(vol, image, ["a\0b"])
+        with pytest.raises(tiered.InvalidArgumentError, match="NUL"):
+            export_bitmaps(vol, image)
+        vol.remove_checkpoint("a\0b")
         with pytest.raises(tiered.InvalidArgumentError, match="twice"):
             export_bitmaps(vol, image, ["a", "a"])
         with pytest.raises(tiered.InvalidArgumentError, match="list of names"):

@@ -57,7 +57,6 @@ _PIECE = 1 << 30
 # Scratch images use the largest cluster size: their L2 tables, the only
 # thing zero writes allocate, are then 32 times smaller than with 64 KiB.
 _SCRATCH_CLUSTER = "2M"
-_SCRATCH_BITMAP = "tiered"
 
 
 @dataclass
@@ -100,22 +99,15 @@ def export_bitmaps(
     image_arg = os.fspath(image_path)
     # An absolute path: QEMU would read "name:rest" as a protocol prefix.
     image = os.path.abspath(image_arg)
-    names = _checkpoint_names(vol, checkpoints)
     granularity = vol.granularity
     tools = _Tools()
 
     # -- validate everything before the image is touched ------------------
+    names = _checkpoint_names(vol, checkpoints)
     info = _image_info(tools, image)
     vsize = _check_image(info, image, vol.size)
     _check_granularity(granularity, vsize)
     existing = _existing_bitmaps(info)
-    for name in names:
-        if "\0" in name:
-            raise InvalidArgumentError(f"checkpoint name {name!r} holds a NUL byte, which a command line cannot pass")
-        if len(name.encode("utf-8")) > QEMU_MAX_NAME_BYTES:
-            raise InvalidArgumentError(
-                f"checkpoint name {name!r} is longer than the {QEMU_MAX_NAME_BYTES} bytes a qcow2 bitmap name may have"
-            )
     taken = [name for name in names if name in existing]
     if taken and not replace:
         raise AlreadyExistsError(
@@ -186,7 +178,7 @@ def export_bitmaps(
 def _checkpoint_names(vol: "Volume", checkpoints: Sequence[str] | None) -> list[str]:
     live = [c.name for c in vol.checkpoints()]
     if checkpoints is None:
-        return live
+        return _check_bitmap_names(live)
     if isinstance(checkpoints, (str, bytes)) or not isinstance(checkpoints, Sequence):
         raise InvalidArgumentError(
             f"checkpoints must be a list of names or None, got {type(checkpoints).__name__}"
@@ -202,6 +194,17 @@ def _checkpoint_names(vol: "Volume", checkpoints: Sequence[str] | None) -> list[
     for name in names:
         if name not in known:
             raise CheckpointNotFoundError(f"volume {vol.name!r} has no checkpoint {name!r}")
+    return _check_bitmap_names(names)
+
+
+def _check_bitmap_names(names: list[str]) -> list[str]:
+    for name in names:
+        if "\0" in name:
+            raise InvalidArgumentError(f"checkpoint name {name!r} holds a NUL byte, which a command line cannot pass")
+        if len(name.encode("utf-8")) > QEMU_MAX_NAME_BYTES:
+            raise InvalidArgumentError(
+                f"checkpoint name {name!r} is longer than the {QEMU_MAX_NAME_BYTES} bytes a qcow2 bitmap name may have"
+            )
     return names
 
 
