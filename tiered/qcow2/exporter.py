@@ -252,7 +252,8 @@ def _check_granularity(granularity: int, vsize: int) -> None:
             f"granularity {granularity}: QEMU bitmaps need a power of two from "
             f"{QEMU_MIN_GRANULARITY} to {QEMU_MAX_GRANULARITY}"
         )
-    bitmap_bytes = -(-(-(-vsize // granularity)) // 8)
+    chunks = -(-vsize // granularity)
+    bitmap_bytes = -(-chunks // 8)
     if bitmap_bytes > QEMU_MAX_BITMAP_BYTES:
         raise InvalidArgumentError(
             f"a bitmap of {vsize} bytes at granularity {granularity} needs {bitmap_bytes} bytes; "
@@ -293,7 +294,7 @@ def _zero_writes(extents: "Extents") -> bytes:
     one); ``-q`` spares qemu-io two lines of statistics per command."""
     offsets, lengths = extents.offsets.tolist(), extents.lengths.tolist()
     if any(n > _PIECE for n in lengths):
-        pieces = [(o + k, min(_PIECE, o + n - (o + k))) for o, n in zip(offsets, lengths) for k in range(0, n, _PIECE)]
+        pieces = [(o + k, min(_PIECE, n - k)) for o, n in zip(offsets, lengths) for k in range(0, n, _PIECE)]
         offsets, lengths = [o for o, _ in pieces], [n for _, n in pieces]
     return "".join(map("write -q -z {} {}\n".format, offsets, lengths)).encode()
 
