@@ -270,12 +270,19 @@ class VolumeMachine(RuleBasedStateMachine):
             return
         names = self.model.names()
         assert [c.name for c in self.vol.checkpoints()] == names
+        answers = {}
         for name in names:
-            got = self.vol.changed_since(name)
+            got = answers[name] = list(self.vol.changed_since(name))
             if name in self.lost:
-                assert list(got) == [(0, self.model.size)], f"lost changed_since({name!r})"
+                assert got == [(0, self.model.size)], f"lost changed_since({name!r})"
             else:
-                assert list(got) == self.model.changed_since(name), f"changed_since({name!r})"
+                assert got == self.model.changed_since(name), f"changed_since({name!r})"
+        # Volume.version: an answer of the same open volume at the same version is still current.
+        seen = getattr(self, "seen", None)
+        if seen is not None and seen[0] is self.vol and seen[1] == self.vol.version:
+            for name, before in seen[2].items():
+                assert answers.get(name) == before, f"changed_since({name!r}) changed, version {seen[1]} did not"
+        self.seen = (self.vol, self.vol.version, answers)
 
 
 MODEL_SETTINGS = settings(

@@ -452,6 +452,55 @@ def test_read_pieces_past_the_chunk_limit(tmp_path: Path) -> None:
         img.close()
 
 
+@pytest.mark.parametrize("durability", ["lazy", "sync"])
+@pytest.mark.parametrize("strategy", ["one-bit", "multi-bit", "hybrid"])
+def test_map_scans_answer_from_a_current_whole_volume_map(tmp_path: Path, monkeypatch, strategy: str, durability: str) -> None:
+    """Long block status windows are answered from one whole-volume answer,
+    kept while the volume's version holds: every window equals a direct
+    changed_since, and any change (a mark made behind the server's back
+    included) makes the kept map unusable."""
+    import random
+
+    from tiered.nbd import image as image_module
+
+    monkeypatch.setattr(image_module, "MAP_SCAN", 8 * G)
+    rng = random.Random(f"map-{strategy}-{durability}")
+    with tiered.open(str(tmp_path / "store"), sync=False) as store:
+        vol = store.create_volume("vda", size=SIZE, granularity=G, strategy=strategy, durability=durability)
+        vol.checkpoint("c1")
+        img = image_module.Image(make_image(tmp_path / "img"), vol, readonly=False)
+
+        def direct(offset: int, length: int) -> bytes:
+            e = vol.changed_since("c1", offset, length)
+            return image_module.descriptors(image_module.dirty_pairs(e.offsets, e.lengths, offset, offset + length, 1 << 20))
+
+        for round_ in range(6):
+            for _ in range(rng.randrange(1, 6)):
+                img.write(rng.randrange(SIZE - 3 * G), b"w" * rng.randrange(1, 3 * G), fua=False)
+            if round_ == 3:
+                vol.checkpoint("c2")
+            assert img.dirty_cached("c1", 0, SIZE, 1 << 20) is None  # changed since the last scan
+            for lo in range(0, SIZE, 8 * G):  # a scan, window after window
+                n = min(8 * G, SIZE - lo)
+                assert img.dirty("c1", lo, n, 1 << 20) == direct(lo, n)
+            for _ in range(20):  # any window, from the kept map
+                lo = rng.randrange(SIZE)
+                n = rng.randrange(1, SIZE - lo + 1)
+                assert img.dirty_cached("c1", lo, n, 1 << 20) == direct(lo, n)
+                assert img.dirty_cached("c1", lo, n, 1) == direct(lo, n)[:8]
+            assert img.dirty_cached("c2", 0, SIZE, 1 << 20) is None  # kept for c1 only
+        token = vol.mark(SIZE - 1, 1)  # not through the server
+        if token:
+            vol.sync(token)
+        assert img.dirty_cached("c1", 0, SIZE, 1 << 20) is None
+        img.dirty("c1", 0, 8 * G, 1 << 20)
+        vol.remove_checkpoint("c1")
+        assert img.dirty_cached("c1", 0, SIZE, 1 << 20) is None
+        with pytest.raises(tiered.CheckpointNotFoundError):
+            img.dirty("c1", 0, 8 * G, 1 << 20)
+        img.close()
+
+
 def test_cache_fast_zero_and_flags(served, monkeypatch) -> None:
     vol, server = served
     c = Raw(server.sock)

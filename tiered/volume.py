@@ -146,6 +146,11 @@ class Volume(SyncWrites, Conversion):
         #: The storage epoch of this volume's snapshot (readers; see _check_open).
         self._epoch = self._storage.epoch
         self._marking = False
+        #: Increases after every change that may alter an answer of
+        #: changed_since or changed_between in this process (a mark that
+        #: dirtied a chunk, any commit): an answer computed while it kept
+        #: one value is still current.  Readers of a cached answer compare it.
+        self.version = 0
         self._syncing = False
         self._pending_offsets = array("q")
         self._pending_lengths = array("q")
@@ -276,6 +281,7 @@ class Volume(SyncWrites, Conversion):
         self._lost = self._record["lost_generation"]
         self._unflushed = record_unflushed(self._record)
         self._update_marking()
+        self.version += 1
 
     def _note_dirty(self) -> None:
         # Persist "RAM is ahead of the disk" before the first unflushed mark,
@@ -341,6 +347,7 @@ class Volume(SyncWrites, Conversion):
                 pending = self._pending_offsets
                 pending.append(offset)
                 self._pending_lengths.append(length)
+                self.version += 1
                 if len(pending) >= PENDING_MARKS:
                     self._drain()
         return None
@@ -375,6 +382,7 @@ class Volume(SyncWrites, Conversion):
             if not self._unflushed:
                 self._note_dirty()
             self._history.mark_many(offs64, lens64, self._shift, self._gen)
+            self.version += 1
             return None
 
     # -- checkpoints ----------------------------------------------------

@@ -112,4 +112,5 @@ class Conversion:
             self._checkpoints = checkpoints
             self._by_name = {c.name: c for c in checkpoints}
             self._update_marking()
+            self.version += 1
 

@@ -113,6 +113,7 @@ class SyncWrites:
             self._sync.add_new(self._history.current, self._gen, offsets, lengths, self._shift, new)
             offs, lens = offsets[new], lengths[new]
             self._history.mark_many(offs, lens, self._shift, self._gen)
+            self.version += 1
         return token or None
 
     @guarded

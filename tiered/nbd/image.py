@@ -99,6 +99,7 @@ class Image:
         self.readonly = readonly
         self.size = volume.size
         self.gate = WriteGate()
+        self._map: DirtyMap | None = None  # see dirty()
         try:
             self.fd = os.open(path, os.O_RDONLY if readonly else os.O_RDWR)
         except OSError as exc:
@@ -254,9 +255,50 @@ class Image:
         return descriptors(np.array(self._allocation(offset, length, limit), dtype=np.int64).reshape(-1, 2))
 
     def dirty(self, checkpoint: str, offset: int, length: int, limit: int) -> bytes:
-        """qemu:dirty-bitmap:CHECKPOINT of [offset, offset + length)."""
-        extents = self.volume.changed_since(checkpoint, offset, length)
-        return descriptors(dirty_pairs(extents.offsets, extents.lengths, offset, offset + length, limit))
+        """qemu:dirty-bitmap:CHECKPOINT of [offset, offset + length), as wire
+        descriptors.  A window of at least MAP_SCAN bytes is a map scan
+        (nbdinfo, qemu-img map: window after window of up to 4 GiB): it is
+        answered from one ``changed_since`` of the whole volume, kept for the
+        next windows while the volume's ``version`` stays the same."""
+        if length < MAP_SCAN:
+            extents = self.volume.changed_since(checkpoint, offset, length)
+            return descriptors(dirty_pairs(extents.offsets, extents.lengths, offset, offset + length, limit))
+        version = self.volume.version  # read before the answer: a later change makes it stale
+        whole = self.volume.changed_since(checkpoint)
+        offsets = whole.offsets.astype(np.int64)
+        entry = DirtyMap(checkpoint, version, offsets, offsets + whole.lengths.astype(np.int64))
+        if 16 * len(offsets) <= MAP_CACHE_BYTES:
+            self._map = entry
+        return entry.window(offset, length, limit)
+
+    def dirty_cached(self, checkpoint: str, offset: int, length: int, limit: int) -> bytes | None:
+        """:meth:`dirty` from the map kept by the last scan of ``checkpoint``
+        if no change happened since, else None.  Cheap enough for the event loop."""
+        entry = self._map
+        if entry is None or entry.checkpoint != checkpoint or entry.version != self.volume.version:
+            return None
+        return entry.window(offset, length, limit)
+
+
+MAP_SCAN = 1 << 30  # bytes: a block status window at least this long starts a map scan
+MAP_CACHE_BYTES = 64 << 20  # the largest whole-volume map kept between windows
+
+
+class DirtyMap:
+    """The dirty extents of a whole volume since one checkpoint, at one version."""
+
+    __slots__ = ("checkpoint", "version", "offsets", "ends")
+
+    def __init__(self, checkpoint: str, version: int, offsets: np.ndarray, ends: np.ndarray) -> None:
+        self.checkpoint, self.version, self.offsets, self.ends = checkpoint, version, offsets, ends
+
+    def window(self, offset: int, length: int, limit: int) -> bytes:
+        hi = offset + length
+        first = int(np.searchsorted(self.ends, offset, side="right"))
+        last = int(np.searchsorted(self.offsets, hi, side="left"))
+        offs = np.maximum(self.offsets[first:last], offset)
+        ends = np.minimum(self.ends[first:last], hi)
+        return descriptors(dirty_pairs(offs, ends - offs, offset, hi, limit))
 
 
 class NotFast(Exception):

@@ -194,7 +194,8 @@ class Transmission:
             self._check_range(request)
             if not self.session.structured:
                 data = await self._blocking(image.read, offset, length) if length else b""
-                self.writer.write(p.simple_reply(cookie) + data)
+                self.writer.write(p.simple_reply(cookie))
+                self.writer.write(data)  # not concatenated: that would copy the payload once more
             elif not length:
                 self.writer.write(p.chunk_header(p.REPLY_FLAG_DONE, p.REPLY_TYPE_NONE, cookie, 0))
             else:
@@ -250,7 +251,9 @@ class Transmission:
                 pairs = await self._blocking(self.image.allocation, request.offset, length, limit)
             else:
                 checkpoint = name[len(p.DIRTY_BITMAP_PREFIX) :]
-                pairs = await self._blocking(self.image.dirty, checkpoint, request.offset, length, limit)
+                pairs = self.image.dirty_cached(checkpoint, request.offset, length, limit)
+                if pairs is None:
+                    pairs = await self._blocking(self.image.dirty, checkpoint, request.offset, length, limit)
             chunks.append((context_id, pairs))
         last = len(chunks) - 1
         for i, (context_id, pairs) in enumerate(chunks):
