@@ -1,15 +1,21 @@
 """The NBD server (``tiered serve``) side by side with ``qemu-nbd``, in the same run.
 
 Every server runs as its own process on a Unix socket in pytest's temporary
-directory, one at a time, and serves the same file on the same disk:
+directory and serves the same file on the same disk:
 
 * ``qemu-nbd -f raw -t --shared=0 -k SOCK IMAGE`` (QEMU's defaults otherwise:
   ``--cache=writeback``, ``--aio=threads``).  ``--shared=0`` (any number of
   clients) makes it advertise ``CAN_MULTI_CONN``, as tiered does, so
   ``nbdcopy`` opens its 4 connections to both; ``-t`` keeps it running
-  between clients.
+  between clients.  Started once for the module (fixture ``peers``).
 * ``python -m tiered serve STORE vda --image IMAGE --socket SOCK --create
   SIZE --strategy S --durability D``: a fresh store per configuration.
+
+The machine is shared and its throughput drifts within minutes, so every
+timed round of tiered is paired with a round of the same client against
+qemu-nbd run just before it (in the round's untimed setup, timed apart),
+and the goals compare the medians of those pairs.  qemu-nbd's own
+benchmark is measured too and printed beside them.
 
 Three measurements, one per goal:
 
@@ -18,16 +24,20 @@ Three measurements, one per goal:
    allocated and filled with random data.  *read*: the export to
    ``null:``; *write*: a 1 GiB file of random data (the image's own
    content) into the export, without ``--flush``.  Before every round,
-   untimed: ``fdatasync`` of the image, and for tiered a new checkpoint
-   (through the control socket), so that every write round dirties every
-   chunk of a fresh period: in sync durability, every write waits for a
-   commit.  MiB/s = 1 GiB / the round's time.  Goal: tiered, lazy and sync,
-   at least 0.5x qemu-nbd's throughput.
+   untimed: ``fdatasync`` of the image, and for tiered's writes a new
+   checkpoint (through the control socket), so that every write round
+   dirties every chunk of a fresh period: in sync durability, every write
+   waits for a commit.  Goal: tiered hybrid, lazy and sync, at least 0.5x
+   qemu-nbd's throughput.
 2. *random writes*: ``fio --ioengine=nbd --rw=randwrite --bs=4k
    --iodepth=16`` over the same 1 GiB image, ``FIO_RUNTIME`` seconds per
-   round (time based), after the same untimed fdatasync and checkpoint;
-   the IOPS of fio's JSON report.  Goal: tiered, lazy and sync, at least
-   0.3x qemu-nbd's IOPS.
+   round (time based); fio's IOPS.  Before each round, untimed: a new
+   checkpoint, and for the *hot* period an nbdcopy write of the whole image
+   in it (every chunk then written, in sync durability durable, in the
+   period), then ``fdatasync`` and one tiny-put LMDB commit on the same
+   disk (the commit time of those moments, printed).  Goal: tiered hybrid,
+   lazy and sync, at least 0.3x qemu-nbd's IOPS, in a fresh period and in
+   a hot one.
 3. *dirty map*: ``nbdinfo --map=qemu:dirty-bitmap:cp URI`` of a 1 TiB volume
    (``TIERED_BENCH_NBD_MAP_SIZE``, e.g. ``64G``, shrinks it) with 1% of its
    64 KiB chunks dirty at random: against ``qemu-nbd -r -f qcow2 -B cp`` of
@@ -38,11 +48,13 @@ Three measurements, one per goal:
    chunks, with a sparse 1 TiB image.  Both maps are checked against the
    expected extents before timing; the first map of each server is timed
    apart (it loads tiered's query kernels), then one warm-up and
-   ``MAP_ROUNDS`` timed rounds.  Goal: tiered no slower than qemu-nbd.
+   ``MAP_ROUNDS`` timed rounds.  Goal: every strategy no slower than
+   qemu-nbd.
 
 ``test_nbd_summary`` (last) prints every ratio and asserts the goals (ratios
-of medians measured in the same run, never absolute times).  A missing tool
-skips what needs it.
+of medians measured at the same moments, never absolute times).  A missing
+tool skips what needs it; every server process is stopped at teardown,
+killed if the test failed.
 """
 
 from __future__ import annotations
