@@ -324,6 +324,7 @@ def fdatasync(path: str) -> None:
 def copy_files(tmp_path_factory) -> dict[str, str]:
     """A 1 GiB file of random data (fixed seed) and the image, a copy of it
     (fully allocated: every read returns data from the file)."""
+    needs("qemu-nbd")  # every test using these files compares with it
     directory = tmp_path_factory.mktemp("nbdcopy")
     data, image = directory / "data", directory / "image"
     rng = np.random.default_rng(20251130)
