@@ -9,6 +9,8 @@ bitmap B.
 from __future__ import annotations
 
 from .format import Bitmap, Qcow2Image, read_bitmaps
-from .importer import ImportReport, import_bitmaps
+from .importer import ImportPlan, ImportReport, apply_import, import_bitmaps, plan_import
 
-__all__ = ["Bitmap", "ImportReport", "Qcow2Image", "import_bitmaps", "read_bitmaps"]
+__all__ = [
+    "Bitmap", "ImportPlan", "ImportReport", "Qcow2Image", "apply_import", "import_bitmaps", "plan_import", "read_bitmaps",
+]

@@ -163,7 +163,7 @@ class Qcow2Image:
                 bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little").view(np.bool_)
                 if bits[end - first :].any():
                     raise Qcow2FormatError(
-                        f"qcow2 image {self.path!r}: bitmap {bitmap.name!r} has bits set past the end "
+                        f"image {self.path!r}: bitmap {bitmap.name!r} has bits set past the end "
                         f"of the virtual disk in its last data cluster (at byte {offset}); they must be zero"
                     )
                 yield first, end, bits[: end - first]
@@ -208,8 +208,8 @@ def _pread(fd: int, path: str, offset: int, size: int, what: str) -> bytes:
         raise Qcow2FormatError(f"cannot read {what} of qcow2 image {path!r}: {exc.strerror or exc}") from None
     if len(data) != size:
         raise Qcow2FormatError(
-            f"qcow2 image {path!r} is truncated: {what} at byte {offset} needs {size} bytes, "
-            f"the file has {max(len(data), 0)} there"
+            f"image {path!r}: truncated: {what} at byte {offset} needs {size} bytes, "
+            f"the file has {len(data)} there"
         )
     return data
 
@@ -224,7 +224,7 @@ class _Reader:
         self.regions: list[tuple[int, int, str]] = []
 
     def error(self, message: str) -> Qcow2FormatError:
-        return Qcow2FormatError(f"qcow2 image {self.path!r}: {message}")
+        return Qcow2FormatError(f"image {self.path!r}: {message}")
 
     def read(self, offset: int, size: int, what: str) -> bytes:
         return _pread(self.fd, self.path, offset, size, what)
@@ -275,17 +275,17 @@ def _read(r: _Reader) -> Qcow2Image:
         head = os.pread(r.fd, 4096, 0)
     except OSError as exc:
         raise r.error(f"cannot be read: {exc.strerror or exc}") from None
-    if head[:4] != MAGIC[: len(head[:4])] or len(head) < 4:
-        raise r.error("is not a qcow2 image (no QFI\\xfb magic at byte 0)")
+    if head[:4] != MAGIC:
+        raise r.error("not a qcow2 image (no QFI\\xfb magic at byte 0)")
     if len(head) < V2_HEADER.size:
-        raise r.error(f"is truncated: {r.file_size} bytes, shorter than the {V2_HEADER.size}-byte header")
+        raise r.error(f"truncated: {r.file_size} bytes, shorter than the {V2_HEADER.size}-byte qcow2 header")
     (_, version, _backing_off, _backing_size, cluster_bits, virtual_size, _crypt, l1_size, l1_offset,
      refcount_offset, refcount_clusters, _nb_snapshots, _snapshots_offset) = V2_HEADER.unpack_from(head)
     if version not in (2, 3):
-        raise r.error(f"has version {version}; this reader knows versions 2 and 3")
+        raise r.error(f"qcow2 version {version}; this reader knows versions 2 and 3")
     if not MIN_CLUSTER_BITS <= cluster_bits <= MAX_CLUSTER_BITS:
         raise r.error(
-            f"has cluster_bits {cluster_bits}, outside [{MIN_CLUSTER_BITS}, {MAX_CLUSTER_BITS}] "
+            f"cluster_bits {cluster_bits}, outside [{MIN_CLUSTER_BITS}, {MAX_CLUSTER_BITS}] "
             "(512 bytes to QEMU's limit of 2 MiB)"
         )
     cluster_size = 1 << cluster_bits
@@ -294,20 +294,20 @@ def _read(r: _Reader) -> Qcow2Image:
     header_length = V2_HEADER.size
     if version == 3:
         if len(head) < V2_HEADER.size + V3_FIELDS.size:
-            raise r.error(f"is truncated: {r.file_size} bytes, shorter than a version 3 header")
+            raise r.error(f"truncated: {r.file_size} bytes, shorter than a version 3 header")
         incompatible, _compatible, autoclear, _refcount_order, header_length = V3_FIELDS.unpack_from(head, 72)
         if header_length < 104 or header_length % 8 or header_length > cluster_size:
             raise r.error(
-                f"has header_length {header_length}; version 3 needs a multiple of 8 from 104 to the "
+                f"header_length {header_length}; version 3 needs a multiple of 8 from 104 to the "
                 f"cluster size {cluster_size}"
             )
         unknown = incompatible & ~INCOMPAT_KNOWN
         if unknown:
-            raise r.error(f"has unknown incompatible feature bits {unknown:#x}; it must not be opened")
+            raise r.error(f"unknown incompatible feature bits {unknown:#x}: the image must not be opened")
         if incompatible & INCOMPAT_CORRUPT:
-            raise r.error("is flagged corrupt (incompatible feature bit 1); repair it with 'qemu-img check -r all'")
+            raise r.error("flagged corrupt (incompatible feature bit 1); repair it with 'qemu-img check -r all'")
     if r.file_size < cluster_size:
-        raise r.error(f"is truncated: {r.file_size} bytes, shorter than its first cluster ({cluster_size} bytes)")
+        raise r.error(f"truncated: {r.file_size} bytes, shorter than its first cluster ({cluster_size} bytes)")
     first = r.read(0, cluster_size, "the header cluster")
     r.regions.append((0, cluster_size, "the image header"))
     # The L1 and refcount tables, where they are sane, are metadata that no
@@ -333,7 +333,7 @@ def _read(r: _Reader) -> Qcow2Image:
             )
         if ext_type == EXT_BITMAPS:
             if ext is not None:
-                raise r.error("has two Bitmaps header extensions")
+                raise r.error("two Bitmaps header extensions")
             if length != BITMAPS_EXT.size:
                 raise r.error(f"Bitmaps header extension has length {length}, not {BITMAPS_EXT.size}")
             ext = BITMAPS_EXT.unpack_from(first, pos + EXT_HEADER.size)

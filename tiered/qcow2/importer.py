@@ -26,7 +26,7 @@ import numpy as np
 
 from ..checks import as_int, check_geometry, check_granularity
 from ..config import MAX_GRANULARITY, MIN_GRANULARITY
-from ..errors import AlreadyExistsError, InvalidArgumentError, Qcow2InconsistentError, TieredError
+from ..errors import AlreadyExistsError, InvalidArgumentError, Qcow2InconsistentError, ReadOnlyError, TieredError
 from ..volume import check_name
 from .format import Bitmap, Qcow2Image, read_bitmaps
 
@@ -180,35 +180,38 @@ def _mark(vol: Any, packed: np.ndarray, n_chunks: int, granularity: int, size: i
         vol.mark_many(offsets, lengths)
 
 
-def import_bitmaps(
-    store: "Store",
-    volume_name: str,
+@dataclasses.dataclass
+class ImportPlan:
+    """Everything an import needs, read and checked, before any store is
+    touched (:func:`plan_import`)."""
+
+    image: Qcow2Image
+    size: int
+    granularity: int
+    n_chunks: int
+    names: list[str]
+    sets: dict[str, np.ndarray]
+    newer: list[np.ndarray]
+    lost: int
+    superset_at: int
+    exact: list[bool]
+    chain: bool
+    order: str
+    skipped: list[str]
+    warnings: list[str]
+
+
+def plan_import(
     image_path: str | os.PathLike,
     *,
     bitmaps: Sequence[str] | None = None,
     order: Sequence[str] | None = None,
     accept_inconsistent: bool = False,
     granularity: int | None = None,
-    strategy: Any = None,
-    durability: str = "lazy",
-) -> ImportReport:
-    """Create volume ``volume_name`` in ``store`` with one checkpoint per
-    persistent bitmap of the qcow2 image at ``image_path``, such that
-    ``changed_since(B)`` is bitmap B (see docs/qcow2.md).
-
-    ``bitmaps``: the names to import (default: every usable bitmap).
-    ``order``: the checkpoints' order, oldest first (default: inferred by
-    inclusion, else directory order).  ``accept_inconsistent``: import
-    bitmaps flagged ``in_use`` as "everything changed" instead of refusing.
-    ``granularity``: the volume's (default: the finest of the bitmaps').
-    ``strategy`` and ``durability``: as for :meth:`Store.create_volume`.
-
-    All or nothing.  Raises Qcow2FormatError (the image), Qcow2InconsistentError
-    (in-use bitmaps without ``accept_inconsistent``), InvalidArgumentError,
-    AlreadyExistsError, CheckpointLimitError, ReadOnlyError, StoreFullError
-    or StorageError; then the store is unchanged.
-    """
-    check_name(volume_name, "volume")
+) -> ImportPlan:
+    """Read the image, pick and order the bitmaps and decide what each
+    checkpoint will answer, touching no store (the first half of
+    :func:`import_bitmaps`, which documents the arguments and errors)."""
     image_path = os.fspath(image_path)
     bitmaps = _names(bitmaps, "bitmaps")
     order = _names(order, "order")
@@ -217,8 +220,6 @@ def import_bitmaps(
         check_granularity(granularity)
     if not isinstance(accept_inconsistent, bool):
         raise InvalidArgumentError("accept_inconsistent must be a bool")
-    if volume_name in store.volumes():
-        raise AlreadyExistsError(f"store already has a volume {volume_name!r}; nothing was imported")
 
     image = read_bitmaps(image_path)
     skipped: list[str] = []
@@ -248,7 +249,7 @@ def import_bitmaps(
             f"the importer takes up to {MAX_IMPORT_CHUNKS}: give a coarser granularity"
         )
 
-    # Read every bitmap before the store is touched.
+    # Every bitmap is read here, before any store is touched.
     sets = {bm.name: _chunk_set(image, bm, granularity, n_chunks) for bm in chosen}
     by_name = {bm.name: bm for bm in chosen}
 
@@ -266,7 +267,8 @@ def import_bitmaps(
     names = [bm.name for bm in ordered]
     n = len(ordered)
 
-    # newer[i]: the union of the bitmaps after i; marks[i] = B_i \ newer[i].
+    # newer[i]: the union of the bitmaps after i; checkpoint i is followed
+    # by the marks B_i \ newer[i], so changed_since(B_i) = B_i | newer[i].
     newer: list[np.ndarray] = [np.zeros_like(sets[names[0]]) for _ in range(n)]
     for i in range(n - 2, -1, -1):
         newer[i] = newer[i + 1] | sets[names[i + 1]]
@@ -296,7 +298,7 @@ def import_bitmaps(
             warnings.append(
                 f"checkpoint{'s' * (len(older) > 1)} {', '.join(map(repr, older))}, older than "
                 f"{names[superset_at]!r}, {'are' if len(older) > 1 else 'is'} flagged exact=False too "
-                "(a volume flags answers up to one checkpoint)"
+                "(a volume flags the answers up to one checkpoint)"
             )
     if lost >= 0:
         warnings.append(
@@ -309,21 +311,72 @@ def import_bitmaps(
         warnings.insert(0, "the bitmaps do not form a chain (no order nests them): imported in directory "
                            "order, oldest first, and flagged where their answers are supersets")
     exact = [i > lost and i > superset_at for i in range(n)]
+    return ImportPlan(image, size, granularity, n_chunks, names, sets, newer, lost, superset_at, exact,
+                      chain, how, skipped, warnings)
 
+
+def _check_free(store: "Store", volume_name: str) -> None:
+    if store.readonly:
+        raise ReadOnlyError(f"store {store.path!r} is open read-only; nothing was imported")
+    if volume_name in store.volumes():
+        raise AlreadyExistsError(f"store already has a volume {volume_name!r}; nothing was imported")
+
+
+def import_bitmaps(
+    store: "Store",
+    volume_name: str,
+    image_path: str | os.PathLike,
+    *,
+    bitmaps: Sequence[str] | None = None,
+    order: Sequence[str] | None = None,
+    accept_inconsistent: bool = False,
+    granularity: int | None = None,
+    strategy: Any = None,
+    durability: str = "lazy",
+) -> ImportReport:
+    """Create volume ``volume_name`` in ``store`` with one checkpoint per
+    persistent bitmap of the qcow2 image at ``image_path``, such that
+    ``changed_since(B)`` is bitmap B (see docs/qcow2.md).
+
+    ``bitmaps``: the names to import (default: every usable bitmap).
+    ``order``: the checkpoints' order, oldest first (default: inferred by
+    inclusion, else directory order).  ``accept_inconsistent``: import
+    bitmaps flagged ``in_use`` as "everything changed" instead of refusing.
+    ``granularity``: the volume's (default: the finest of the bitmaps').
+    ``strategy`` and ``durability``: as for :meth:`Store.create_volume`.
+
+    All or nothing.  Raises Qcow2FormatError (the image), Qcow2InconsistentError
+    (in-use bitmaps without ``accept_inconsistent``), InvalidArgumentError,
+    AlreadyExistsError, CheckpointLimitError, ReadOnlyError, StoreFullError
+    or StorageError; then the store is unchanged.
+    """
+    check_name(volume_name, "volume")
+    _check_free(store, volume_name)
+    plan = plan_import(image_path, bitmaps=bitmaps, order=order, accept_inconsistent=accept_inconsistent,
+                       granularity=granularity)
+    return apply_import(store, volume_name, plan, strategy=strategy, durability=durability)
+
+
+def apply_import(store: "Store", volume_name: str, plan: ImportPlan, *, strategy: Any = None,
+                 durability: str = "lazy") -> ImportReport:
+    """Build the volume a plan describes and add it to ``store``, all or
+    nothing (the second half of :func:`import_bitmaps`)."""
     import tiered
 
+    check_name(volume_name, "volume")
+    _check_free(store, volume_name)
+    names, size, granularity = plan.names, plan.size, plan.granularity
     scratch = tempfile.mkdtemp(prefix="tiered-qcow2-import-")
     try:
         with tiered.open(os.path.join(scratch, "store"), sync=False) as tmp:
             vol = tmp.create_volume(volume_name, size, granularity, strategy=strategy, durability=durability)
             for i, name in enumerate(names):
                 vol.checkpoint(name)
-                marks = sets[name] & ~newer[i]
-                _mark(vol, marks, n_chunks, granularity, size)
+                _mark(vol, plan.sets[name] & ~plan.newer[i], plan.n_chunks, granularity, size)
             vol._flag_imported(
-                names[lost] if lost >= 0 else None,
-                names[superset_at] if superset_at >= 0 else None,
-                f"qcow2-in-use/{os.path.basename(image_path)}",
+                names[plan.lost] if plan.lost >= 0 else None,
+                names[plan.superset_at] if plan.superset_at >= 0 else None,
+                f"qcow2-in-use/{os.path.basename(plan.image.path)}",
             )
             vol.flush()
             dump = os.path.join(scratch, "volume.dump")
@@ -334,14 +387,14 @@ def import_bitmaps(
         shutil.rmtree(scratch, ignore_errors=True)
     return ImportReport(
         volume=volume_name,
-        image=image_path,
+        image=plan.image.path,
         size=size,
         granularity=granularity,
-        checkpoints=names,
-        exact=exact,
-        chain=chain,
-        order=how,
+        checkpoints=list(names),
+        exact=list(plan.exact),
+        chain=plan.chain,
+        order=plan.order,
         generation_id=generation_id,
-        skipped=skipped,
-        warnings=warnings,
+        skipped=list(plan.skipped),
+        warnings=list(plan.warnings),
     )
