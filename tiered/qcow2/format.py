@@ -159,7 +159,10 @@ class Qcow2Image:
                 if offset == 0:
                     yield first, end, bool(entry & TABLE_ALL_ONES)
                     continue
-                data = _pread(fd, self.path, offset, self.cluster_size, f"data cluster {i} of bitmap {bitmap.name!r}")
+                data = _pread(fd, self.path, offset, min(self.cluster_size, max(self.file_size - offset, 0)),
+                              f"data cluster {i} of bitmap {bitmap.name!r}")
+                if len(data) < self.cluster_size:
+                    data += bytes(self.cluster_size - len(data))
                 bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little").view(np.bool_)
                 if bits[end - first :].any():
                     raise Qcow2FormatError(
@@ -366,7 +369,6 @@ def _read(r: _Reader) -> Qcow2Image:
     directory = r.read(dir_offset, dir_size, "the bitmap directory")
     bitmaps = _directory(r, directory, nb_bitmaps, virtual_size, consistent)
     r.check_overlaps()
-    _check_data_clusters(r, bitmaps)
     return Qcow2Image(r.path, r.file_size, version, cluster_size, virtual_size, incompatible, autoclear,
                       consistent, bitmaps, notes)
 
@@ -418,8 +420,6 @@ def _directory(r: _Reader, directory: bytes, nb_bitmaps: int, virtual_size: int,
                 f"{label} has a bitmap table of {table_size} entries, over QEMU's limits "
                 f"({MAX_TABLE_SIZE} entries, {MAX_BITMAP_BYTES} bytes of data)"
             )
-        if table_offset == 0:
-            raise r.error(f"{label} has bitmap_table_offset 0")
         r.region(table_offset, table_size * 8, f"the bitmap table of {label}")
         granularity = 1 << gran_bits
         unusable = None
@@ -428,7 +428,6 @@ def _directory(r: _Reader, directory: bytes, nb_bitmaps: int, virtual_size: int,
         elif extra_size and not flags & FLAG_EXTRA_DATA_COMPATIBLE:
             unusable = f"it has {extra_size} bytes of extra data not flagged extra_data_compatible"
         inconsistent = bool(flags & FLAG_IN_USE) or not consistent
-        table = None
         if unusable is None and not inconsistent:
             needed = -(-(-(-(-(-virtual_size // granularity)) // 8)) // cluster_size)
             if table_size != needed:
@@ -436,17 +435,25 @@ def _directory(r: _Reader, directory: bytes, nb_bitmaps: int, virtual_size: int,
                     f"{label} has a bitmap table of {table_size} entries; a bitmap of granularity "
                     f"{granularity} over the virtual size {virtual_size} needs {needed}"
                 )
-            table = np.frombuffer(r.read(table_offset, table_size * 8, f"the bitmap table of {label}"), ">u8")
-            table = table.astype(np.uint64)
-            _check_table(r, table, label)
         bitmaps.append(Bitmap(name, granularity, flags, bm_type, table_offset, table_size, extra_size,
-                              inconsistent, unusable, table))
+                              inconsistent, unusable))
     if len(bitmaps) != nb_bitmaps:
         raise r.error(f"the bitmap directory holds {len(bitmaps)} entries, nb_bitmaps says {nb_bitmaps}")
+    # Tables are read once no metadata region overlaps another.
+    r.check_overlaps()
+    for i, bm in enumerate(bitmaps):
+        if bm.unusable is None and not bm.inconsistent:
+            label = f"bitmap {bm.name!r}"
+            table = np.frombuffer(r.read(bm.table_offset, bm.table_size * 8, f"the bitmap table of {label}"), ">u8")
+            table = table.astype(np.uint64)
+            n_bytes = -(-(-(-virtual_size // bm.granularity)) // 8)
+            _check_table(r, table, label, n_bytes)
+            bitmaps[i] = dataclasses.replace(bm, table=table)
     return bitmaps
 
 
-def _check_table(r: _Reader, table: np.ndarray, label: str) -> None:
+def _check_table(r: _Reader, table: np.ndarray, label: str, n_bytes: int) -> None:
+    """Check a bitmap's table entries; ``n_bytes``: the size of its data."""
     reserved = np.flatnonzero(table & np.uint64(TABLE_RESERVED_MASK))
     if reserved.size:
         i = int(reserved[0])
@@ -461,39 +468,35 @@ def _check_table(r: _Reader, table: np.ndarray, label: str) -> None:
     if unaligned.size:
         i = int(unaligned[0])
         raise r.error(f"{label}: bitmap table entry {i} points at byte {int(offsets[i])}, not cluster-aligned")
-    used = offsets[offsets != 0]
-    if used.size:
-        low, high = int(used.min()), int(used.max())
+    used = offsets != 0
+    if used.any():
+        low = int(offsets[used].min())
         if low < cs:
             raise r.error(f"{label}: a data cluster at byte {low} overlaps the image header (the first cluster)")
-        if high + cs > r.file_size:
+        _data_overlaps(r, offsets[used], label)
+        # The bytes of the bitmap each cluster holds must be in the file (the
+        # rest of a last cluster may lie past the end, and reads as zeros).
+        needed = np.full(len(table), cs, np.uint64)
+        needed[-1] = n_bytes - (len(table) - 1) * cs
+        past = np.flatnonzero(used & (offsets + needed > np.uint64(r.file_size)))
+        if past.size:
+            i = int(past[0])
             raise r.error(
-                f"{label}: a data cluster at byte {high} lies past the end of the file ({r.file_size} bytes)"
+                f"{label}: its data cluster {i} at byte {int(offsets[i])} lies past the end of the file "
+                f"({r.file_size} bytes)"
             )
 
 
-def _check_data_clusters(r: _Reader, bitmaps: list[Bitmap]) -> None:
+def _data_overlaps(r: _Reader, offsets: np.ndarray, label: str) -> None:
     """No data cluster may overlap the header, a table or the directory."""
-    if not r.regions:
-        return
     regions = sorted(r.regions)
     starts = np.array([s for s, _, _ in regions], np.uint64)
     ends = np.array([e for _, e, _ in regions], np.uint64)
-    cs = np.uint64(r.cluster_size)
-    for bm in bitmaps:
-        if bm.table is None:
-            continue
-        offsets = bm.table & np.uint64(TABLE_OFFSET_MASK)
-        offsets = offsets[offsets != 0]
-        if not offsets.size:
-            continue
-        # The region starting last at or before each cluster's end.
-        i = np.searchsorted(starts, offsets + cs, side="left") - 1
-        hit = (i >= 0) & (ends[np.maximum(i, 0)] > offsets)
-        if hit.any():
-            k = int(np.flatnonzero(hit)[0])
-            s, e, what = regions[int(i[k])]
-            raise r.error(
-                f"bitmap {bm.name!r}: its data cluster at byte {int(offsets[k])} overlaps {what} "
-                f"(bytes {s}-{e - 1})"
-            )
+    # Regions do not overlap each other, so the one starting last before a
+    # cluster's end is the only one that can overlap it.
+    i = np.searchsorted(starts, offsets + np.uint64(r.cluster_size), side="left") - 1
+    hit = (i >= 0) & (ends[np.maximum(i, 0)] > offsets)
+    if hit.any():
+        k = int(np.flatnonzero(hit)[0])
+        s, e, what = regions[int(i[k])]
+        raise r.error(f"{label}: its data cluster at byte {int(offsets[k])} overlaps {what} (bytes {s}-{e - 1})")
