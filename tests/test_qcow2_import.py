@@ -24,7 +24,7 @@ from tiered.errors import Qcow2FormatError, Qcow2InconsistentError, TieredError
 from tiered.qcow2 import import_bitmaps, plan_import, read_bitmaps
 
 TOOLS = ("qemu-img", "qemu-io", "qemu-nbd", "nbdinfo")
-pytestmark = pytest.mark.skipif(
+needs_qemu = pytest.mark.skipif(
     any(shutil.which(t) is None for t in TOOLS), reason="needs " + ", ".join(TOOLS)
 )
 
@@ -156,6 +156,7 @@ def volume_after(tmp_path, image: str, **kw):
 # -- imports checked against QEMU -----------------------------------------------------
 
 
+@needs_qemu
 def test_chain_imports_exactly(tmp_path, chain_image):
     store, vol, report = volume_after(tmp_path, chain_image)
     with store:
@@ -171,6 +172,7 @@ def test_chain_imports_exactly(tmp_path, chain_image):
         assert list(vol.changed_since("chk-c"))[0] == (0, 64 << 10)
 
 
+@needs_qemu
 def test_order_by_inclusion_not_by_directory(tmp_path, chain_image):
     # Listing the bitmaps newest first changes nothing: inclusion decides.
     store, vol, report = volume_after(tmp_path, chain_image, bitmaps=["chk-c", "chk-a"])
@@ -181,6 +183,7 @@ def test_order_by_inclusion_not_by_directory(tmp_path, chain_image):
             assert list(vol.changed_since(name)) == nbd_map(chain_image, name)
 
 
+@needs_qemu
 def test_given_order_against_the_chain_is_flagged(tmp_path, chain_image):
     store, vol, report = volume_after(tmp_path, chain_image, order=["chk-c", "chk-b", "chk-a"])
     with store:
@@ -195,6 +198,7 @@ def test_given_order_against_the_chain_is_flagged(tmp_path, chain_image):
         assert any("chk-c" in w and "superset" in w for w in report.warnings)
 
 
+@needs_qemu
 def test_disabled_merged_and_cleared_bitmaps(tmp_path):
     image = create(tmp_path / "d.qcow2", 32 * MiB)
     rng = random.Random(11)
@@ -222,6 +226,7 @@ def test_disabled_merged_and_cleared_bitmaps(tmp_path):
         assert list(vol.changed_since("empty")) == []
 
 
+@needs_qemu
 def test_disjoint_periods_are_supersets_in_directory_order(tmp_path):
     # Each bitmap records one period (disabled when the next one starts):
     # no order nests them.
@@ -247,6 +252,7 @@ def test_disjoint_periods_are_supersets_in_directory_order(tmp_path):
 GRANULARITIES = [512, 4096, 16 << 10, 64 << 10, 256 << 10, 1 << 20]
 
 
+@needs_qemu
 @pytest.mark.parametrize("seed", range(6))
 def test_randomised_against_qemu(tmp_path, seed):
     rng = random.Random(1000 + seed)
@@ -276,6 +282,7 @@ def test_randomised_against_qemu(tmp_path, seed):
         assert report.chain or coarse
 
 
+@needs_qemu
 @pytest.mark.parametrize("volume_granularity", [4096, 1 << 20])
 def test_volume_granularity_given(tmp_path, chain_image, volume_granularity):
     store, vol, report = volume_after(tmp_path, chain_image, granularity=volume_granularity)
@@ -290,6 +297,7 @@ def test_volume_granularity_given(tmp_path, chain_image, volume_granularity):
             assert answer.exact == exact == (g > 64 << 10)
 
 
+@needs_qemu
 def test_partial_last_chunk(tmp_path):
     image = create(tmp_path / "t.qcow2", 10 * MiB + 512)
     add(image, "b", 64 << 10)
@@ -302,6 +310,7 @@ def test_partial_last_chunk(tmp_path):
 # -- inconsistent bitmaps ------------------------------------------------------------
 
 
+@needs_qemu
 def test_in_use_is_refused_then_accepted(tmp_path, chain_image):
     lay = layout(chain_image)
     entry = next(e for e in lay["entries"] if e["name"] == "chk-b")
@@ -329,9 +338,11 @@ def test_in_use_is_refused_then_accepted(tmp_path, chain_image):
         assert report.exact == [False, False, True]
         assert list(store.volume("vdc").changed_since("chk-a")) == [(0, vol.size)]
         assert vol.generation_id != clean and answer.generation_id == vol.generation_id
+        assert vol.unclean_shutdown and not store.volume("other").unclean_shutdown
         assert any("unknown content" in w for w in report.warnings)
 
 
+@needs_qemu
 def test_in_use_left_by_a_killed_qemu(tmp_path):
     image = create(tmp_path / "k.qcow2", 8 * MiB)
     add(image, "live")
@@ -358,6 +369,7 @@ def test_in_use_left_by_a_killed_qemu(tmp_path):
         assert report.exact == [False] and list(answer) == [(0, 8 * MiB)] and not answer.exact
 
 
+@needs_qemu
 def test_cleared_autoclear_bit_makes_every_bitmap_inconsistent(tmp_path, chain_image):
     image = edited(chain_image, tmp_path / "ac.qcow2", {88: bytes(8)})
     parsed = read_bitmaps(image)
@@ -369,6 +381,7 @@ def test_cleared_autoclear_bit_makes_every_bitmap_inconsistent(tmp_path, chain_i
 # -- directory flags, extra data, unknown types ---------------------------------------------
 
 
+@needs_qemu
 def test_unusable_bitmaps_are_skipped_or_refused(tmp_path, chain_image):
     lay = layout(chain_image)
     entry = next(e for e in lay["entries"] if e["name"] == "chk-b")
@@ -439,6 +452,7 @@ def small_image(tmp_path_factory) -> str:
     return image
 
 
+@needs_qemu
 def test_bad_images_name_the_problem_and_change_nothing(tmp_path, small_image):
     cases = _bad_cases(small_image, tmp_path)
     store_path = tmp_path / "store"
@@ -455,6 +469,7 @@ def test_bad_images_name_the_problem_and_change_nothing(tmp_path, small_image):
     assert not (tmp_path / "never").exists()
 
 
+@needs_qemu
 def test_fuzzed_metadata_fails_cleanly_or_imports(tmp_path, small_image):
     lay = layout(small_image)
     with open(small_image, "rb") as f:
@@ -499,6 +514,7 @@ def test_fuzzed_metadata_fails_cleanly_or_imports(tmp_path, small_image):
 # -- the command line -----------------------------------------------------------------
 
 
+@needs_qemu
 def test_cli_import(tmp_path, chain_image, capsys):
     store = str(tmp_path / "store")
     assert main(["qcow2", "import", chain_image, store, "vda"]) == 0
@@ -520,6 +536,7 @@ def test_cli_import(tmp_path, chain_image, capsys):
     capsys.readouterr()
 
 
+@needs_qemu
 def test_cli_in_use_message(tmp_path, chain_image, capsys):
     lay = layout(chain_image)
     image = edited(chain_image, tmp_path / "i.qcow2", {lay["entries"][0]["at"] + 12: struct.pack(">I", 3)})
@@ -538,3 +555,59 @@ def test_cli_export_is_registered():
 
     args = build_parser().parse_args(["qcow2", "export", "s", "v", "i.qcow2", "--checkpoints", "a,b", "--replace"])
     assert args.checkpoints == ["a", "b"] and args.replace and args.image == "i.qcow2"
+
+
+# -- the volume's superset flag (no QEMU needed) ------------------------------------------
+
+
+def _flagged(tmp_path, strategy="hybrid"):
+    store = tiered.open(str(tmp_path / "s"), sync=False)
+    vol = store.create_volume("v", size=1 << 20, granularity=4096, strategy=strategy)
+    for name in ("a", "b", "c"):
+        vol.checkpoint(name)
+        vol.mark(0, 4096)
+    vol._flag_imported(None, "b", "test")
+    return store, vol
+
+
+def _exact(vol) -> dict[str, bool]:
+    return {c.name: vol.changed_since(c.name).exact for c in vol.checkpoints()}
+
+
+def test_superset_generation_flags_older_answers(tmp_path):
+    store, vol = _flagged(tmp_path)
+    gid = vol.generation_id
+    assert _exact(vol) == {"a": False, "b": False, "c": True}
+    assert list(vol.changed_since("a")) == [(0, 4096)]  # the spans as stored
+    assert not vol.changed_between("b", "c").exact
+    assert vol.generation_id == gid and not vol.unclean_shutdown
+    store.close()
+    with tiered.open(str(tmp_path / "s")) as store:
+        vol = store.volume("v")
+        assert _exact(vol) == {"a": False, "b": False, "c": True} and not vol.unclean_shutdown
+        vol.remove_checkpoint("a")
+        assert _exact(vol) == {"b": False, "c": True}
+        vol.remove_checkpoint("b")
+        assert _exact(vol) == {"c": True} and "superset_generation" not in vol._record
+
+
+def test_superset_generation_survives_convert_dump_and_load(tmp_path):
+    store, vol = _flagged(tmp_path, "one-bit")
+    with store:
+        vol.convert("multi-bit")
+        assert _exact(vol) == {"a": False, "b": False, "c": True}
+        vol.dump(str(tmp_path / "d"))
+        loaded = store.load(str(tmp_path / "d"), "w")
+        assert _exact(loaded) == {"a": False, "b": False, "c": True}
+
+
+def test_superset_generation_follows_renumbering(tmp_path):
+    store, vol = _flagged(tmp_path, tiered.Strategy("multi-bit", width=8))
+    with store:
+        for i in range(260):  # past the 8-bit generations: renumbered
+            vol.checkpoint(f"x{i}")
+            vol.remove_checkpoint(f"x{i}")
+        vol.checkpoint("d")
+        assert vol.checkpoints()[-1].generation < 255
+        assert _exact(vol) == {"a": False, "b": False, "c": True, "d": True}
+        assert list(vol.changed_since("b")) == [(0, 4096)]
