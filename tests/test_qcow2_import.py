@@ -283,7 +283,7 @@ def test_randomised_against_qemu(tmp_path, seed):
 
 
 @needs_qemu
-@pytest.mark.parametrize("volume_granularity", [4096, 1 << 20])
+@pytest.mark.parametrize("volume_granularity", [512, 4096, 1 << 20])
 def test_volume_granularity_given(tmp_path, chain_image, volume_granularity):
     store, vol, report = volume_after(tmp_path, chain_image, granularity=volume_granularity)
     g = volume_granularity

@@ -34,8 +34,9 @@ if TYPE_CHECKING:
     from ..store import Store
 
 #: The importer holds each bitmap as one bit per chunk of the volume, and
-#: one byte per chunk while converting one: this bounds that.
-MAX_IMPORT_CHUNKS = 1 << 30
+#: one byte per chunk while converting one: these bound that.
+MAX_IMPORT_CHUNKS = 1 << 28
+MAX_IMPORT_BYTES = 1 << 30  # the packed chunk sets of all imported bitmaps together
 #: Chunks unpacked at a time when marking.
 WINDOW = 1 << 22
 
@@ -135,8 +136,16 @@ def _chunk_set(image: Qcow2Image, bm: Bitmap, granularity: int, n_chunks: int) -
             lo, hi = first * r, min(end * r, n_chunks)
             if bits is True:
                 chunks[lo:hi] = True
-            elif bits.any():
+            elif not bits.any() or lo >= hi:
+                continue
+            elif r <= 64:
+                bits = bits[: -(-(hi - lo) // r)]
                 chunks[lo:hi] |= np.repeat(bits, r)[: hi - lo]
+            else:
+                # Few bits, each over many chunks: one slice per run of bits.
+                edges = np.diff(bits.astype(np.int8), prepend=0, append=0)
+                for s, e in zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()):
+                    chunks[lo + s * r : min(lo + e * r, hi)] = True
         else:
             # Finer: r bits per chunk; a chunk is marked if any of its bits is.
             r = granularity // g
@@ -249,8 +258,19 @@ def plan_import(
             f"the importer takes up to {MAX_IMPORT_CHUNKS}: give a coarser granularity"
         )
 
+    if len(chosen) * -(-n_chunks // 8) > MAX_IMPORT_BYTES:
+        raise InvalidArgumentError(
+            f"qcow2 image {image_path!r}: {len(chosen)} bitmaps of {n_chunks} chunks each need more than "
+            f"{MAX_IMPORT_BYTES} bytes to import; import fewer at a time (--bitmaps) or give a coarser granularity"
+        )
     # Every bitmap is read here, before any store is touched.
-    sets = {bm.name: _chunk_set(image, bm, granularity, n_chunks) for bm in chosen}
+    try:
+        sets = {bm.name: _chunk_set(image, bm, granularity, n_chunks) for bm in chosen}
+    except MemoryError:
+        raise InvalidArgumentError(
+            f"qcow2 image {image_path!r}: not enough memory to import {len(chosen)} bitmaps of {n_chunks} "
+            "chunks; import fewer at a time (--bitmaps) or give a coarser granularity"
+        ) from None
     by_name = {bm.name: bm for bm in chosen}
 
     if order is not None:
