@@ -611,3 +611,35 @@ def test_superset_generation_follows_renumbering(tmp_path):
         assert vol.checkpoints()[-1].generation < 255
         assert _exact(vol) == {"a": False, "b": False, "c": True, "d": True}
         assert list(vol.changed_since("b")) == [(0, 4096)]
+
+
+@needs_qemu
+@pytest.mark.parametrize("strategy,durability", [("one-bit", "lazy"), ("multi-bit", "sync"), ("hybrid", "sync")])
+def test_every_strategy_and_durability(tmp_path, chain_image, strategy, durability):
+    store, vol, report = volume_after(tmp_path, chain_image, strategy=strategy, durability=durability,
+                                      order=["chk-b", "chk-a", "chk-c"])
+    with store:
+        assert vol.strategy.mode == strategy and vol.durability == durability
+        assert report.exact == [False, True, True]
+        for name in report.checkpoints:
+            answer = vol.changed_since(name)
+            assert answer.exact == (name != "chk-b")
+            assert list(answer) == nbd_map(chain_image, "chk-a" if name == "chk-b" else name)
+        assert store.check().clean
+    with tiered.open(str(tmp_path / "store"), readonly=True) as store:
+        vol = store.volume("vda")
+        assert [vol.changed_since(n).exact for n in report.checkpoints] == [False, True, True]
+
+
+@needs_qemu
+@pytest.mark.parametrize("entry,expected", [(1, "ones"), (0, "zeros")])
+def test_all_ones_and_all_zeros_table_entries(tmp_path, small_image, entry, expected):
+    lay = layout(small_image)
+    e0 = lay["entries"][0]
+    image = edited(small_image, tmp_path / "e.qcow2", {e0["table_offset"]: struct.pack(">Q", entry)})
+    assert read_bitmaps(image).bitmaps[0].table[0] == entry
+    want = [(0, 8 * MiB)] if expected == "ones" else []
+    assert nbd_map(image, e0["name"]) == want  # QEMU reads it so too
+    store, vol, report = volume_after(tmp_path, image, bitmaps=[e0["name"]])
+    with store:
+        assert list(vol.changed_since(e0["name"])) == want and report.exact == [True]
