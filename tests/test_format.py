@@ -285,6 +285,7 @@ FORGED = {
     "page beyond the volume": (_move_page(pk(1, b"W", 1, 0), pk(1, b"W", 1, 1)), "beyond the volume"),
     "checkpoint above the generation": (_add_checkpoint(3, "c3"), "outside [1"),
     "lost generation above the generation": (_edit_record(lost_generation=7), "lost_generation"),
+    "superset generation above the generation": (_edit_record(superset_generation=7), "superset_generation"),
     "invalid width": (_edit_record(strategy={"mode": "multi-bit", "width": 12}), "strategy"),
     "unknown strategy": (_edit_record(strategy={"mode": "two-bit"}), "strategy"),
     "size not an integer": (_edit_record(size="big"), "size"),

@@ -28,6 +28,18 @@ class TraceFormatError(InvalidArgumentError):
     """A block trace whose format is unknown or that holds a malformed line."""
 
 
+class Qcow2FormatError(InvalidArgumentError):
+    """A qcow2 image that cannot be read, or whose bitmap metadata breaks the
+    qcow2 specification (the message names the structure and the problem);
+    an import that raised it changed nothing."""
+
+
+class Qcow2InconsistentError(InvalidArgumentError):
+    """A qcow2 bitmap whose content is unknown (flagged ``in_use``, or in an
+    image whose bitmaps extension is flagged inconsistent); the import was
+    refused and changed nothing."""
+
+
 class NotFoundError(TieredError, KeyError):
     """A volume or checkpoint name that does not exist."""
 

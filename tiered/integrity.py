@@ -109,6 +109,9 @@ def check_record(vol_id: int, record: dict[str, Any], version: int) -> Strategy:
         raise bad(f"has generation {gen}, outside [0, {top}] for its {strategy.describe()}")
     if not 0 <= record["lost_generation"] <= gen:
         raise bad(f"has lost_generation {record['lost_generation']} outside [0, generation {gen}]")
+    superset = record.get("superset_generation", 0)
+    if not _is_int(superset) or not 0 <= superset <= gen:
+        raise bad(f"has superset_generation {superset!r} outside [0, generation {gen}]")
     if record.get("durability", "lazy") not in ("lazy", "sync"):
         raise bad(f"has an unknown durability {record.get('durability')!r}")
     if "generation_id" in record:

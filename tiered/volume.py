@@ -128,6 +128,9 @@ class Volume(SyncWrites, Conversion):
         self._n_chunks = -(-self.size // self.granularity)
         self._gen: int = record["generation"]
         self._lost: int = record["lost_generation"]
+        # Answers since a checkpoint of a generation up to this one may be
+        # supersets (an import that could not reproduce them exactly).
+        self._superset: int = record.get("superset_generation", 0)
         self._unflushed: bool = record_unflushed(record)
         self.durability: str = record.get("durability", "lazy")
         self.generation_id: str = stored_generation_id(record)
@@ -216,7 +219,10 @@ class Volume(SyncWrites, Conversion):
             generation_id=self.generation_id,
             **self._history.record_fields(),
         )
+        rec["superset_generation"] = self._superset
         rec.update(changes)
+        if not rec["superset_generation"]:
+            del rec["superset_generation"]  # records of volumes never flagged stay as they were
         return rec
 
     def _transact(
@@ -279,6 +285,7 @@ class Volume(SyncWrites, Conversion):
         self._record = staged["record"]
         self._gen = self._record["generation"]
         self._lost = self._record["lost_generation"]
+        self._superset = self._record.get("superset_generation", 0)
         self._unflushed = record_unflushed(self._record)
         self._update_marking()
         self.version += 1
@@ -402,9 +409,9 @@ class Volume(SyncWrites, Conversion):
                 raise AlreadyExistsError(f"volume {self.name!r} already has a checkpoint {name!r}")
             self._drain()  # buffered marks carry the current numbering
             renumber = self._gen + 1 > self._history.max_generation
-            checkpoints, gen, lost = self._checkpoints, self._gen, self._lost
+            checkpoints, gen, lost, superset = self._checkpoints, self._gen, self._lost, self._superset
             if renumber:
-                checkpoints, gen, lost = self._renumbered()
+                checkpoints, gen, lost, superset = self._renumbered()
             new = Checkpoint(name, time.time(), gen + 1)
             tracking = bool(self._checkpoints)
             history = self._history
@@ -433,6 +440,7 @@ class Volume(SyncWrites, Conversion):
                 build,
                 generation=new.generation,
                 lost_generation=lost,
+                superset_generation=superset,
                 persists=flushed,
                 checkpoints=len(self._checkpoints) + 1,
             )
@@ -444,8 +452,8 @@ class Volume(SyncWrites, Conversion):
             self._update_marking()
             return dataclasses.replace(new, generation_id=self.generation_id)
 
-    def _renumbered(self) -> tuple[list[Checkpoint], int, int]:
-        """The checkpoints, generation counter and lost generation after
+    def _renumbered(self) -> tuple[list[Checkpoint], int, int, int]:
+        """The checkpoints, generation counter, lost and superset generations after
         renumbering live generations compactly (the counter would overflow);
         RAM is left unchanged.  Raises CheckpointLimitError if that cannot
         make room."""
@@ -463,7 +471,8 @@ class Volume(SyncWrites, Conversion):
             )
         checkpoints = [dataclasses.replace(c, generation=i + 1) for i, c in enumerate(self._checkpoints)]
         lost = int(np.searchsorted(live, self._lost, side="right"))
-        return checkpoints, len(live), lost
+        superset = int(np.searchsorted(live, self._superset, side="right"))
+        return checkpoints, len(live), lost, superset
 
     def _put_checkpoints(self, txn: Any, checkpoints: list[Checkpoint]) -> None:
         """Replace the stored checkpoints (after renumbering)."""
@@ -506,6 +515,7 @@ class Volume(SyncWrites, Conversion):
             remaining = ckpts[:i] + ckpts[i + 1 :]
             # Checkpoints are in generation order, so the oldest decides.
             lost = self._lost if remaining and remaining[0].generation <= self._lost else 0
+            superset = self._superset if remaining and remaining[0].generation <= self._superset else 0
 
             def build(batch: PageWrites) -> Callable[[], None]:
                 batch.txn.delete(checkpoint_key(self._id, gone.generation), db=self._storage.checkpoints)
@@ -513,7 +523,9 @@ class Volume(SyncWrites, Conversion):
                     return history.reset(batch)
                 return history.remove(batch, prev, gone.generation, nxt)
 
-            changes: dict[str, Any] = {"lost_generation": lost, "checkpoints": len(remaining)}
+            changes: dict[str, Any] = {
+                "lost_generation": lost, "superset_generation": superset, "checkpoints": len(remaining)
+            }
             if not remaining:
                 changes["persists"] = True  # nothing is tracked any more
                 changes["generation_id"] = str(uuid.uuid4())
@@ -523,6 +535,24 @@ class Volume(SyncWrites, Conversion):
             del self._by_name[name]
             self.unclean_shutdown = bool(lost) or self._replayed
             self._update_marking()
+
+    def _flag_imported(self, lost: str | None, superset: str | None, why: str) -> None:
+        """Flag the answers since checkpoint ``superset`` and every older one
+        as supersets (``exact=False``), and those since ``lost`` and every
+        older one as lost (the whole region, a new generation id): what an
+        import whose source could not be reproduced exactly needs
+        (:mod:`tiered.qcow2`).  ``why`` names the cause in the derived id."""
+        with self._commit_lock, self._lock:
+            self._check_writable()
+            changes: dict[str, Any] = {}
+            if superset is not None:
+                changes["superset_generation"] = max(self._superset, self._lookup(superset).generation)
+            if lost is not None:
+                changes["lost_generation"] = max(self._lost, self._lookup(lost).generation)
+                changes["generation_id"] = degraded_generation_id(self.generation_id, why)
+            if changes:
+                self._transact(lambda batch: nothing, **changes)
+                self.generation_id = self._record["generation_id"]
 
     # -- queries --------------------------------------------------------
 
@@ -561,6 +591,7 @@ class Volume(SyncWrites, Conversion):
             asked = f"checkpoint {since.name!r}" if until is None else f"checkpoints {since.name!r} and {until.name!r}"
             raise CorruptionError(f"volume {self.name!r}, {asked}: {exc}") from exc
         offsets, lengths = spans.runs(c_lo, c_hi, self._shift, lo, hi)
+        exact = exact and since.generation > self._superset
         return Extents(offsets, lengths, granularity=self.granularity, exact=exact, generation_id=gid)
 
     @guarded

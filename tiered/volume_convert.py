@@ -66,10 +66,11 @@ class Conversion:
             if self._history.unsettled:
                 # Finish a fold spread over checkpoints, in its own transaction.
                 self._transact(self._history.settle)
-            gen, lost, checkpoints = self._gen, self._lost, self._checkpoints
+            gen, lost, superset, checkpoints = self._gen, self._lost, self._superset, self._checkpoints
             if renumber:
                 gen = len(live)
                 lost = int(np.searchsorted(live, self._lost, side="right"))
+                superset = int(np.searchsorted(live, self._superset, side="right"))
                 checkpoints = [dataclasses.replace(c, generation=i) for i, c in enumerate(checkpoints, start=1)]
             old_fields = self._history.record_fields()
             staged: dict[str, Any] = {}
@@ -91,6 +92,10 @@ class Conversion:
                     checkpoints=len(checkpoints), pages_digest=new.digest_after(), durability=mode,
                     journal_from=0, journal_last=0, journal_count=0, **new.record
                 )
+                if superset:
+                    record["superset_generation"] = superset
+                else:
+                    record.pop("superset_generation", None)
                 key = volume_key(self._id)
                 txn.put(key, pack_json(record, key), db=self._storage.volumes)
                 staged["record"] = record
@@ -109,6 +114,7 @@ class Conversion:
             self.durability = mode
             self._record = staged["record"]
             self._gen, self._lost, self._unflushed = gen, lost, False
+            self._superset = superset
             self._checkpoints = checkpoints
             self._by_name = {c.name: c for c in checkpoints}
             self._update_marking()

@@ -13,10 +13,12 @@ volumes, or compare the strategies on a workload.
     tiered compare [--workload KIND | --trace FILE] ...
     tiered serve STORE VOLUME --image PATH [--socket PATH | --bind ADDR --port N] [--control PATH]
     tiered ctl SOCKET {checkpoint NAME | remove NAME | list | stats | flush}
+    tiered qcow2 import IMAGE STORE VOLUME [--bitmaps A,B] [--order A,B] [--accept-inconsistent]
+    tiered qcow2 export STORE VOLUME IMAGE [--checkpoints A,B] [--replace]
 
 Every command is a thin layer over the public API, one module per group of
 commands (:mod:`.inspect`, :mod:`.convert`, :mod:`.transfer`, :mod:`.compare`,
-:mod:`.serve`, :mod:`.ctl`), registered in
+:mod:`.serve`, :mod:`.ctl`, :mod:`.qcow2`), registered in
 :mod:`.main`.  Only the standard library is imported at module level: the
 engine (numpy, numba, lmdb) is imported inside the handlers, so ``tiered
 --help`` and usage errors answer at once.

@@ -23,6 +23,7 @@ from .inspect import (
     cmd_checkpoints, cmd_stats, cmd_volumes,
 )
 from .ctl import add_ctl_arguments, cmd_ctl
+from .qcow2 import add_qcow2_arguments, cmd_qcow2
 from .serve import add_serve_arguments, cmd_serve
 from .transfer import (
     add_backup_arguments, add_compact_arguments, add_dump_arguments, add_load_arguments, cmd_backup,
@@ -93,6 +94,12 @@ COMMANDS: tuple[Command, ...] = (
         "make or remove a checkpoint, or show stats, through a running server's control socket",
         add_ctl_arguments,
         cmd_ctl,
+    ),
+    Command(
+        "qcow2",
+        "import QEMU's persistent dirty bitmaps of a qcow2 image as checkpoints, or export checkpoints as bitmaps",
+        add_qcow2_arguments,
+        cmd_qcow2,
     ),
 )
 

@@ -71,6 +71,8 @@ def plan_volume(scan: VolumeScan, remove_unreadable: bool) -> VolumePlan | None:
         delete["journal"].update(scan.keys["journal"])
         delete["checkpoints"].update(scan.checkpoint_keys.values())
         changes.update(lost_generation=0, unflushed=False, journal_from=0, journal_last=0, journal_count=0)
+        if "superset_generation" in record:
+            changes["superset_generation"] = 0
         if "exact_from" in record:
             changes["exact_from"] = 0
         if record["strategy"]["mode"] == "hybrid":
