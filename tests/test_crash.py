@@ -221,7 +221,7 @@ import shutil
 import threading
 import traceback
 
-from naive import coalesce, to_byte_extents
+from naive import to_byte_extents
 
 from tiered.config import PAGE_CHUNKS, SEG_CHUNKS
 
