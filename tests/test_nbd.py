@@ -483,11 +483,14 @@ def test_map_scans_answer_from_a_current_whole_volume_map(tmp_path: Path, monkey
             for lo in range(0, SIZE, 8 * G):  # a scan, window after window
                 n = min(8 * G, SIZE - lo)
                 assert img.dirty("c1", lo, n, 1 << 20) == direct(lo, n)
-            for _ in range(20):  # any window, from the kept map
-                lo = rng.randrange(SIZE)
-                n = rng.randrange(1, SIZE - lo + 1)
+            bounds = sorted({0, SIZE, *(b for o, n in vol.changed_since("c1") for b in (o, o + n))})
+            for _ in range(30):  # any window, from the kept map; ends on extent bounds too
+                lo = rng.choice([rng.randrange(SIZE), rng.choice(bounds[:-1])])
+                hi = rng.choice([rng.randrange(lo + 1, SIZE + 1), rng.choice([b for b in bounds if b > lo])])
+                n = hi - lo
                 assert img.dirty_cached("c1", lo, n, 1 << 20) == direct(lo, n)
                 assert img.dirty_cached("c1", lo, n, 1) == direct(lo, n)[:8]
+                assert img.dirty_cached("c1", lo, n, 3) == direct(lo, n)[:24]
             assert img.dirty_cached("c2", 0, SIZE, 1 << 20) is None  # kept for c1 only
         token = vol.mark(SIZE - 1, 1)  # not through the server
         if token:

@@ -266,8 +266,8 @@ class Image:
         version = self.volume.version  # read before the answer: a later change makes it stale
         whole = self.volume.changed_since(checkpoint)
         offsets = whole.offsets.astype(np.int64)
-        entry = DirtyMap(checkpoint, version, offsets, offsets + whole.lengths.astype(np.int64))
-        if 16 * len(offsets) <= MAP_CACHE_BYTES:
+        entry = DirtyMap(checkpoint, version, offsets, offsets + whole.lengths.astype(np.int64), self.size)
+        if 32 * len(offsets) <= MAP_CACHE_BYTES:
             self._map = entry
         return entry.window(offset, length, limit)
 
@@ -285,20 +285,28 @@ MAP_CACHE_BYTES = 64 << 20  # the largest whole-volume map kept between windows
 
 
 class DirtyMap:
-    """The dirty extents of a whole volume since one checkpoint, at one version."""
+    """The dirty extents of a whole volume since one checkpoint, at one
+    version, kept as the (length, flags) runs that tile the volume (dirty
+    extents and the clean runs between them), so that a window is a slice
+    whose two end runs are clipped."""
 
-    __slots__ = ("checkpoint", "version", "offsets", "ends")
+    __slots__ = ("checkpoint", "version", "starts", "runs")
 
-    def __init__(self, checkpoint: str, version: int, offsets: np.ndarray, ends: np.ndarray) -> None:
-        self.checkpoint, self.version, self.offsets, self.ends = checkpoint, version, offsets, ends
+    def __init__(self, checkpoint: str, version: int, offsets: np.ndarray, ends: np.ndarray, size: int) -> None:
+        self.checkpoint, self.version = checkpoint, version
+        self.runs = dirty_pairs(offsets, ends - offsets, 0, size, len(offsets) * 2 + 1)  # int64 (n, 2)
+        self.starts = np.concatenate(([0], np.cumsum(self.runs[:-1, 0])))
 
     def window(self, offset: int, length: int, limit: int) -> bytes:
         hi = offset + length
-        first = int(np.searchsorted(self.ends, offset, side="right"))
-        last = int(np.searchsorted(self.offsets, hi, side="left"))
-        offs = np.maximum(self.offsets[first:last], offset)
-        ends = np.minimum(self.ends[first:last], hi)
-        return descriptors(dirty_pairs(offs, ends - offs, offset, hi, limit))
+        first = int(np.searchsorted(self.starts, offset, side="right")) - 1
+        last = min(int(np.searchsorted(self.starts, hi, side="left")), first + limit)
+        runs = self.runs[first:last].copy()
+        # Every run but the two ends lies inside the window (under 2^32 bytes).
+        runs[0, 0] = min(self.starts[first] + runs[0, 0], hi) - offset
+        if last - first > 1 and self.starts[last - 1] + runs[-1, 0] > hi:
+            runs[-1, 0] = hi - self.starts[last - 1]
+        return descriptors(runs)
 
 
 class NotFast(Exception):
