@@ -504,6 +504,35 @@ def test_map_scans_answer_from_a_current_whole_volume_map(tmp_path: Path, monkey
         img.close()
 
 
+@needs_qemu_io
+@needs_nbdinfo
+def test_map_scan_of_a_large_volume_through_the_server(tmp_path: Path) -> None:
+    """nbdinfo reads a 12 GiB map in 4 GiB windows: the first from a
+    whole-volume answer, the next from the kept map on the reading loop; a
+    write through NBD, or a mark behind the server's back, is in the next scan."""
+    import random
+
+    size = (12 << 30) + 1000
+    rng = random.Random("large-map")
+    with tiered.open(str(tmp_path / "store"), sync=False) as store:
+        vol = store.create_volume("vda", size=size, granularity=G, strategy="hybrid", durability="sync")
+        vol.checkpoint("cp")
+        vol.sync(vol.mark_many([rng.randrange(size - G) for _ in range(300)], [G] * 300))
+        server = ServerThread(vol, make_image(tmp_path / "img", size), str(tmp_path / "sock"))
+        try:
+            assert nbdinfo("--map=qemu:dirty-bitmap:cp", server.uri) == expected_map(vol, "cp")
+            before = server.server.stats()["block_status"]
+            assert nbdinfo("--map=qemu:dirty-bitmap:cp", server.uri) == expected_map(vol, "cp")
+            assert server.server.stats()["block_status"] - before == 4  # 4 GiB windows
+            qemu_io(server.uri, f"write -P 7 {(9 << 30) + 5} 3")
+            assert f"{9 << 30:>10} {G:>11}    1  dirty" in nbdinfo("--map=qemu:dirty-bitmap:cp", server.uri)
+            vol.sync(vol.mark(size - 1, 1))  # not through the server
+            assert nbdinfo("--map=qemu:dirty-bitmap:cp", server.uri) == expected_map(vol, "cp")
+            assert expected_map(vol, "cp").rstrip().endswith("dirty")
+        finally:
+            server.stop()
+
+
 def test_cache_fast_zero_and_flags(served, monkeypatch) -> None:
     vol, server = served
     c = Raw(server.sock)
