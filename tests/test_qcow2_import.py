@@ -161,7 +161,7 @@ def test_chain_imports_exactly(tmp_path, chain_image):
     store, vol, report = volume_after(tmp_path, chain_image)
     with store:
         assert report.checkpoints == ["chk-a", "chk-b", "chk-c"]
-        assert report.chain and report.order == "inclusion" and report.exact == [True] * 3
+        assert report.chain and report.order == "directory" and report.exact == [True] * 3
         assert report.warnings == [] and report.granularity == 64 << 10
         assert vol.size == 64 * MiB and vol.granularity == 64 << 10
         for name in report.checkpoints:
@@ -173,14 +173,56 @@ def test_chain_imports_exactly(tmp_path, chain_image):
 
 
 @needs_qemu
-def test_order_by_inclusion_not_by_directory(tmp_path, chain_image):
-    # Listing the bitmaps newest first changes nothing: inclusion decides.
+def test_selection_order_changes_nothing(tmp_path, chain_image):
+    # Listing the bitmaps newest first changes nothing: the image decides.
     store, vol, report = volume_after(tmp_path, chain_image, bitmaps=["chk-c", "chk-a"])
     with store:
         assert report.checkpoints == ["chk-a", "chk-c"] and report.exact == [True, True]
         assert report.skipped == ["chk-b"]
         for name in report.checkpoints:
             assert list(vol.changed_since(name)) == nbd_map(chain_image, name)
+
+
+@needs_qemu
+def test_order_by_inclusion_when_every_bitmap_is_enabled(tmp_path):
+    # "old-copy" is made last (a merge of "old"), so the directory lists it
+    # after "new"; all stay enabled, so inclusion gives the creation order.
+    image = create(tmp_path / "e.qcow2", 16 * MiB)
+    rng = random.Random(5)
+    add(image, "old")
+    writes(image, rng, 16 * MiB, 4)
+    add(image, "new")
+    writes(image, rng, 16 * MiB, 4)
+    add(image, "old-copy")
+    qemu_img("bitmap", "--merge", "old", image, "old-copy")
+    qemu_img("bitmap", "--remove", image, "old")
+    writes(image, rng, 16 * MiB, 3)
+    assert [bm.name for bm in read_bitmaps(image).bitmaps] == ["new", "old-copy"]
+    store, vol, report = volume_after(tmp_path, image)
+    with store:
+        assert report.order == "inclusion" and report.checkpoints == ["old-copy", "new"] and report.chain
+        assert any("by inclusion" in w for w in report.warnings)
+        for name in report.checkpoints:
+            answer = vol.changed_since(name)
+            assert list(answer) == nbd_map(image, name) and answer.exact
+
+
+@needs_qemu
+def test_a_period_holding_an_older_period_by_chance_keeps_the_directory_order(tmp_path):
+    # p1 records one period; p2, the next, rewrites p1's chunk and more, so
+    # p2 holds p1: inferring the order from inclusion would put p2 first, and
+    # changed_since(p1) would miss the write at 50M made after p1's period.
+    image = create(tmp_path / "r.qcow2", 100 * MiB)
+    add(image, "p1")
+    qemu_io(image, "write 1M 64K")
+    qemu_img("bitmap", "--disable", image, "p1")
+    add(image, "p2")
+    qemu_io(image, "write 1M 64K", "write 50M 64K")
+    store, vol, report = volume_after(tmp_path, image)
+    with store:
+        assert report.order == "directory" and report.checkpoints == ["p1", "p2"]
+        assert list(vol.changed_since("p1")) == [(1 * MiB, 64 << 10), (50 * MiB, 64 << 10)]
+        assert list(vol.changed_since("p2")) == nbd_map(image, "p2")
 
 
 @needs_qemu

@@ -277,13 +277,28 @@ def plan_import(
         ordered = [by_name[n] for n in order]
         how = "given"
     else:
-        # Oldest first: the largest set first (ties in directory order).
-        counts = {bm.name: _popcount(sets[bm.name]) for bm in chosen}
-        ordered = sorted(chosen, key=lambda bm: -counts[bm.name])
-        how = "inclusion"
-        if not all(_contains(sets[a.name], sets[b.name]) for a, b in zip(ordered, ordered[1:])):
-            ordered = list(chosen)
-            how = "directory"
+        # QEMU appends to the directory, so its order is creation order:
+        # kept when it already nests.  Otherwise inclusion may give the order
+        # (largest set first, ties in directory order), but only while every
+        # bitmap is enabled: each then holds every write since it was made,
+        # so a bitmap holding another is the older one.  With a disabled
+        # bitmap, one period's set may hold another's by chance, and an
+        # inferred order would put a newer period first and lose the older
+        # period's writes from the newer answers.
+        def chained(bitmaps: list[Bitmap]) -> bool:
+            return all(_contains(sets[a.name], sets[b.name]) for a, b in zip(bitmaps, bitmaps[1:]))
+
+        ordered = list(chosen)
+        how = "directory"
+        if not chained(ordered) and all(bm.enabled for bm in chosen):
+            counts = {bm.name: _popcount(sets[bm.name]) for bm in chosen}
+            by_size = sorted(chosen, key=lambda bm: -counts[bm.name])
+            if chained(by_size):
+                ordered, how = by_size, "inclusion"
+                warnings.append(
+                    "the bitmaps nest in an order other than the image's directory order; imported oldest first "
+                    f"by inclusion: {', '.join(bm.name for bm in by_size)} (give --order to choose another)"
+                )
     names = [bm.name for bm in ordered]
     n = len(ordered)
 
@@ -327,9 +342,10 @@ def plan_import(
             + ", ".join(repr(bm.name) for bm in ordered[: lost + 1] if bm.inconsistent)
             + " had unknown content; the volume gets a new generation id"
         )
-    if how == "directory":
-        warnings.insert(0, "the bitmaps do not form a chain (no order nests them): imported in directory "
-                           "order, oldest first, and flagged where their answers are supersets")
+    if how == "directory" and not chain:
+        warnings.insert(0, "the bitmaps do not form a chain in directory order"
+                           + ("" if all(bm.enabled for bm in chosen) else " (with a disabled bitmap no other order is inferred)")
+                           + ": imported in directory order, oldest first, and flagged where their answers are supersets")
     exact = [i > lost and i > superset_at for i in range(n)]
     return ImportPlan(image, size, granularity, n_chunks, names, sets, newer, lost, superset_at, exact,
                       chain, how, skipped, warnings)
