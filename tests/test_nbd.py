@@ -496,6 +496,14 @@ def test_map_scans_answer_from_a_current_whole_volume_map(tmp_path: Path, monkey
         if token:
             vol.sync(token)
         assert img.dirty_cached("c1", 0, SIZE, 1 << 20) is None
+        # a map too large to keep: every window windowed from then on, never stale
+        monkeypatch.setattr(image_module, "MAP_CACHE_BYTES", 32)
+        for lo in (0, 8 * G):
+            e = vol.changed_since("c2", lo, 8 * G)
+            assert img.dirty("c2", lo, 8 * G, 1 << 20) == image_module.descriptors(
+                image_module.dirty_pairs(e.offsets, e.lengths, lo, lo + 8 * G, 1 << 20))
+        assert img.dirty_cached("c2", 0, 8 * G, 1 << 20) is None and "c2" in img._too_large
+        monkeypatch.setattr(image_module, "MAP_CACHE_BYTES", 64 << 20)
         img.dirty("c1", 0, 8 * G, 1 << 20)
         vol.remove_checkpoint("c1")
         assert img.dirty_cached("c1", 0, SIZE, 1 << 20) is None

@@ -100,6 +100,7 @@ class Image:
         self.size = volume.size
         self.gate = WriteGate()
         self._map: DirtyMap | None = None  # see dirty()
+        self._too_large: set[str] = set()  # checkpoints whose whole-volume map is not kept
         try:
             self.fd = os.open(path, os.O_RDONLY if readonly else os.O_RDWR)
         except OSError as exc:
@@ -256,20 +257,24 @@ class Image:
 
     def dirty(self, checkpoint: str, offset: int, length: int, limit: int) -> bytes:
         """qemu:dirty-bitmap:CHECKPOINT of [offset, offset + length), as wire
-        descriptors.  A window of at least MAP_SCAN bytes is a map scan
-        (nbdinfo, qemu-img map: window after window of up to 4 GiB): it is
-        answered from one ``changed_since`` of the whole volume, kept for the
-        next windows while the volume's ``version`` stays the same."""
-        if length < MAP_SCAN:
-            extents = self.volume.changed_since(checkpoint, offset, length)
-            return descriptors(dirty_pairs(extents.offsets, extents.lengths, offset, offset + length, limit))
-        version = self.volume.version  # read before the answer: a later change makes it stale
-        whole = self.volume.changed_since(checkpoint)
-        offsets = whole.offsets.astype(np.int64)
-        entry = DirtyMap(checkpoint, version, offsets, offsets + whole.lengths.astype(np.int64), self.size)
-        if 32 * len(offsets) <= MAP_CACHE_BYTES:
-            self._map = entry
-        return entry.window(offset, length, limit)
+        descriptors.  The first window of a map scan (offset 0, at least
+        MAP_SCAN bytes: nbdinfo and qemu-img map read window after window of
+        up to 4 GiB) is answered from one ``changed_since`` of the whole
+        volume, kept for the next windows while the volume's ``version``
+        stays the same (:meth:`dirty_cached`).  Every other window, and every
+        window of a checkpoint whose map was once too large to keep, is a
+        windowed ``changed_since``: at most one whole-volume answer per scan."""
+        if not offset and length >= MAP_SCAN and checkpoint not in self._too_large:
+            version = self.volume.version  # read before the answer: a later change makes it stale
+            whole = self.volume.changed_since(checkpoint)
+            if 32 * len(whole.offsets) <= MAP_CACHE_BYTES:
+                offsets = whole.offsets.astype(np.int64)
+                entry = DirtyMap(checkpoint, version, offsets, offsets + whole.lengths.astype(np.int64), self.size)
+                self._map = entry
+                return entry.window(offset, length, limit)
+            self._too_large.add(checkpoint)
+        extents = self.volume.changed_since(checkpoint, offset, length)
+        return descriptors(dirty_pairs(extents.offsets, extents.lengths, offset, offset + length, limit))
 
     def dirty_cached(self, checkpoint: str, offset: int, length: int, limit: int) -> bytes | None:
         """:meth:`dirty` from the map kept by the last scan of ``checkpoint``
