@@ -574,6 +574,25 @@ def test_cache_fast_zero_and_flags(served, monkeypatch) -> None:
     assert list(vol.changed_since("cp2")) == [(0, 2 * G), (3 * G, G)]
 
 
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs /dev/shm")
+def test_fast_zeroing_is_probed_where_the_image_lives(tmp_path: Path) -> None:
+    """A symlinked image is probed on the file system it lives on (tmpfs
+    punches holes but has no ZERO_RANGE), so a FAST_ZERO that would write
+    is refused before it marks."""
+    import tempfile
+
+    from tiered.nbd import image as image_module
+
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as shm, tiered.open(str(tmp_path / "store"), sync=False) as store:
+        vol = store.create_volume("vda", size=SIZE, granularity=G)
+        os.symlink(make_image(Path(shm) / "img"), tmp_path / "link")
+        img = image_module.Image(str(tmp_path / "link"), vol, readonly=False)
+        assert img.fast_modes == image_module.probe_fallocate(shm)
+        if image_module.ZERO_RANGE not in img.fast_modes:
+            assert not img.can_zero_fast(may_trim=False)
+        img.close()
+
+
 def test_checkpoint_is_a_consistency_point(tmp_path: Path, monkeypatch) -> None:
     """A checkpoint waits for writes already marked to reach the image, and
     writes arriving meanwhile wait for it (they belong to the new period)."""
@@ -660,7 +679,7 @@ def test_sync_volume_data_written_only_after_sync(tmp_path: Path, monkeypatch) -
     img.write(4096, b"abc", fua=False)
     img.write_zeroes(0, 10, may_trim=False, fua=False)  # a zero range where the disk has it
     img.trim(0, 4096, fua=False)
-    img.fast_modes.clear()
+    img.unsupported_modes.update((image_module.PUNCH_HOLE, image_module.ZERO_RANGE))
     img.write_zeroes(0, 10, may_trim=True, fua=False)  # written zeros
     img.close()
     assert events == [

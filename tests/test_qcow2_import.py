@@ -592,6 +592,13 @@ def test_cli_in_use_message(tmp_path, chain_image, capsys):
     assert "unknown content" in captured.err and "chk-a  superset" in captured.out
 
 
+def test_cli_bad_volume_name_leaves_no_store(tmp_path, chain_image, capsys):
+    store = str(tmp_path / "store")
+    assert main(["qcow2", "import", chain_image, store, ""]) == 1
+    assert "name" in capsys.readouterr().err
+    assert not os.path.exists(store)
+
+
 def test_cli_export_is_registered():
     from tiered.cli import build_parser
 

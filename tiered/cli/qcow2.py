@@ -83,9 +83,12 @@ def cmd_qcow2_import(args: argparse.Namespace) -> int:
         raise UsageError("--order must name exactly the bitmaps given to --bitmaps")
     import tiered
 
+    from ..volume import check_name
     from ..qcow2.importer import apply_import, plan_import
 
-    # The whole image is read and checked before the store is opened.
+    # The name and the whole image are checked before the store is opened
+    # (or created): a refused import leaves no store behind.
+    check_name(args.volume, "volume")
     plan = plan_import(
         args.image, bitmaps=args.bitmaps, order=args.order,
         accept_inconsistent=args.accept_inconsistent, granularity=args.granularity,
@@ -108,14 +111,7 @@ def cmd_qcow2_import(args: argparse.Namespace) -> int:
 
 
 def cmd_qcow2_export(args: argparse.Namespace) -> int:
-    try:
-        from ..qcow2.exporter import export_bitmaps
-    except ModuleNotFoundError as exc:
-        if exc.name != "tiered.qcow2.exporter":
-            raise
-        from ..errors import TieredError
-
-        raise TieredError("qcow2 export is not available in this installation of tiered") from None
+    from ..qcow2.exporter import export_bitmaps
 
     with open_store(args.store) as store:
         vol = store.volume(args.volume)
@@ -123,9 +119,9 @@ def cmd_qcow2_export(args: argparse.Namespace) -> int:
     if args.json:
         write_json(report)
     else:
-        exported = report.get("exported", [])
+        exported = report["exported"]
         sys.stdout.write(
             f"exported {len(exported)} checkpoint{'s' * (len(exported) != 1)} of volume {args.volume!r} "
-            f"to {report.get('image', args.image)}: {', '.join(exported) or 'none'}\n"
+            f"to {report['image']}: {', '.join(exported) or 'none'}\n"
         )
     return EXIT_OK

@@ -49,20 +49,20 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> bool:
     raise OSError(code, os.strerror(code))
 
 
-def probe_fallocate(directory: str) -> set[int]:
+def probe_fallocate(directory: str) -> set[int] | None:
     """The fallocate modes (PUNCH_HOLE, ZERO_RANGE) a scratch file in
     ``directory`` supports: what the image's file system can do fast,
-    learnt without touching the image.  Empty where no scratch file can be made."""
+    learnt without touching the image.  None where no scratch file can be made."""
     try:
         fd, path = tempfile.mkstemp(prefix=".tiered-probe-", dir=directory)
     except OSError:
-        return set()
+        return None
     try:
         os.unlink(path)
-        os.pwrite(fd, bytes(1) * 16384, 0)
+        os.pwrite(fd, bytes(16384), 0)
         return {mode for mode in (PUNCH_HOLE, ZERO_RANGE) if fallocate(fd, mode, 4096, 8192)}
     except OSError:
-        return set()
+        return None
     finally:
         os.close(fd)
 
@@ -117,9 +117,14 @@ class Image:
             os.close(self.fd)
             raise
         # What zeroing can do fast is learnt up front (a FAST_ZERO request
-        # must fail at once, before it marks, where zeroing means writing).
+        # must fail at once, before it marks, where zeroing means writing),
+        # beside the file itself (a symlink may lead to another file system).
         # A block device is not probed: its fast zeroing is never promised.
-        self.fast_modes = set() if readonly or not self.regular else probe_fallocate(os.path.dirname(os.path.abspath(path)))
+        probed = None if readonly or not self.regular else probe_fallocate(os.path.dirname(os.path.realpath(path)))
+        #: fallocate modes promised fast (FAST_ZERO is served with them)
+        self.fast_modes: set[int] = probed or set()
+        #: fallocate modes known to fail here: not tried again
+        self.unsupported_modes: set[int] = set() if probed is None else {PUNCH_HOLE, ZERO_RANGE} - probed
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -219,11 +224,12 @@ class Image:
             os.fdatasync(self.fd)
 
     def _fallocate(self, mode: int, offset: int, length: int) -> bool:
-        if self.regular and mode not in self.fast_modes:
+        if mode in self.unsupported_modes:
             return False
         if fallocate(self.fd, mode, offset, length):
             return True
         self.fast_modes.discard(mode)
+        self.unsupported_modes.add(mode)
         return False
 
     # -- block status -------------------------------------------------------------
@@ -247,8 +253,9 @@ class Image:
                 pos = end
                 continue
             hole = min(os.lseek(self.fd, pos, os.SEEK_HOLE), hi)
-            pairs.append((hole - pos, 0))
-            pos = hole
+            if hole > pos:  # else a hole was punched since SEEK_DATA: look again
+                pairs.append((hole - pos, 0))
+                pos = hole
         return pairs
 
     def allocation(self, offset: int, length: int, limit: int) -> bytes:
