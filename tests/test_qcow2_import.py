@@ -446,6 +446,10 @@ def _bad_cases(src: str, tmp_path) -> dict[str, tuple[str, str]]:
     size = lay["size"]
     far = (size + cs) // cs * cs
     u32, u64 = (lambda v: struct.pack(">I", v)), (lambda v: struct.pack(">Q", v))
+    with open(src, "rb") as f:
+        f.seek(e0["table_offset"])
+        first_entry = f.read(8)
+    assert struct.unpack(">Q", first_entry)[0] >> 9, "the first bitmap's first table entry has a data cluster"
     cases = {
         "empty": ({}, 0, "not a qcow2 image"),
         "not qcow2": ({0: b"\x7fELF"}, None, "not a qcow2 image"),
@@ -477,6 +481,7 @@ def _bad_cases(src: str, tmp_path) -> dict[str, tuple[str, str]]:
         "data on the directory": ({e0["table_offset"]: u64(lay["dir_offset"])}, None, "overlaps the bitmap directory"),
         "data past end": ({e0["table_offset"]: u64(far)}, None, "past the end of the file"),
         "data and all-ones": ({e0["table_offset"]: u64(far | 1)}, None, "all-ones"),
+        "data shared by two bitmaps": ({lay["entries"][1]["table_offset"]: first_entry}, None, "also holds data of"),
     }
     out = {}
     for label, (edits, cut, message) in cases.items():

@@ -441,19 +441,38 @@ def _directory(r: _Reader, directory: bytes, nb_bitmaps: int, virtual_size: int,
         raise r.error(f"the bitmap directory holds {len(bitmaps)} entries, nb_bitmaps says {nb_bitmaps}")
     # Tables are read once no metadata region overlaps another.
     r.check_overlaps()
+    data: list[tuple[np.ndarray, str]] = []
     for i, bm in enumerate(bitmaps):
         if bm.unusable is None and not bm.inconsistent:
             label = f"bitmap {bm.name!r}"
             table = np.frombuffer(r.read(bm.table_offset, bm.table_size * 8, f"the bitmap table of {label}"), ">u8")
             table = table.astype(np.uint64)
             n_bytes = -(-(-(-virtual_size // bm.granularity)) // 8)
-            _check_table(r, table, label, n_bytes)
+            data.append((_check_table(r, table, label, n_bytes), label))
             bitmaps[i] = dataclasses.replace(bm, table=table)
+    _distinct_data(r, data)
     return bitmaps
 
 
-def _check_table(r: _Reader, table: np.ndarray, label: str, n_bytes: int) -> None:
-    """Check a bitmap's table entries; ``n_bytes``: the size of its data."""
+def _distinct_data(r: _Reader, data: list[tuple[np.ndarray, str]]) -> None:
+    """No cluster may hold the data of two bitmaps, or twice the data of one
+    (clusters are aligned, so an overlap is an equal offset)."""
+    if not data:
+        return
+    offsets = np.concatenate([o for o, _ in data])
+    owners = np.concatenate([np.full(len(o), k) for k, (o, _) in enumerate(data)])
+    order = np.argsort(offsets, kind="stable")
+    ordered = offsets[order]
+    same = np.flatnonzero(ordered[1:] == ordered[:-1])
+    if same.size:
+        k = int(same[0])
+        first, second = data[int(owners[order[k]])][1], data[int(owners[order[k + 1]])][1]
+        raise r.error(f"{second}: its data cluster at byte {int(ordered[k])} also holds data of {first}")
+
+
+def _check_table(r: _Reader, table: np.ndarray, label: str, n_bytes: int) -> np.ndarray:
+    """Check a bitmap's table entries; ``n_bytes``: the size of its data.
+    Returns the offsets of its data clusters."""
     reserved = np.flatnonzero(table & np.uint64(TABLE_RESERVED_MASK))
     if reserved.size:
         i = int(reserved[0])
@@ -485,6 +504,7 @@ def _check_table(r: _Reader, table: np.ndarray, label: str, n_bytes: int) -> Non
                 f"{label}: its data cluster {i} at byte {int(offsets[i])} lies past the end of the file "
                 f"({r.file_size} bytes)"
             )
+    return offsets[used]
 
 
 def _data_overlaps(r: _Reader, offsets: np.ndarray, label: str) -> None:
