@@ -135,7 +135,7 @@ class ControlClient:
             raise cls(str(reply.get("message")))
         return reply
 
-    def checkpoint(self, name: str | None = None) -> dict[str, Any]:
+    def checkpoint(self, name: str) -> dict[str, Any]:
         """Create a checkpoint (a consistency point, see :mod:`.gate`); its fields as a dict."""
         return self._call("checkpoint", name=name)["checkpoint"]
 

@@ -23,7 +23,7 @@ from . import protocol as p
 from .gate import WriteGate
 
 if TYPE_CHECKING:
-    from ..volume import Volume
+    from ..volume import Checkpoint, Volume
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -140,7 +140,7 @@ class Image:
         if token is not None:
             self.volume.sync(token)  # the data may reach the image only now
 
-    def checkpoint(self, name: str | None = None):  # -> Checkpoint
+    def checkpoint(self, name: str) -> "Checkpoint":
         """``volume.checkpoint(name)`` as a consistency point: it waits for
         the writes already marked to reach the image and holds new ones
         until it is sealed (see :mod:`.gate`)."""

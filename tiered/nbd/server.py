@@ -17,7 +17,7 @@ from .negotiation import ExportInfo, HandshakeFailed, negotiate
 from .transmission import Transmission
 
 if TYPE_CHECKING:
-    from ..volume import Volume
+    from ..volume import Checkpoint, Volume
 
 log = logging.getLogger("tiered.nbd")
 
@@ -58,7 +58,7 @@ class Server:
         self._unlink: list[str] = []
         self.addresses: list[str] = []
 
-    def checkpoint(self, name: str | None = None):  # -> Checkpoint
+    def checkpoint(self, name: str) -> "Checkpoint":
         """Create a checkpoint of the served volume as a consistency point:
         writes already marked reach the image first, writes arriving
         meanwhile wait (blocking; call it from a thread, not the event loop).

@@ -375,7 +375,7 @@ class _Tools:
     def _run(self, tool: str, argv: list[str], stdin: bytes | None, image: str | None) -> str:
         path = self._path(tool)
         # qemu-io prints a prompt per command (and, without -q, two lines of
-    # statistics); only failures matter.
+        # statistics); only failures matter.
         with tempfile.TemporaryFile() as out:
             try:
                 done = subprocess.run(
