@@ -146,7 +146,12 @@ def export_bitmaps(
         except BaseException as exc:
             problems = _roll_back(tools, image, scratch, done, existing, saved)
             if problems:
-                note = f"rolling back also failed, so check the image's bitmaps: {'; '.join(problems)}"
+                note = (
+                    "rolling back also failed: a bitmap of "
+                    + ", ".join(repr(n) for n in done)
+                    + " left in the image may be empty or stale, and must not be used for an incremental "
+                    + f"backup (remove it with qemu-img bitmap --remove): {'; '.join(problems)}"
+                )
                 if isinstance(exc, TieredError):
                     raise TieredError(f"{exc}; {note}") from exc
                 exc.add_note(note)
