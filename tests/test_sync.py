@@ -513,6 +513,11 @@ def test_threads_mark_sync_checkpoint_query_remove(tmp_path, reader, key):
     def marker(seed: int) -> None:
         rng = np.random.default_rng(seed)
         pending = []
+        # The largest token of the pending marks.  A later mark may return a
+        # smaller one (over chunks of the batch being committed it returns
+        # that batch's token), and sync(t) covers the tokens up to t only:
+        # the pending marks are synced once the largest is.
+        pending_token = 0
         try:
             while not stop.is_set():
                 c = int(rng.integers(0, n_chunks - 20))
@@ -525,14 +530,19 @@ def test_threads_mark_sync_checkpoint_query_remove(tmp_path, reader, key):
                     t = vol.mark_many([c * GRAN, 7 * GRAN], [span * GRAN, 1])
                     pending.append((start, 7, 7))
                 pending.append((start, c, c + span - 1))
+                if t is not None:
+                    pending_token = max(pending_token, t)
                 if t is None or rng.random() < 0.8:
                     if t is not None:
                         vol.sync(t)
+                        if pending_token > t:
+                            vol.sync(pending_token)
                     else:
                         vol.sync()
                     synced = clock()
                     marks.extend((s, synced, a, b) for s, a, b in pending)
                     pending.clear()
+                    pending_token = 0
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -692,6 +702,42 @@ def test_a_sync_served_by_a_leader_does_not_wait_for_the_next_commit(store):
             assert not leader.is_alive()
     finally:
         store._storage.commit_hook = None
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_a_sync_covers_the_smaller_tokens_only(tmp_path, reader, key):
+    """Tokens grow with time, but a later mark may return a smaller one: a
+    mark over chunks of the batch being committed returns that batch's
+    token, older than the open batch's token an earlier mark returned.
+    Syncing it makes that batch durable, not the open one (a reader does
+    not see the earlier mark yet); syncing the largest token makes both
+    durable.  (The threads test's writers once synced the token of their
+    last mark for all their pending marks.)"""
+    path = str(tmp_path / "s")
+    store = tiered.open(path, sync=False)
+    vol = new_volume(store, key)
+    vol.checkpoint("a")
+    t1 = vol.mark(*chunk(10))
+    gate = Gate()
+    store._storage.commit_hook = gate
+    leader = threading.Thread(target=vol.sync, args=(t1,))
+    leader.start()
+    gate.wait_entered()  # the batch holding chunk 10 is being committed
+    t2 = vol.mark(*chunk(20))  # a new chunk: the open batch
+    t3 = vol.mark(*chunk(10))  # chunk 10 alone: the batch in flight
+    assert t3 == t1 < t2
+    store._storage.commit_hook = None
+    gate.release.release()
+    vol.sync(t3)
+    leader.join(10)
+    assert not leader.is_alive()
+    with tiered.open(image(store, str(tmp_path / "crash1")), readonly=True) as s:
+        assert list(s.volume("v").changed_since("a")) == [chunk(10)]
+    vol.sync(max(t1, t2, t3))
+    with tiered.open(image(store, str(tmp_path / "crash2")), readonly=True) as s:
+        assert list(s.volume("v").changed_since("a")) == [chunk(10), chunk(20)]
+    assert reader(path)[2]["a"] == ([chunk(10), chunk(20)], True)
+    store.close()
 
 
 @pytest.mark.parametrize("bits", [True, False])
