@@ -177,8 +177,9 @@ class ReaderProcess:
 class SyncMachine(RuleBasedStateMachine):
     """One sync-mode volume driven by marks, syncs of any outstanding token
     (not only the latest), sync leaders held mid-commit while marks go on,
-    checkpoints, removals, flushes and generation burns; at random points a
-    reader's view is checked against the acknowledged marks."""
+    checkpoints, removals, flushes, conversions and generation burns; at
+    random points a reader's view is checked against the acknowledged
+    marks."""
 
     strategy: tiered.Strategy
 
@@ -407,6 +408,13 @@ class SyncMachine(RuleBasedStateMachine):
     @rule()
     def flush(self):
         self.vol.flush()
+        self.model.synced(None)
+
+    @rule(new=st.sampled_from(sorted(STRATEGIES)))
+    def convert(self, new):
+        """Another strategy: the whole state is stored again, the journal
+        deleted with it."""
+        self.vol.convert(STRATEGIES[new])
         self.model.synced(None)
 
     @rule(n=st.sampled_from([10, 120]))
