@@ -429,7 +429,7 @@ def _directory(r: _Reader, directory: bytes, nb_bitmaps: int, virtual_size: int,
             unusable = f"it has {extra_size} bytes of extra data not flagged extra_data_compatible"
         inconsistent = bool(flags & FLAG_IN_USE) or not consistent
         if unusable is None and not inconsistent:
-            needed = -(-(-(-(-(-virtual_size // granularity)) // 8)) // cluster_size)
+            needed = _ceil_div(_ceil_div(_ceil_div(virtual_size, granularity), 8), cluster_size)
             if table_size != needed:
                 raise r.error(
                     f"{label} has a bitmap table of {table_size} entries; a bitmap of granularity "
@@ -447,7 +447,7 @@ def _directory(r: _Reader, directory: bytes, nb_bitmaps: int, virtual_size: int,
             label = f"bitmap {bm.name!r}"
             table = np.frombuffer(r.read(bm.table_offset, bm.table_size * 8, f"the bitmap table of {label}"), ">u8")
             table = table.astype(np.uint64)
-            n_bytes = -(-(-(-virtual_size // bm.granularity)) // 8)
+            n_bytes = _ceil_div(_ceil_div(virtual_size, bm.granularity), 8)
             data.append((_check_table(r, table, label, n_bytes), label))
             bitmaps[i] = dataclasses.replace(bm, table=table)
     _distinct_data(r, data)
@@ -468,6 +468,10 @@ def _distinct_data(r: _Reader, data: list[tuple[np.ndarray, str]]) -> None:
         k = int(same[0])
         first, second = data[int(owners[order[k]])][1], data[int(owners[order[k + 1]])][1]
         raise r.error(f"{second}: its data cluster at byte {int(ordered[k])} also holds data of {first}")
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def _check_table(r: _Reader, table: np.ndarray, label: str, n_bytes: int) -> np.ndarray:
