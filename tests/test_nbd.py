@@ -151,6 +151,8 @@ def test_list_shows_contexts(served) -> None:
         assert f"\t\t{context}\n" in text
     assert "export-size: %d" % SIZE in text
     assert "can_multi_conn: true" in text
+    (export,) = json.loads(nbdinfo("--json", server.uri))["exports"]
+    assert export["description"] == f"tiered volume vda: hybrid history, sync durability, {G}-byte chunks"
 
 
 @needs_qemu_io

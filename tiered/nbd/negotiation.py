@@ -27,6 +27,7 @@ class ExportInfo:
     size: int
     flags: int  # transmission flags
     contexts: Callable[[], list[str]]  # every metadata context, asked afresh for each query
+    description: str = ""  # NBD_INFO_DESCRIPTION, sent when a client asks for it
 
 
 @dataclasses.dataclass
@@ -132,6 +133,8 @@ async def negotiate(
             reply(option, p.REP_INFO, p.info_export(export.size, session.flags(export)))
             if p.INFO_NAME in infos:
                 reply(option, p.REP_INFO, p.info_name(export.name))
+            if p.INFO_DESCRIPTION in infos and export.description:
+                reply(option, p.REP_INFO, p.info_description(export.description))
             reply(option, p.REP_INFO, p.info_block_size(1, p.PREFERRED_BLOCK, p.MAX_PAYLOAD))
             reply(option, p.REP_ACK)
             if option == p.OPT_GO:

@@ -175,6 +175,10 @@ def info_name(name: str) -> bytes:
     return struct.pack(">H", INFO_NAME) + name.encode()
 
 
+def info_description(text: str) -> bytes:
+    return struct.pack(">H", INFO_DESCRIPTION) + text.encode()[:4096]
+
+
 def info_block_size(minimum: int, preferred: int, maximum: int) -> bytes:
     return struct.pack(">HIII", INFO_BLOCK_SIZE, minimum, preferred, maximum)
 

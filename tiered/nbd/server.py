@@ -40,7 +40,11 @@ class Server:
         )
         if readonly:
             flags |= p.TF_READ_ONLY
-        self.export = ExportInfo(volume.name, volume.size, flags, self._contexts)
+        description = (
+            f"tiered volume {volume.name}: {volume.strategy.mode} history, {volume.durability} durability, "
+            f"{volume.granularity}-byte chunks"
+        )
+        self.export = ExportInfo(volume.name, volume.size, flags, self._contexts, description)
         # One pool for every connection: concurrent syncs share a group commit.
         self.executor = ThreadPoolExecutor(max_workers=max_connections + 8, thread_name_prefix="nbd")
         # Control requests get their own thread: they never queue behind writes.
