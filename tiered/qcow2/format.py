@@ -193,15 +193,21 @@ class Qcow2Image:
             elif bits is False:
                 continue
             else:
-                edges = np.diff(bits.astype(np.int8), prepend=0, append=0)
-                starts = (np.flatnonzero(edges == 1) + first).tolist()
-                ends = (np.flatnonzero(edges == -1) + first).tolist()
+                starts, ends = bit_runs(bits)
+                starts, ends = (starts + first).tolist(), (ends + first).tolist()
             for s, e in zip(starts, ends):
                 if runs and runs[-1][1] == s:
                     runs[-1] = (runs[-1][0], e)
                 else:
                     runs.append((s, e))
         return [(s * g, min(e * g, self.virtual_size) - s * g) for s, e in runs]
+
+
+def bit_runs(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of the runs of set bits of a bool array, ends
+    exclusive, as int64 indices into ``bits``."""
+    edges = np.diff(bits.astype(np.int8), prepend=0, append=0)
+    return np.flatnonzero(edges == 1).astype(np.int64), np.flatnonzero(edges == -1).astype(np.int64)
 
 
 def _pread(fd: int, path: str, offset: int, size: int, what: str) -> bytes:

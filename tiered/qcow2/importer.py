@@ -28,7 +28,7 @@ from ..checks import as_int, check_geometry, check_granularity
 from ..config import MAX_GRANULARITY, MIN_GRANULARITY
 from ..errors import AlreadyExistsError, InvalidArgumentError, Qcow2InconsistentError, ReadOnlyError, TieredError
 from ..volume import check_name
-from .format import Bitmap, Qcow2Image, read_bitmaps
+from .format import Bitmap, Qcow2Image, bit_runs, read_bitmaps
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -143,8 +143,7 @@ def _chunk_set(image: Qcow2Image, bm: Bitmap, granularity: int, n_chunks: int) -
                 chunks[lo:hi] |= np.repeat(bits, r)[: hi - lo]
             else:
                 # Few bits, each over many chunks: one slice per run of bits.
-                edges = np.diff(bits.astype(np.int8), prepend=0, append=0)
-                for s, e in zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()):
+                for s, e in zip(*(run.tolist() for run in bit_runs(bits))):
                     chunks[lo + s * r : min(lo + e * r, hi)] = True
         else:
             # Finer: r bits per chunk; a chunk is marked if any of its bits is.
@@ -181,9 +180,8 @@ def _mark(vol: Any, packed: np.ndarray, n_chunks: int, granularity: int, size: i
         if not part.any():
             continue
         bits = np.unpackbits(part)[: w1 - w0]
-        edges = np.diff(bits.astype(np.int8), prepend=0, append=0)
-        starts = np.flatnonzero(edges == 1).astype(np.int64) + w0
-        ends = np.flatnonzero(edges == -1).astype(np.int64) + w0
+        starts, ends = bit_runs(bits)
+        starts, ends = starts + w0, ends + w0
         offsets = starts * granularity
         lengths = np.minimum(ends * granularity, size) - offsets
         vol.mark_many(offsets, lengths)
