@@ -86,16 +86,14 @@ class Conversion:
                 if renumber:
                     self._put_checkpoints(txn, checkpoints)
                 delete_entries(self._storage, txn, self._id)
-                record = {k: v for k, v in self._volume_record().items() if k not in old_fields}
+                record = {
+                    k: v for k, v in self._volume_record(superset_generation=superset).items() if k not in old_fields
+                }
                 record.update(
                     strategy=target.fixed(), generation=gen, lost_generation=lost, unflushed=False,
                     checkpoints=len(checkpoints), pages_digest=new.digest_after(), durability=mode,
                     journal_from=0, journal_last=0, journal_count=0, **new.record
                 )
-                if superset:
-                    record["superset_generation"] = superset
-                else:
-                    record.pop("superset_generation", None)
                 key = volume_key(self._id)
                 txn.put(key, pack_json(record, key), db=self._storage.volumes)
                 staged["record"] = record
