@@ -263,8 +263,8 @@ class Transmission:
         """Answer a block status at once, on the reading loop, when every
         selected context has a kept map scan (:meth:`Image.dirty_cached`):
         a map scan's windows then cost no task and no thread hop."""
-        if request.flags & ~p.CMD_FLAGS_KNOWN:
-            return False
+        if request.flags & ~p.CMD_FLAGS_KNOWN or p.BASE_ALLOCATION in self.session.contexts.values():
+            return False  # base:allocation is never kept: no window computed twice
         try:
             length, limit = self._block_status_range(request)
         except RequestError:
