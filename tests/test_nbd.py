@@ -815,6 +815,33 @@ def test_control_socket_bad_requests(tmp_path: Path) -> None:
         assert not os.path.exists(path)
 
 
+def test_control_client_names_a_misbehaving_server(tmp_path: Path) -> None:
+    from tiered.nbd.control import request
+
+    path = str(tmp_path / "fake.ctl")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen()
+
+    def serve(answer: bytes | None) -> None:
+        conn, _ = listener.accept()
+        conn.recv(1024)
+        if answer is not None:
+            conn.sendall(answer)
+        else:
+            threading.Event().wait(2)  # never answers
+        conn.close()
+
+    for answer, error, text in ((b"<html>\n", tiered.TieredError, "other than JSON"),
+                                (None, ConnectionError, "fake.ctl")):
+        t = threading.Thread(target=serve, args=(answer,))
+        t.start()
+        with pytest.raises(error, match=text):
+            request(path, {"op": "stats"}, timeout=0.5)
+        t.join()
+    listener.close()
+
+
 # -- an incremental backup, as a backup tool makes it -----------------------------
 
 QEMU_IMG = shutil.which("qemu-img")

@@ -91,7 +91,8 @@ class Control:
 
 def request(path: str, message: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
     """Send one request to a server's control socket and return its reply
-    (blocking).  Raises ConnectionError where no server answers."""
+    (blocking).  Raises ConnectionError where no server answers (or it
+    hangs up or times out), TieredError for a reply that is not JSON."""
     import socket
 
     with socket.socket(socket.AF_UNIX) as s:
@@ -102,14 +103,24 @@ def request(path: str, message: dict[str, Any], timeout: float = 60.0) -> dict[s
             raise ConnectionError(
                 f"no server listens on control socket {path!r} ({exc.strerror}): is `tiered serve` running?"
             ) from None
-        s.sendall(json.dumps(message).encode() + b"\n")
         data = b""
-        while not data.endswith(b"\n"):
-            more = s.recv(65536)
-            if not more:
-                raise ConnectionError("the server closed the control connection without a reply")
-            data += more
-    return json.loads(data)
+        try:
+            s.sendall(json.dumps(message).encode() + b"\n")
+            while not data.endswith(b"\n"):
+                more = s.recv(65536)
+                if not more:
+                    raise ConnectionError("the server closed the control connection without a reply")
+                data += more
+        except ConnectionError:
+            raise
+        except OSError as exc:  # a timeout, a reset: said as what it is, for this socket
+            raise ConnectionError(f"control socket {path!r}: {exc.strerror or exc}") from None
+    try:
+        return json.loads(data)
+    except ValueError:
+        from ..errors import TieredError
+
+        raise TieredError(f"control socket {path!r} answered something other than JSON") from None
 
 
 class ControlClient:
